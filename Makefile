@@ -1,0 +1,56 @@
+# wakegate — developer entry points. `make run` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Debian packages the suite needs: network namespaces for pods (iproute2), headless Chromium for the
+# waiting-page test, nginx and wrk for the benchmark smoke runs.
+APT_PACKAGES := iproute2 chromium nginx-light wrk
+
+.PHONY: run demo test lint unit venv system-deps cluster-build cluster-up cluster-down bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+run: $(STAMP)  ## Start the demo gateway on the embedded local backend (no cluster needed).
+	$(VENV)/bin/wakegate demo
+
+demo: run
+
+system-deps:  ## Install the Debian packages the suite uses (skipped when already present).
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check gateway provisioner tests bench
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)  ## Only the tests that need no cluster.
+	$(VENV)/bin/pytest -m "not cluster"
+
+test: $(STAMP) system-deps cluster-build lint  ## Install everything, then run the whole suite.
+	$(VENV)/bin/pytest
+
+cluster-build:  ## Build (or reuse) kube-apiserver, kube-controller-manager and etcd.
+	bash tests/cluster/build.sh
+
+cluster-up: $(STAMP) cluster-build
+	$(PY) -m tests.cluster.controlplane up
+
+cluster-down: $(STAMP)
+	$(PY) -m tests.cluster.controlplane down
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.run
+
+clean:
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
