@@ -1,0 +1,251 @@
+"""Gateway settings: one frozen dataclass, loaded from CLI flags with ``WAKEGATE_*`` env fallbacks.
+
+Every option is declared once in :data:`OPTIONS`; the flag ``--idle-timeout`` is also read from
+``WAKEGATE_IDLE_TIMEOUT``. A flag given on the command line wins over the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_DOMAIN = "env.example.com"
+DEFAULT_IGNORE_USER_AGENTS: tuple[str, ...] = (
+    r"^kube-probe/",
+    r"ELB-HealthChecker",
+    r"GoogleHC/",
+    r"Azure Traffic Manager Endpoint Monitor",
+    r"UptimeRobot",
+    r"Pingdom",
+    r"StatusCake",
+    r"Uptime-Kuma",
+    r"Better (Uptime|Stack) Bot",
+)
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; the message names the flag or variable and the problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything ``wakegate serve`` can be told. Units are in the names."""
+
+    backend: str = "local"
+    projects_file: Path | None = None
+    domain: str = DEFAULT_DOMAIN
+    listen: HostPort = HostPort("0.0.0.0", 8080)
+    admin_listen: HostPort = HostPort("0.0.0.0", 9090)
+    idle_timeout_s: float = 300.0
+    hold_timeout_s: float = 120.0
+    max_held_per_project: int = 1000
+    max_held_total: int = 10000
+    reap_interval_s: float = 5.0
+    route_header: str | None = None
+    unknown_cache_size: int = 10000
+    unknown_cache_ttl_s: float = 10.0
+    public_url: str = "https://{project}.{domain}/"
+    admin_token_file: Path | None = None
+    drain_timeout_s: float = 30.0
+    log_format: str = "json"
+    access_log: bool = False
+    default_strategy: str = "auto"
+    ignore_paths: tuple[str, ...] = ()
+    ignore_user_agents: tuple[str, ...] = DEFAULT_IGNORE_USER_AGENTS
+    upstream_connect_timeout_s: float = 5.0
+    stop_grace_s: float = 10.0
+    # Kubernetes backend
+    kubeconfig: Path | None = None
+    context: str | None = None
+    namespace_selector: str | None = None
+    gateway_namespace: str = "wakegate-system"
+    activity_write_interval_s: float = 5.0
+
+    def url_for(self, project: str) -> str:
+        """The public URL of a project, as handed to the platform backend."""
+        return self.public_url.format(project=project, domain=self.domain)
+
+
+# --- parsing helpers -----------------------------------------------------------------------------
+
+
+def parse_host_port(text: str) -> HostPort:
+    """``HOST:PORT``, ``[v6]:PORT`` or ``:PORT`` (all interfaces)."""
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", text.strip())
+    if not m:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    host = m.group(1) or m.group(3) or "0.0.0.0"
+    port = int(m.group(2) or m.group(4))
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} is outside 0-65535")
+    return HostPort(host, port)
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise ValueError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if text not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
+
+
+def _regex_list(text: str) -> tuple[str, ...]:
+    parts = _csv(text)
+    for part in parts:
+        try:
+            re.compile(part)
+        except re.error as exc:
+            raise ValueError(f"invalid pattern {part!r}: {exc}") from exc
+    return parts
+
+
+def _header_name(text: str) -> str:
+    if not re.fullmatch(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+", text):
+        raise ValueError(f"{text!r} is not a valid header name")
+    return text.lower()
+
+
+def _bool(text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def _public_url(text: str) -> str:
+    if "{project}" not in text:
+        raise ValueError("the template must contain {project}")
+    return text
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its flag, how to parse it, and its help text."""
+
+    field: str
+    flag: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "WAKEGATE_" + self.flag.lstrip("-").upper().replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("backend", "--backend", _choice("local", "kubernetes"), "where projects run"),
+    Option("projects_file", "--projects", Path, "YAML projects file (local backend)", "FILE"),
+    Option("domain", "--domain", str, "projects are served at <project>.<domain>"),
+    Option("listen", "--listen", parse_host_port, "public listener", "HOST:PORT"),
+    Option("admin_listen", "--admin-listen", parse_host_port, "admin API and /metrics", "HOST:PORT"),
+    Option("idle_timeout_s", "--idle-timeout", _positive_float, "seconds without activity before sleep", "S"),
+    Option("hold_timeout_s", "--hold-timeout", _positive_float, "seconds a request may wait for a wake", "S"),
+    Option("max_held_per_project", "--max-held-per-project", _positive_int, "held requests per project", "N"),
+    Option("max_held_total", "--max-held-total", _positive_int, "held requests in all", "N"),
+    Option("reap_interval_s", "--reap-interval", _positive_float, "seconds between idle checks", "S"),
+    Option("route_header", "--route-header", _header_name, "header that may name the project", "NAME"),
+    Option("unknown_cache_size", "--unknown-cache-size", _positive_int, "remembered unknown names", "N"),
+    Option("unknown_cache_ttl_s", "--unknown-cache-ttl", _positive_float, "seconds to remember them", "S"),
+    Option("public_url", "--public-url", _public_url, "URL template, {project} and {domain}", "TEMPLATE"),
+    Option("admin_token_file", "--admin-token-file", Path, "bearer token required by /api/", "FILE"),
+    Option("drain_timeout_s", "--drain-timeout", _positive_float, "seconds to finish requests on SIGTERM", "S"),
+    Option("log_format", "--log-format", _choice("json", "text"), "json or text"),
+    Option("access_log", "--access-log", _bool, "log every request (off by default)", "BOOL"),
+    Option("default_strategy", "--strategy", _choice("auto", "block", "page"), "cold browser requests"),
+    Option("ignore_paths", "--ignore-paths", _csv, "path prefixes that never wake (comma-separated)", "LIST"),
+    Option("ignore_user_agents", "--ignore-user-agents", _regex_list, "User-Agent regexes that never wake",
+           "LIST"),
+    Option("upstream_connect_timeout_s", "--upstream-connect-timeout", _positive_float,
+           "seconds to connect to a project", "S"),
+    Option("stop_grace_s", "--stop-grace", _positive_float, "SIGTERM→SIGKILL grace (local backend)", "S"),
+    Option("kubeconfig", "--kubeconfig", Path, "kubeconfig (default: in-cluster config)", "FILE"),
+    Option("context", "--context", str, "kubeconfig context"),
+    Option("namespace_selector", "--namespace-selector", str, "label selector for project namespaces"),
+    Option("gateway_namespace", "--gateway-namespace", str, "namespace of the gateway (Leases)"),
+    Option("activity_write_interval_s", "--activity-write-interval", _positive_float,
+           "seconds between shared activity writes per project", "S"),
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every option as a flag; defaults are resolved later so env and flags merge cleanly."""
+    for opt in OPTIONS:
+        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.metavar,
+                            help=f"{opt.help} (env {opt.env})")
+
+
+def load_settings(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str] | None = None,
+                  base: Settings | None = None) -> Settings:
+    """Build :class:`Settings` from parsed flags (strings), then the environment, then ``base``."""
+    environ = os.environ if environ is None else environ
+    values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
+    changes: dict[str, Any] = {}
+    for opt in OPTIONS:
+        raw, source = values.get(opt.field), opt.flag
+        if raw is None and opt.env in environ:
+            raw, source = environ[opt.env], opt.env
+        if raw is None:
+            continue
+        if not isinstance(raw, str):
+            changes[opt.field] = raw
+            continue
+        try:
+            changes[opt.field] = opt.parse(raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    settings = dataclasses.replace(base or Settings(), **changes)
+    validate(settings)
+    return settings
+
+
+def validate(settings: Settings) -> None:
+    """Cross-field checks that single-option parsing cannot make."""
+    if settings.backend == "local" and settings.projects_file is None:
+        raise ConfigError("--projects: the local backend needs a projects file")
+    if settings.max_held_per_project > settings.max_held_total:
+        raise ConfigError("--max-held-per-project: larger than --max-held-total")
+    domain = settings.domain.strip(".").lower()
+    if not domain or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
+        raise ConfigError(f"--domain: {settings.domain!r} is not a DNS name")
+
+
+def option_names() -> Sequence[str]:
+    """All flags, for documentation and tests."""
+    return [opt.flag for opt in OPTIONS]
