@@ -1,0 +1,500 @@
+"""The embedded default backend: every project is a child process from a YAML projects file.
+
+Projects file format::
+
+    projects:
+      hello:                                   # a project name (DNS-1035 label)
+        command: ["{python}", "{here}/app.py"] # argv; required, non-empty list of strings
+        env: {GREETING: hi}                    # optional extra environment
+        ready_path: /healthz                   # optional HTTP probe (2xx/3xx = ready); default: TCP connect
+        cwd: .                                 # optional working directory; default: the file's directory
+        idle_timeout_s: 300                    # optional per-project overrides of the gateway's settings
+        hold_timeout_s: 120
+        strategy: auto                         # optional: auto | block | page
+
+In ``command`` and ``cwd`` the placeholders ``{python}`` (the gateway's own interpreter) and
+``{here}`` (the directory of the projects file) are substituted; ``{{``/``}}`` are literal braces.
+
+A project is started with ``PORT=<free loopback port>`` in its environment and must listen on
+``127.0.0.1:$PORT``. It runs in its own session, so scale-down ends the whole process group: SIGTERM,
+then SIGKILL for whatever is left after ``--stop-grace`` seconds. A process that exits before it is
+ready is a failed wake whose reason carries the last lines of its stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway import logs
+from gateway.backends.base import Backend, BackendError, Endpoint, ProjectInfo, ProjectSettings
+from gateway.config import ConfigError, Settings
+from gateway.routing import is_project_name
+
+LOOPBACK = "127.0.0.1"
+STRATEGIES = ("auto", "block", "page")
+# Inherited from the gateway's environment; everything else a project needs goes in its ``env``.
+PASSTHROUGH_ENV = (
+    "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR",
+    "PYTHONPATH", "VIRTUAL_ENV", "SSL_CERT_FILE", "SSL_CERT_DIR", "SYSTEMROOT",
+)
+STDERR_TAIL_LINES = 20
+STDERR_TAIL_BYTES = 4096
+MAX_LOG_LINE = 4096
+_PROJECT_KEYS = ("command", "env", "ready_path", "cwd", "idle_timeout_s", "hold_timeout_s", "strategy")
+_PROBE_FIRST_DELAY_S = 0.01
+_PROBE_MAX_DELAY_S = 0.1
+_PROBE_TIMEOUT_S = 2.0
+
+
+class ProjectsFileError(ConfigError):
+    """The projects file is missing or invalid; the message names the file, project and field."""
+
+
+@dataclass(frozen=True, slots=True)
+class LocalProject:
+    """One project of the projects file, placeholders already substituted."""
+
+    name: str
+    command: tuple[str, ...]
+    cwd: Path
+    env: Mapping[str, str] = field(default_factory=dict)
+    ready_path: str | None = None
+    settings: ProjectSettings = field(default_factory=ProjectSettings)
+
+
+# --- the projects file -------------------------------------------------------------------------
+
+
+def load_projects_file(path: Path) -> dict[str, LocalProject]:
+    """Read and strictly validate a projects file. Raises :class:`ProjectsFileError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ProjectsFileError(f"{path}: cannot read the projects file: {exc.strerror or exc}") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ProjectsFileError(f"{path}: not valid YAML: {exc}") from None
+    return parse_projects(doc, path)
+
+
+def parse_projects(doc: Any, path: Path) -> dict[str, LocalProject]:
+    """Validate a parsed projects document (see the module docstring for the format)."""
+    if not isinstance(doc, dict) or "projects" not in doc:
+        raise ProjectsFileError(f"{path}: expected a mapping with a 'projects' key")
+    extra = sorted(str(k) for k in doc if k != "projects")
+    if extra:
+        raise ProjectsFileError(f"{path}: unknown top-level key(s) {', '.join(extra)}; only 'projects' is allowed")
+    table = doc["projects"]
+    if not isinstance(table, dict):
+        raise ProjectsFileError(f"{path}: projects: expected a mapping of project name to settings")
+    here = path.resolve().parent
+    out: dict[str, LocalProject] = {}
+    for name, spec in table.items():
+        if not isinstance(name, str) or not is_project_name(name):
+            raise ProjectsFileError(
+                f"{path}: project {name!r}: invalid project name (lower-case letters, digits and '-', "
+                "starting with a letter, at most 63 characters)"
+            )
+        out[name] = _parse_project(name, spec, path, here)
+    return out
+
+
+def _parse_project(name: str, spec: Any, path: Path, here: Path) -> LocalProject:
+    def fail(key: str, problem: str) -> ProjectsFileError:
+        return ProjectsFileError(f"{path}: project {name!r}: {key}: {problem}")
+
+    if not isinstance(spec, dict):
+        raise ProjectsFileError(f"{path}: project {name!r}: expected a mapping of settings, got {_kind(spec)}")
+    unknown = sorted(str(k) for k in spec if k not in _PROJECT_KEYS)
+    if unknown:
+        raise ProjectsFileError(
+            f"{path}: project {name!r}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_PROJECT_KEYS)}"
+        )
+    if "command" not in spec:
+        raise fail("command", "required (a list of strings, e.g. [\"python3\", \"-m\", \"myapp\"])")
+    raw_cmd = spec["command"]
+    if not isinstance(raw_cmd, list) or not all(isinstance(a, str) for a in raw_cmd):
+        raise fail("command", f"expected a list of strings, got {_kind(raw_cmd)}")
+    if not raw_cmd or not raw_cmd[0].strip():
+        raise fail("command", "must not be empty")
+    command = tuple(_substitute(a, here, lambda p: fail("command", p)) for a in raw_cmd)
+
+    env: dict[str, str] = {}
+    raw_env = spec.get("env")
+    if raw_env is not None:
+        if not isinstance(raw_env, dict):
+            raise fail("env", f"expected a mapping of variable name to value, got {_kind(raw_env)}")
+        for key, value in raw_env.items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise fail("env", f"invalid variable name {key!r}")
+            if key == "PORT":
+                raise fail("env", "PORT is set by the gateway and cannot be overridden")
+            if isinstance(value, bool) or not isinstance(value, str | int | float):
+                raise fail(f"env.{key}", f"expected a string or number, got {_kind(value)}")
+            env[key] = str(value)
+
+    ready_path = spec.get("ready_path")
+    if ready_path is not None and (
+        not isinstance(ready_path, str) or not ready_path.startswith("/") or any(c in ready_path for c in " \r\n\t")
+    ):
+        raise fail("ready_path", f"expected a URL path starting with '/', got {ready_path!r}")
+
+    cwd = here
+    if spec.get("cwd") is not None:
+        if not isinstance(spec["cwd"], str) or not spec["cwd"]:
+            raise fail("cwd", f"expected a directory path, got {spec['cwd']!r}")
+        cwd = here / _substitute(spec["cwd"], here, lambda p: fail("cwd", p))
+
+    timeouts: dict[str, float | None] = {}
+    for key in ("idle_timeout_s", "hold_timeout_s"):
+        value = spec.get(key)
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < float("inf")
+        ):
+            raise fail(key, f"expected a positive number of seconds, got {value!r}")
+        timeouts[key] = float(value) if value is not None else None
+
+    strategy = spec.get("strategy")
+    if strategy is not None and strategy not in STRATEGIES:
+        raise fail("strategy", f"expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+
+    return LocalProject(
+        name=name,
+        command=command,
+        cwd=cwd,
+        env=env,
+        ready_path=ready_path,
+        settings=ProjectSettings(
+            idle_timeout_s=timeouts["idle_timeout_s"], hold_timeout_s=timeouts["hold_timeout_s"], strategy=strategy
+        ),
+    )
+
+
+def _substitute(text: str, here: Path, fail: Any) -> str:
+    try:
+        return text.format(python=sys.executable, here=str(here))
+    except (KeyError, IndexError, ValueError) as exc:
+        raise fail(f"bad placeholder in {text!r} ({exc}); use {{python}}, {{here}}, or {{{{ }}}} for braces") from None
+
+
+def _kind(value: Any) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]
+
+
+# --- running processes ---------------------------------------------------------------------------
+
+
+class _Child:
+    """One running project process and the tasks watching it."""
+
+    def __init__(self, project: LocalProject, proc: asyncio.subprocess.Process, port: int) -> None:
+        self.project = project
+        self.proc = proc
+        self.port = port
+        self.ready = False
+        self.stopping = False
+        self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL_LINES)
+        self.readers: list[asyncio.Task[None]] = []
+        self.supervisor: asyncio.Task[None] | None = None
+        self.reprobe: asyncio.Task[None] | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(LOOPBACK, self.port)
+
+    def tail(self) -> str:
+        text = "\n".join(self.stderr_tail)
+        return text[-STDERR_TAIL_BYTES:] if len(text) > STDERR_TAIL_BYTES else text
+
+
+class LocalBackend(Backend):
+    """Projects as child processes on this machine (``--backend local``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        if settings.projects_file is None:
+            raise ConfigError("--projects: the local backend needs a projects file")
+        self.settings = settings
+        self.path = settings.projects_file
+        self._table: dict[str, LocalProject] = {}
+        self._children: dict[str, _Child] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._loaded = False
+        self._closed = False
+        #: Processes spawned since start (tests and the admin API read it).
+        self.spawn_count: collections.Counter[str] = collections.Counter()
+
+    # --- Backend ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Load the projects file (raises :class:`ProjectsFileError`)."""
+        self._table = load_projects_file(self.path)
+        self._loaded = True
+        logs.event("projects_loaded", file=str(self.path), projects=len(self._table))
+        if self.listener is not None:
+            self.listener.projects_changed()
+
+    @property
+    def ready(self) -> bool:
+        return self._loaded and not self._closed
+
+    def projects(self) -> Mapping[str, ProjectInfo]:
+        out = {}
+        for name, proj in self._table.items():
+            child = self._children.get(name)
+            location = f"pid {child.proc.pid}" if child is not None else ""
+            out[name] = ProjectInfo(name=name, settings=proj.settings, location=location)
+        return out
+
+    def project(self, name: str) -> LocalProject | None:
+        """The projects-file entry of ``name``."""
+        return self._table.get(name)
+
+    def pid(self, name: str) -> int | None:
+        """The process id of the running project, if any."""
+        child = self._children.get(name)
+        return child.proc.pid if child is not None else None
+
+    async def scale_up(self, name: str) -> None:
+        """Start the project's process unless it runs. Readiness is reported to the listener."""
+        if self._closed:
+            raise BackendError("the local backend is shut down")
+        proj = self._table.get(name)
+        if proj is None:
+            raise BackendError(f"project {name} is not in {self.path}")
+        async with self._lock(name):
+            child = self._children.get(name)
+            if child is not None and not child.stopping:
+                if child.ready and (child.reprobe is None or child.reprobe.done()):
+                    # Running and once ready, but the caller has no endpoint (e.g. the data path
+                    # dropped it after a failed connect): report it again once it answers.
+                    child.reprobe = asyncio.get_running_loop().create_task(self._reprobe(child))
+                return
+            await self._spawn(proj)
+
+    async def scale_down(self, name: str) -> bool:
+        """Stop the project's whole process group: SIGTERM, then SIGKILL after the grace period."""
+        async with self._lock(name):
+            child = self._children.get(name)
+            if child is not None:
+                await self._stop(child)
+        if self.listener is not None:
+            self.listener.endpoints_changed(name, [])
+        return True
+
+    async def close(self) -> None:
+        """Stop every project process."""
+        self._closed = True
+        await asyncio.gather(*(self.scale_down(name) for name in list(self._children)), return_exceptions=True)
+
+    async def reload(self) -> None:
+        """Re-read the projects file (SIGHUP). An invalid file is logged and the old table kept;
+        removed projects are stopped; changed commands apply from the next start."""
+        try:
+            table = load_projects_file(self.path)
+        except ProjectsFileError as exc:
+            logs.event("projects_reload_failed", logging.ERROR, file=str(self.path), error=str(exc))
+            return
+        removed = [name for name in self._table if name not in table]
+        self._table = table
+        logs.event("projects_reloaded", file=str(self.path), projects=len(table), removed=len(removed))
+        for name in removed:
+            child = self._children.get(name)
+            if child is not None:
+                async with self._lock(name):
+                    await self._stop(child)
+        if self.listener is not None:
+            self.listener.projects_changed()
+
+    # --- processes -------------------------------------------------------------------------------
+
+    def _lock(self, name: str) -> asyncio.Lock:
+        lock = self._locks.get(name)
+        if lock is None:
+            lock = self._locks[name] = asyncio.Lock()
+        return lock
+
+    def _environment(self, proj: LocalProject, port: int) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k in PASSTHROUGH_ENV or k.startswith("LC_")}
+        env.update(proj.env)
+        env["PORT"] = str(port)
+        return env
+
+    async def _spawn(self, proj: LocalProject) -> None:
+        port = free_port()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *proj.command,
+                cwd=proj.cwd,
+                env=self._environment(proj, port),
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # own process group, so scale-down reaches grandchildren
+            )
+        except OSError as exc:
+            raise BackendError(
+                f"project {proj.name}: cannot start {proj.command[0]!r} in {proj.cwd}: {exc.strerror or exc}"
+            ) from None
+        child = _Child(proj, proc, port)
+        self._children[proj.name] = child
+        self.spawn_count[proj.name] += 1
+        logs.event("project_started", project=proj.name, pid=proc.pid, port=port)
+        loop = asyncio.get_running_loop()
+        assert proc.stdout is not None and proc.stderr is not None
+        child.readers = [
+            loop.create_task(self._read_output(child, proc.stdout, "stdout")),
+            loop.create_task(self._read_output(child, proc.stderr, "stderr")),
+        ]
+        child.supervisor = loop.create_task(self._supervise(child), name=f"wakegate-local-{proj.name}")
+        self._notify_table()
+
+    async def _read_output(self, child: _Child, stream: asyncio.StreamReader, name: str) -> None:
+        """Forward the app's output lines to our log; keep a tail of stderr for failed wakes."""
+        buf = b""
+        while True:
+            chunk = await stream.read(65536)
+            if not chunk:
+                break
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            if len(buf) > MAX_LOG_LINE:
+                lines.append(buf)
+                buf = b""
+            for raw in lines:
+                self._output_line(child, name, raw)
+        if buf:
+            self._output_line(child, name, buf)
+
+    def _output_line(self, child: _Child, stream: str, raw: bytes) -> None:
+        line = raw[:MAX_LOG_LINE].decode("utf-8", "replace").rstrip("\r")
+        if stream == "stderr":
+            child.stderr_tail.append(line)
+        logs.event("project_output", project=child.project.name, stream=stream, line=line)
+
+    async def _supervise(self, child: _Child) -> None:
+        """Wait for readiness (racing the process's exit), then for the exit itself."""
+        name = child.project.name
+        exited = asyncio.ensure_future(child.proc.wait())
+        probe = asyncio.ensure_future(self._probe_until_ready(child))
+        try:
+            await asyncio.wait({exited, probe}, return_when=asyncio.FIRST_COMPLETED)
+            if probe.done() and not exited.done() and not child.stopping:
+                child.ready = True
+                logs.event("project_ready", project=name, pid=child.proc.pid, port=child.port)
+                if self.listener is not None:
+                    self.listener.endpoints_changed(name, [child.endpoint])
+            code = await exited
+        finally:
+            probe.cancel()
+            exited.cancel()
+        # Let the readers drain what the process wrote last (a grandchild may hold the pipes open).
+        await asyncio.wait(child.readers, timeout=1.0)
+        if self._children.get(name) is child:
+            del self._children[name]  # before reporting, so the next scale_up spawns afresh
+            self._notify_table()
+        if child.stopping:
+            return
+        if child.ready:
+            logs.event("project_exited", logging.WARNING, project=name, pid=child.proc.pid, exit_code=code)
+            if self.listener is not None:
+                self.listener.endpoints_changed(name, [])
+        else:
+            reason = f"process exited with code {code} before it was ready"
+            tail = child.tail()
+            reason += f"; last stderr lines:\n{tail}" if tail else "; it wrote nothing to stderr"
+            logs.event("project_exited", logging.WARNING, project=name, pid=child.proc.pid, exit_code=code,
+                       ready=False)
+            if self.listener is not None:
+                self.listener.wake_failed(name, reason)
+
+    async def _probe_until_ready(self, child: _Child) -> None:
+        """Probe until the app answers. There is no event for "a child started listening", so this
+        retries with a short backoff; the supervisor races it against the process's exit."""
+        delay = _PROBE_FIRST_DELAY_S
+        while not await probe(child.port, child.project.ready_path):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _PROBE_MAX_DELAY_S)
+
+    async def _reprobe(self, child: _Child) -> None:
+        await self._probe_until_ready(child)
+        if self._children.get(child.project.name) is child and not child.stopping and self.listener is not None:
+            self.listener.endpoints_changed(child.project.name, [child.endpoint])
+
+    async def _stop(self, child: _Child) -> None:
+        name, proc = child.project.name, child.proc
+        child.stopping = True
+        if child.reprobe is not None:
+            child.reprobe.cancel()
+        if proc.returncode is None:
+            _killpg(proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.shield(proc.wait()), self.settings.stop_grace_s)
+            except TimeoutError:
+                logs.event("project_kill", logging.WARNING, project=name, pid=proc.pid,
+                           grace_s=self.settings.stop_grace_s)
+        # SIGKILL whatever is left of the group (the leader after the grace period, or stragglers).
+        # The group id cannot be reused while any member lives, so this reaches only our processes.
+        _killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+        if child.supervisor is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await child.supervisor
+        if self._children.get(name) is child:
+            del self._children[name]
+            self._notify_table()
+        logs.event("project_stopped", project=name, pid=proc.pid, exit_code=proc.returncode)
+
+    def _notify_table(self) -> None:
+        # The table's ``location`` ("pid N") changed.
+        if self.listener is not None:
+            self.listener.projects_changed()
+
+
+def _killpg(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def free_port() -> int:
+    """A currently free TCP port on the loopback interface."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((LOOPBACK, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def probe(port: int, ready_path: str | None) -> bool:
+    """One readiness check: a TCP connect, or ``GET ready_path`` answering 2xx/3xx."""
+    try:
+        async with asyncio.timeout(_PROBE_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(LOOPBACK, port)
+            try:
+                if ready_path is None:
+                    return True
+                writer.write(
+                    f"GET {ready_path} HTTP/1.1\r\nHost: {LOOPBACK}:{port}\r\nUser-Agent: wakegate-probe\r\n"
+                    "Connection: close\r\n\r\n".encode("latin-1")
+                )
+                status_line = await reader.readline()
+                parts = status_line.split()
+                return len(parts) >= 2 and parts[0].startswith(b"HTTP/") and parts[1][:1] in (b"2", b"3")
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError, ValueError):
+        return False
