@@ -242,7 +242,8 @@ def validate(settings: Settings) -> None:
     if settings.max_held_per_project > settings.max_held_total:
         raise ConfigError("--max-held-per-project: larger than --max-held-total")
     domain = settings.domain.strip(".").lower()
-    if not domain or not re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", domain):
+    label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
+    if not domain or not re.fullmatch(rf"{label}(\.{label})*", domain):
         raise ConfigError(f"--domain: {settings.domain!r} is not a DNS name")
 
 
