@@ -1,0 +1,236 @@
+"""Unit tests of the pure header rules (gateway.headers)."""
+
+from __future__ import annotations
+
+import httptools
+import pytest
+
+from gateway import headers as h
+
+
+def parse_head(head: bytes) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    """Split a message head into its start line and fields; asserts it ends with a blank line."""
+    assert head.endswith(b"\r\n\r\n"), head
+    lines = head[:-4].split(b"\r\n")
+    fields = []
+    for line in lines[1:]:
+        name, _, value = line.partition(b": ")
+        fields.append((name, value))
+    return lines[0], fields
+
+
+def values(fields: list[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
+    return [v for n, v in fields if n.lower() == name.lower()]
+
+
+def req(headers: list[tuple[bytes, bytes]], **kw: object) -> tuple[bytes, list[tuple[bytes, bytes]]]:
+    kw.setdefault("client_ip", b"10.0.0.7")
+    return parse_head(h.request_head(b"GET", b"/x?y=1", headers, **kw))  # type: ignore[arg-type]
+
+
+# --- hop-by-hop ---------------------------------------------------------------------------------
+
+
+def test_hop_by_hop_set_is_rfc9110_plus_legacy() -> None:
+    assert {
+        b"connection", b"keep-alive", b"proxy-connection", b"proxy-authenticate", b"proxy-authorization",
+        b"te", b"trailer", b"transfer-encoding", b"upgrade",
+    } == h.HOP_BY_HOP
+
+
+def test_connection_tokens_are_lowercased_split_and_merged_across_lines() -> None:
+    tokens = h.connection_tokens(
+        [(b"Connection", b"Keep-Alive, X-Secret ,, "), (b"X-Other", b"a"), (b"CONNECTION", b"close,x-two")]
+    )
+    assert tokens == {b"keep-alive", b"x-secret", b"close", b"x-two"}
+    assert h.connection_tokens([(b"Host", b"a")]) == frozenset()
+
+
+@pytest.mark.parametrize("name", sorted(h.HOP_BY_HOP))
+def test_each_hop_by_hop_field_is_stripped_in_any_case(name: bytes) -> None:
+    fields = [(b"Host", b"a.example"), (name.upper(), b"v"), (name.title(), b"w"), (b"Accept", b"*/*")]
+    assert h.strip_hop_by_hop(fields) == [(b"Host", b"a.example"), (b"Accept", b"*/*")]
+
+
+def test_fields_named_in_connection_are_stripped_and_others_kept_in_order() -> None:
+    fields = [
+        (b"Connection", b"X-Secret, keep-alive"),
+        (b"X-A", b"1"),
+        (b"x-secret", b"s"),
+        (b"X-B", b"2"),
+        (b"X-A", b"3"),
+    ]
+    assert h.strip_hop_by_hop(fields) == [(b"X-A", b"1"), (b"X-B", b"2"), (b"X-A", b"3")]
+
+
+# --- requests -----------------------------------------------------------------------------------
+
+
+def test_request_line_keeps_method_and_raw_target_byte_for_byte() -> None:
+    head = h.request_head(b"PATCH", b"/a%2Fb/../c?x=1&x=2", [(b"Host", b"p.d")], client_ip=b"1.2.3.4")
+    assert head.startswith(b"PATCH /a%2Fb/../c?x=1&x=2 HTTP/1.1\r\n")
+
+
+def test_request_strips_hop_by_hop_and_connection_listed_fields() -> None:
+    _, fields = req(
+        [
+            (b"Host", b"p.d"),
+            (b"Connection", b"keep-alive, X-Hop"),
+            (b"Keep-Alive", b"timeout=5"),
+            (b"X-Hop", b"secret"),
+            (b"TE", b"trailers"),
+            (b"Proxy-Authorization", b"Basic abc"),
+            (b"Transfer-Encoding", b"chunked"),
+            (b"X-Kept", b"yes"),
+        ]
+    )
+    names = {n.lower() for n, _ in fields}
+    assert not names & (h.HOP_BY_HOP | {b"x-hop"})
+    assert values(fields, b"X-Kept") == [b"yes"]
+    assert values(fields, b"Host") == [b"p.d"]
+
+
+def test_request_end_to_end_fields_keep_case_order_and_duplicates() -> None:
+    _, fields = req([(b"Host", b"p.d"), (b"x-CaSe", b"1"), (b"Cookie", b"a=1"), (b"Cookie", b"b=2")])
+    assert fields[:4] == [(b"Host", b"p.d"), (b"x-CaSe", b"1"), (b"Cookie", b"a=1"), (b"Cookie", b"b=2")]
+
+
+def test_x_forwarded_for_is_set_or_appended_across_multiple_lines() -> None:
+    _, fields = req([(b"Host", b"p.d")])
+    assert values(fields, b"X-Forwarded-For") == [b"10.0.0.7"]
+    _, fields = req([(b"Host", b"p.d"), (b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2"), (b"x-forwarded-for", b"3.3.3.3")])
+    assert values(fields, b"X-Forwarded-For") == [b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7"]
+
+
+def test_x_forwarded_proto_and_host_are_set_from_the_listener_unless_trusted() -> None:
+    incoming = [(b"Host", b"P.D:8080"), (b"X-Forwarded-Proto", b"https"), (b"X-Forwarded-Host", b"evil.example")]
+    _, fields = req(incoming, scheme=b"http")
+    assert values(fields, b"X-Forwarded-Proto") == [b"http"]
+    assert values(fields, b"X-Forwarded-Host") == [b"P.D:8080"]
+    _, fields = req(incoming, scheme=b"http", trust_forwarded=True)
+    assert values(fields, b"X-Forwarded-Proto") == [b"https"]
+    assert values(fields, b"X-Forwarded-Host") == [b"evil.example"]
+    _, fields = req([(b"Host", b"p.d")], trust_forwarded=True, scheme=b"https")
+    assert values(fields, b"X-Forwarded-Proto") == [b"https"]
+    assert values(fields, b"X-Forwarded-Host") == [b"p.d"]
+
+
+def test_without_host_no_forwarded_host_is_invented() -> None:
+    _, fields = req([])
+    assert values(fields, b"X-Forwarded-Host") == []
+
+
+def test_via_is_appended_after_existing_via() -> None:
+    _, fields = req([(b"Host", b"p.d"), (b"Via", b"1.0 fred")])
+    assert values(fields, b"Via") == [b"1.0 fred", b"1.1 wakegate"]
+
+
+def test_request_framing_and_upgrade_and_extra_fields() -> None:
+    _, fields = req([(b"Host", b"p.d"), (b"Content-Length", b"12")])
+    assert values(fields, b"Content-Length") == [b"12"]
+    assert values(fields, b"Transfer-Encoding") == []
+    _, fields = req([(b"Host", b"p.d"), (b"Transfer-Encoding", b"chunked")], chunked=True)
+    assert values(fields, b"Transfer-Encoding") == [b"chunked"]
+    _, fields = req(
+        [(b"Host", b"p.d"), (b"Connection", b"Upgrade"), (b"Upgrade", b"websocket")],
+        upgrade=b"websocket", extra=[(b"X-Request-Id", b"abc-1")],
+    )
+    assert values(fields, b"Connection") == [b"upgrade"]
+    assert values(fields, b"Upgrade") == [b"websocket"]
+    assert values(fields, b"X-Request-Id") == [b"abc-1"]
+
+
+def test_request_head_parses_as_valid_http() -> None:
+    head = h.request_head(
+        b"POST", b"/p", [(b"Host", b"p.d"), (b"Transfer-Encoding", b"chunked")], client_ip=b"::1", chunked=True
+    )
+    seen: list[tuple[bytes, bytes]] = []
+
+    class Sink:
+        def on_header(self, name: bytes, value: bytes) -> None:
+            seen.append((name, value))
+
+    parser = httptools.HttpRequestParser(Sink())
+    parser.feed_data(head + b"0\r\n\r\n")
+    assert (b"Transfer-Encoding", b"chunked") in seen
+    assert (b"X-Forwarded-For", b"::1") in seen
+
+
+def test_connection_false_skips_token_scan() -> None:
+    # The caller promises there is no Connection header; listed tokens are then not looked for.
+    _, fields = req([(b"Host", b"p.d"), (b"X-A", b"1")], connection=False)
+    assert values(fields, b"X-A") == [b"1"]
+
+
+# --- responses ----------------------------------------------------------------------------------
+
+
+def test_response_strips_hop_by_hop_and_listed_fields_and_adds_via() -> None:
+    line, fields = parse_head(
+        h.response_head(
+            200, b"OK",
+            [
+                (b"Content-Type", b"text/plain"),
+                (b"Connection", b"keep-alive, X-Internal"),
+                (b"X-Internal", b"1"),
+                (b"Keep-Alive", b"timeout=5"),
+                (b"Proxy-Authenticate", b"Basic"),
+                (b"Trailer", b"X-T"),
+                (b"Content-Length", b"5"),
+                (b"Set-Cookie", b"a=1"),
+                (b"Set-Cookie", b"b=2"),
+            ],
+            framing=h.FRAME_LENGTH,
+        )
+    )
+    assert line == b"HTTP/1.1 200 OK"
+    assert fields == [
+        (b"Content-Type", b"text/plain"),
+        (b"Content-Length", b"5"),
+        (b"Set-Cookie", b"a=1"),
+        (b"Set-Cookie", b"b=2"),
+        (b"Via", b"1.1 wakegate"),
+    ]
+
+
+def test_response_framing_variants() -> None:
+    upstream = [(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")]
+    _, fields = parse_head(h.response_head(200, b"OK", upstream, framing=h.FRAME_CHUNKED))
+    assert values(fields, b"Transfer-Encoding") == [b"chunked"]
+    assert values(fields, b"Content-Length") == []
+    _, fields = parse_head(h.response_head(200, b"OK", upstream, framing=h.FRAME_CLOSE, close=True))
+    assert values(fields, b"Transfer-Encoding") == []
+    assert values(fields, b"Content-Length") == []
+    assert values(fields, b"Connection") == [b"close"]
+    # HEAD / 304: Content-Length describes the representation and passes through; nothing is added.
+    _, fields = parse_head(h.response_head(304, b"Not Modified", upstream, framing=h.FRAME_NONE))
+    assert values(fields, b"Content-Length") == [b"5"]
+    assert values(fields, b"Transfer-Encoding") == []
+
+
+def test_response_upgrade_and_extra() -> None:
+    line, fields = parse_head(
+        h.response_head(
+            101, b"Switching Protocols",
+            [(b"Upgrade", b"websocket"), (b"Connection", b"Upgrade"), (b"Sec-WebSocket-Protocol", b"chat")],
+            framing=h.FRAME_NONE, upgrade=b"websocket", extra=[(b"X-Wakegate-Cold-Start", b"1.250")],
+        )
+    )
+    assert line == b"HTTP/1.1 101 Switching Protocols"
+    assert values(fields, b"Upgrade") == [b"websocket"]
+    assert values(fields, b"Connection") == [b"upgrade"]
+    assert values(fields, b"Sec-WebSocket-Protocol") == [b"chat"]
+    assert values(fields, b"X-Wakegate-Cold-Start") == [b"1.250"]
+
+
+def test_simple_response() -> None:
+    raw = h.simple_response(404, b"no project named x\n", extra=[(b"Retry-After", b"3")], close=True)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    line, fields = parse_head(head + b"\r\n\r\n")
+    assert line == b"HTTP/1.1 404 Not Found"
+    assert body == b"no project named x\n"
+    assert values(fields, b"Content-Length") == [str(len(body)).encode()]
+    assert values(fields, b"Retry-After") == [b"3"]
+    assert values(fields, b"Connection") == [b"close"]
+    head_only = h.simple_response(404, b"abc", head_only=True)
+    assert head_only.endswith(b"Content-Length: 3\r\nCache-Control: no-store\r\n\r\n")
