@@ -55,7 +55,7 @@ class Router:
         name = name.lower()
         if name.endswith("."):
             name = name[:-1]
-        if ".." in name or name.startswith(".") or not name:
+        if ".." in name or name.startswith(".") or name.endswith(".") or not name:
             return RouteError(400, f"malformed Host header {host[:100]!r}: empty label")
         if not name.endswith(self._suffix):
             return RouteError(404, f"{name} is not under {self.domain}")

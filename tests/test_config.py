@@ -171,7 +171,9 @@ def test_held_limits_must_be_consistent() -> None:
         load_settings({"max_held_per_project": "20", "max_held_total": "10", **PROJECTS}, environ={})
 
 
-@pytest.mark.parametrize("domain", ["", ".", "exa mple.com", "-x.com", "x_y.com", "ü.com", "ex..com", "a.-b.com", "a-.com"])
+@pytest.mark.parametrize(
+    "domain", ["", ".", "exa mple.com", "-x.com", "x_y.com", "ü.com", "ex..com", "a.-b.com", "a-.com"]
+)
 def test_bad_domain(domain: str) -> None:
     with pytest.raises(ConfigError, match=r"^--domain: "):
         load_settings({"domain": domain, **PROJECTS}, environ={})
