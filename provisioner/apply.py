@@ -1,0 +1,656 @@
+"""Talk to the Kubernetes API: apply, inspect, list and delete projects.
+
+Every write is a server-side apply (``application/apply-patch+yaml``) of a rendered object under
+:data:`~provisioner.labels.FIELD_MANAGER` with ``force=true`` and ``fieldValidation=Strict``, so
+applying is idempotent and a re-run finishes whatever an interrupted run left. One
+``ApiClient`` per command; every request carries a timeout.
+
+``create_project`` order:
+
+1. pre-flight (read-only): the namespace is absent, or managed by wakegate for this project and not
+   terminating;
+2. a brand-new namespace is created together with its ServiceAccounts (a Pod cannot even be
+   dry-run without them), then every object is applied with ``dryRun=All`` and a Pod built from
+   the Deployment's template is dry-run, so Pod Security ``restricted`` violations, quota and schema
+   errors surface now rather than at the first wake. If that fails, a namespace created in step 2 is
+   deleted again: nothing stays applied;
+3. everything is applied in render order; the Deployment's ``spec.replicas`` is written only when
+   the Deployment is created and is then handed to :data:`~provisioner.labels.REPLICAS_FIELD_MANAGER`,
+   so re-applying never scales a running project;
+4. objects this project's managed set no longer contains are pruned (never PersistentVolumeClaims);
+5. wait until the quota controller and the Deployment controller have seen the objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import os
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from kubernetes_asyncio import client as k8s_client
+from kubernetes_asyncio import config as k8s_config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from . import labels as L
+from .errors import ProvisionError
+from .render import Obj, find, pod_for_dry_run
+
+REQUEST_TIMEOUT_S = 30.0
+POLL_INTERVAL_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceType:
+    """Where a kind lives in the REST API."""
+
+    api_version: str
+    kind: str
+    plural: str
+    namespaced: bool = True
+
+    def collection_path(self, namespace: str | None = None) -> str:
+        """``/api/v1/namespaces/<ns>/<plural>`` and the like."""
+        base = "/api/v1" if "/" not in self.api_version else f"/apis/{self.api_version}"
+        if self.namespaced and namespace:
+            return f"{base}/namespaces/{quote(namespace)}/{self.plural}"
+        return f"{base}/{self.plural}"
+
+    def object_path(self, name: str, namespace: str | None = None) -> str:
+        """Path of one object."""
+        return f"{self.collection_path(namespace)}/{quote(name)}"
+
+
+_TYPES = [
+    ResourceType("v1", "Namespace", "namespaces", namespaced=False),
+    ResourceType("v1", "ServiceAccount", "serviceaccounts"),
+    ResourceType("v1", "ResourceQuota", "resourcequotas"),
+    ResourceType("v1", "LimitRange", "limitranges"),
+    ResourceType("networking.k8s.io/v1", "NetworkPolicy", "networkpolicies"),
+    ResourceType("rbac.authorization.k8s.io/v1", "Role", "roles"),
+    ResourceType("rbac.authorization.k8s.io/v1", "RoleBinding", "rolebindings"),
+    ResourceType("v1", "ConfigMap", "configmaps"),
+    ResourceType("v1", "Secret", "secrets"),
+    ResourceType("v1", "PersistentVolumeClaim", "persistentvolumeclaims"),
+    ResourceType("apps/v1", "Deployment", "deployments"),
+    ResourceType("v1", "Service", "services"),
+    ResourceType("v1", "Pod", "pods"),
+    ResourceType("v1", "PersistentVolume", "persistentvolumes", namespaced=False),
+    ResourceType("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+]
+TYPES: dict[str, ResourceType] = {t.kind: t for t in _TYPES}
+#: Kinds whose managed objects are deleted when the rendered set no longer contains them.
+PRUNE_KINDS = ("ServiceAccount", "ResourceQuota", "LimitRange", "NetworkPolicy", "Role", "RoleBinding",
+               "ConfigMap", "Secret", "Deployment", "Service")
+
+
+def resource_type(obj: Obj) -> ResourceType:
+    """The :class:`ResourceType` of a rendered object; ``ProvisionError`` for kinds we do not apply."""
+    t = TYPES.get(obj.get("kind", ""))
+    if t is None or t.api_version != obj.get("apiVersion"):
+        raise ProvisionError(f"cannot apply {obj.get('apiVersion')}/{obj.get('kind')}", exit_code=2)
+    return t
+
+
+def object_path(obj: Obj) -> str:
+    """REST path of a rendered object."""
+    meta = obj["metadata"]
+    return resource_type(obj).object_path(meta["name"], meta.get("namespace"))
+
+
+def describe(obj: Obj) -> str:
+    """``Kind/name`` for messages."""
+    return f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+
+
+# --- client ------------------------------------------------------------------------------------------
+
+
+class KubeError(ProvisionError):
+    """An API request failed; ``status`` is the HTTP status (0 for transport failures)."""
+
+    def __init__(self, message: str, status: int = 0, reason: str = "") -> None:
+        super().__init__(message, exit_code=1)
+        self.status = status
+        self.reason = reason
+
+
+def _use_kubeconfig(kubeconfig: str | Path | None, context: str | None) -> bool:
+    if kubeconfig is not None or context is not None or "KUBERNETES_SERVICE_HOST" not in os.environ:
+        return True
+    return Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser().exists()
+
+
+async def connect(kubeconfig: str | Path | None = None, context: str | None = None) -> k8s_client.ApiClient:
+    """An ``ApiClient`` from ``kubeconfig`` (or ``$KUBECONFIG``, ``~/.kube/config``; in a pod without
+    either, the in-cluster ServiceAccount)."""
+    cfg = k8s_client.Configuration()
+    try:
+        if _use_kubeconfig(kubeconfig, context):
+            await k8s_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
+                                              context=context, client_configuration=cfg)
+        else:
+            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
+        raise ProvisionError(f"cannot load Kubernetes credentials: {exc}".splitlines()[0], exit_code=2) from None
+    return k8s_client.ApiClient(configuration=cfg)
+
+
+class Kube:
+    """Raw JSON requests over one ``ApiClient``; every request has a timeout. Collects server warnings."""
+
+    def __init__(self, api: k8s_client.ApiClient, timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+        self.api = api
+        self.timeout_s = timeout_s
+        self.warnings: list[str] = []
+
+    async def request(self, method: str, path: str, *, query: list[tuple[str, str]] | None = None,
+                      body: Any = None, content_type: str = "application/json") -> Any:
+        """Send one request; return the decoded JSON body. Raises :class:`KubeError`."""
+        headers = {"Accept": "application/json", "Content-Type": content_type}
+        try:
+            data, _status, resp_headers = await self.api.call_api(
+                path, method, query_params=query or [], header_params=headers, body=body,
+                response_types_map={200: "object", 201: "object", 202: "object"},
+                auth_settings=["BearerToken"], _return_http_data_only=False,
+                _request_timeout=self.timeout_s)
+        except ApiException as exc:
+            raise _api_error(method, path, exc) from None
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            host = self.api.configuration.host
+            raise KubeError(f"cannot reach the API server at {host}: {exc or type(exc).__name__}") from None
+        for name, value in (resp_headers or {}).items():
+            if name.lower() == "warning":
+                text = value.split(" ", 2)[-1].strip().strip('"') if value[:3].isdigit() else value
+                if text not in self.warnings:
+                    self.warnings.append(text)
+        return data
+
+    async def get(self, path: str) -> Obj | None:
+        """GET an object; ``None`` if it does not exist."""
+        try:
+            result: Obj = await self.request("GET", path)
+        except KubeError as exc:
+            if exc.status == 404:
+                return None
+            raise
+        return result
+
+    async def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
+        """All objects of ``kind`` (in ``namespace``, or cluster-wide), optionally by label selector."""
+        query = [("labelSelector", label_selector)] if label_selector else []
+        result = await self.request("GET", TYPES[kind].collection_path(namespace), query=query)
+        items: list[Obj] = result.get("items") or []
+        for item in items:  # lists omit kind/apiVersion per item
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", TYPES[kind].api_version)
+        return items
+
+    async def apply(self, obj: Obj, *, manager: str = L.FIELD_MANAGER, force: bool = True,
+                    dry_run: bool = False) -> Obj:
+        """Server-side apply ``obj`` (strict field validation)."""
+        query = [("fieldManager", manager), ("fieldValidation", "Strict")]
+        if force:
+            query.append(("force", "true"))
+        if dry_run:
+            query.append(("dryRun", "All"))
+        result: Obj = await self.request("PATCH", object_path(obj), query=query, body=obj,
+                                         content_type="application/apply-patch+yaml")
+        return result
+
+    async def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
+        """POST ``obj`` (used for the dry-run Pod, which has only a ``generateName``)."""
+        meta = obj["metadata"]
+        query = [("fieldManager", L.FIELD_MANAGER), ("fieldValidation", "Strict")]
+        if dry_run:
+            query.append(("dryRun", "All"))
+        result: Obj = await self.request("POST", resource_type(obj).collection_path(meta.get("namespace")),
+                                         query=query, body=obj)
+        return result
+
+    async def delete(self, path: str, *, dry_run: bool = False, propagation: str = "Background") -> bool:
+        """DELETE; ``False`` if it was already gone."""
+        body: Obj = {"apiVersion": "v1", "kind": "DeleteOptions", "propagationPolicy": propagation}
+        if dry_run:
+            body["dryRun"] = ["All"]
+        try:
+            await self.request("DELETE", path, body=body)
+        except KubeError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def merge_patch(self, path: str, patch: Obj) -> Obj:
+        """JSON merge patch (for objects the provisioner does not own, such as PersistentVolumes)."""
+        result: Obj = await self.request("PATCH", path, body=patch, content_type="application/merge-patch+json",
+                                         query=[("fieldManager", L.FIELD_MANAGER)])
+        return result
+
+
+def _api_error(method: str, path: str, exc: ApiException) -> KubeError:
+    import json
+
+    status = int(exc.status or 0)
+    message, reason = "", str(exc.reason or "")
+    try:
+        body = json.loads(exc.body) if exc.body else {}
+        message = str(body.get("message") or "")
+        reason = str(body.get("reason") or reason)
+    except (ValueError, TypeError, AttributeError):
+        message = str(exc.body or "")[:300]
+    message = " ".join((message or reason or f"HTTP {status}").split())
+    return KubeError(f"{method} {path}: {message}", status=status, reason=reason)
+
+
+def _refused(exc: KubeError, what: str) -> ProvisionError:
+    """A request the server judged invalid during validation: bad input (exit 2)."""
+    code = 2 if exc.status in (400, 403, 409, 422) else exc.exit_code
+    message = str(exc).split(": ", 1)[-1]
+    return ProvisionError(f"{what}: {message}", exit_code=code)
+
+
+async def _poll(check: Callable[[], Awaitable[bool]], timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if await check():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(POLL_INTERVAL_S)
+
+
+# --- create ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ApplyReport:
+    """What ``create_project`` did (or, with ``dry_run``, would do)."""
+
+    namespace: str
+    project: str
+    dry_run: bool = False
+    created: list[str] = field(default_factory=list)
+    configured: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+    pruned: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _is_managed(obj: Obj, project: str) -> bool:
+    obj_labels = obj.get("metadata", {}).get("labels") or {}
+    return bool(obj_labels.get(L.MANAGED_BY_LABEL) == L.MANAGED_BY and obj_labels.get(L.PROJECT_LABEL) == project)
+
+
+async def check_namespace(kube: Kube, namespace: str, project: str) -> Obj | None:
+    """Pre-flight: the namespace, or ``None`` if absent. Refuses (exit 2) unmanaged or terminating ones."""
+    ns = await kube.get(TYPES["Namespace"].object_path(namespace))
+    if ns is None:
+        return None
+    ns_labels = ns.get("metadata", {}).get("labels") or {}
+    if ns_labels.get(L.MANAGED_BY_LABEL) != L.MANAGED_BY:
+        raise ProvisionError(f"namespace {namespace} already exists and is not managed by wakegate "
+                             f"(no {L.MANAGED_BY_LABEL}={L.MANAGED_BY} label); refusing to touch it", exit_code=2)
+    if ns_labels.get(L.PROJECT_LABEL) != project:
+        raise ProvisionError(f"namespace {namespace} belongs to wakegate project "
+                             f"{ns_labels.get(L.PROJECT_LABEL)!r}, not {project!r}", exit_code=2)
+    if ns.get("metadata", {}).get("deletionTimestamp") or ns.get("status", {}).get("phase") == "Terminating":
+        raise ProvisionError(f"namespace {namespace} is still terminating; wait until it is gone "
+                             f"(wakegate project delete {project} --wait) and retry", exit_code=2)
+    return ns
+
+
+def _replicas_owned_elsewhere(deploy: Obj) -> bool:
+    """Whether some manager other than the provisioner's main one owns ``spec.replicas``."""
+    for entry in deploy.get("metadata", {}).get("managedFields") or []:
+        if entry.get("manager") == L.FIELD_MANAGER:
+            continue
+        spec_fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if "f:replicas" in spec_fields:
+            return True
+    return False
+
+
+def _without_replicas(deploy: Obj) -> Obj:
+    body = copy.deepcopy(deploy)
+    body["spec"].pop("replicas", None)
+    return body
+
+
+async def _apply_deployment(kube: Kube, deploy: Obj, *, dry_run: bool) -> tuple[Obj | None, Obj]:
+    """Apply the Deployment; ``spec.replicas`` only at creation (see module docstring)."""
+    current = await kube.get(object_path(deploy))
+    if current is None:
+        created = await kube.apply(deploy, dry_run=dry_run)  # replicas: 0 as rendered
+        if dry_run:
+            return None, created
+        current = created
+    if not dry_run and not _replicas_owned_elsewhere(current):
+        claim = {"apiVersion": deploy["apiVersion"], "kind": deploy["kind"],
+                 "metadata": {"name": deploy["metadata"]["name"], "namespace": deploy["metadata"]["namespace"]},
+                 "spec": {"replicas": int(current.get("spec", {}).get("replicas") or 0)}}
+        try:
+            await kube.apply(claim, manager=L.REPLICAS_FIELD_MANAGER, force=False)
+        except KubeError as exc:
+            if exc.status != 409:  # 409: someone scaled it meanwhile; then they own the count
+                raise
+    return current, await kube.apply(_without_replicas(deploy), dry_run=dry_run)
+
+
+def _comparable(obj: Obj) -> Obj:
+    out = {k: v for k, v in obj.items() if k != "status"}
+    out["metadata"] = {k: v for k, v in (obj.get("metadata") or {}).items()
+                       if k not in ("resourceVersion", "managedFields", "generation", "creationTimestamp")}
+    return out
+
+
+def _changed(before: Obj, after: Obj, *, dry_run: bool) -> bool:
+    if dry_run:  # a dry run does not bump resourceVersion; compare content
+        return _comparable(before) != _comparable(after)
+    return bool(before.get("metadata", {}).get("resourceVersion") != after.get("metadata", {}).get("resourceVersion"))
+
+
+async def _apply_one(kube: Kube, obj: Obj, *, dry_run: bool) -> str:
+    """Apply one object; return ``created``, ``configured`` or ``unchanged``."""
+    if obj["kind"] == "Deployment":
+        before, after = await _apply_deployment(kube, obj, dry_run=dry_run)
+    else:
+        before = await kube.get(object_path(obj))
+        after = await kube.apply(obj, dry_run=dry_run)
+    if before is None:
+        return "created"
+    return "configured" if _changed(before, after, dry_run=dry_run) else "unchanged"
+
+
+def _record(report: ApplyReport, obj: Obj, outcome: str) -> None:
+    {"created": report.created, "configured": report.configured, "unchanged": report.unchanged}[outcome].append(
+        describe(obj))
+
+
+async def dry_run_pod(kube: Kube, deploy: Obj, *, timeout_s: float = 30.0) -> None:
+    """Dry-run a Pod from the Deployment's template; refusals (Pod Security, quota) exit 2."""
+    pod = pod_for_dry_run(deploy)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await kube.create(pod, dry_run=True)
+            return
+        except KubeError as exc:
+            # A quota the controller has not yet computed refuses every pod for a moment.
+            if "status unknown for quota" in str(exc) and time.monotonic() < deadline:
+                await asyncio.sleep(POLL_INTERVAL_S)
+                continue
+            raise _refused(exc, f"the pod template of Deployment {deploy['metadata']['name']} was refused "
+                                "(server-side dry run)") from None
+
+
+async def _validate(kube: Kube, objs: list[Obj], *, timeout_s: float, report: ApplyReport | None = None) -> None:
+    """Server-side dry run of every object, then of a Pod from the Deployment's template."""
+    for obj in objs:
+        try:
+            outcome = await _apply_one(kube, obj, dry_run=True)
+        except KubeError as exc:
+            raise _refused(exc, f"{describe(obj)} was refused (server-side dry run)") from None
+        if report is not None:
+            _record(report, obj, outcome)
+    await dry_run_pod(kube, find(objs, "Deployment"), timeout_s=timeout_s)
+
+
+def _identity(objs: list[Obj]) -> tuple[str, str]:
+    if not objs or objs[0].get("kind") != "Namespace":
+        raise ProvisionError("the first object must be the project's Namespace", exit_code=2)
+    ns = objs[0]["metadata"]
+    project = (ns.get("labels") or {}).get(L.PROJECT_LABEL)
+    if not project:
+        raise ProvisionError(f"Namespace {ns['name']} has no {L.PROJECT_LABEL} label", exit_code=2)
+    for obj in objs[1:]:
+        resource_type(obj)
+        if obj["metadata"].get("namespace") != ns["name"]:
+            raise ProvisionError(f"{describe(obj)} is not in namespace {ns['name']}", exit_code=2)
+    return str(ns["name"]), str(project)
+
+
+async def create_project(kube: Kube, objs: list[Obj], *, dry_run: bool = False,
+                         wait_timeout_s: float = 120.0) -> ApplyReport:
+    """Apply the rendered ``objs`` (Namespace first); see the module docstring for the order."""
+    namespace, project = _identity(objs)
+    report = ApplyReport(namespace=namespace, project=project, dry_run=dry_run)
+    existing = await check_namespace(kube, namespace, project)
+
+    if dry_run:
+        if existing is None:
+            try:
+                await kube.apply(objs[0], dry_run=True)
+            except KubeError as exc:
+                raise _refused(exc, f"{describe(objs[0])} was refused (server-side dry run)") from None
+            report.created = [describe(o) for o in objs]
+            report.warnings.append(f"namespace {namespace} does not exist yet, so the server dry-ran only the "
+                                   "Namespace; the other objects are checked when they are created")
+        else:
+            await _validate(kube, objs, timeout_s=wait_timeout_s, report=report)
+        report.warnings += kube.warnings
+        return report
+
+    if existing is None:
+        # A Pod can be dry-run only in an existing namespace whose ServiceAccounts exist.
+        for obj in objs:
+            if obj["kind"] in ("Namespace", "ServiceAccount"):
+                await kube.apply(obj)
+        try:
+            await _validate(kube, objs, timeout_s=wait_timeout_s)
+        except ProvisionError:
+            # Undo: the namespace did not exist before this run, so nothing must stay behind.
+            with contextlib.suppress(ProvisionError):
+                await kube.delete(TYPES["Namespace"].object_path(namespace))
+            raise
+    else:
+        await _validate(kube, objs, timeout_s=wait_timeout_s)
+
+    for obj in objs:
+        outcome = await _apply_one(kube, obj, dry_run=False)
+        _record(report, obj, "created" if existing is None else outcome)
+    report.pruned = await prune(kube, objs, namespace, project)
+    report.warnings += kube.warnings
+    await wait_ready(kube, objs, timeout_s=wait_timeout_s)
+    return report
+
+
+async def prune(kube: Kube, objs: list[Obj], namespace: str, project: str, *, dry_run: bool = False) -> list[str]:
+    """Delete managed objects of this project that ``objs`` no longer contains (never volumes)."""
+    wanted = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    selector = f"{L.MANAGED_SELECTOR},{L.PROJECT_LABEL}={project}"
+    pruned: list[str] = []
+    for kind in PRUNE_KINDS:
+        for item in await kube.list(kind, namespace, selector):
+            name = item["metadata"]["name"]
+            if (kind, name) not in wanted:
+                await kube.delete(TYPES[kind].object_path(name, namespace), dry_run=dry_run)
+                pruned.append(f"{kind}/{name}")
+    for item in await kube.list("PersistentVolumeClaim", namespace, selector):
+        if ("PersistentVolumeClaim", item["metadata"]["name"]) not in wanted:
+            kube.warnings.append(f"PersistentVolumeClaim {item['metadata']['name']} is no longer mounted; its data "
+                                 "is kept until `wakegate project delete`")
+    return pruned
+
+
+async def wait_ready(kube: Kube, objs: list[Obj], *, timeout_s: float) -> None:
+    """Wait until the quota is computed and the Deployment controller has seen the current spec."""
+    deploy = find(objs, "Deployment")
+    quotas = [o for o in objs if o["kind"] == "ResourceQuota"]
+
+    async def settled() -> bool:
+        for quota in quotas:
+            current = await kube.get(object_path(quota))
+            hard = (current or {}).get("status", {}).get("hard") or {}
+            if set(hard) != set(quota["spec"]["hard"]):
+                return False
+        current = await kube.get(object_path(deploy))
+        if current is None:
+            return False
+        generation = current["metadata"].get("generation", 0)
+        return bool(current.get("status", {}).get("observedGeneration", -1) >= generation)
+
+    if not await _poll(settled, timeout_s):
+        raise ProvisionError(f"objects applied, but the controllers did not catch up within {timeout_s:g}s "
+                             "(is kube-controller-manager running?); re-run to wait again")
+
+
+# --- status and list ---------------------------------------------------------------------------------
+
+
+def _pod_summary(pod: Obj) -> dict[str, Any]:
+    status = pod.get("status") or {}
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    reasons: list[str] = []
+    restarts = 0
+    for cs in status.get("containerStatuses") or []:
+        restarts += int(cs.get("restartCount") or 0)
+        for state in ("waiting", "terminated"):
+            reason = ((cs.get("state") or {}).get(state) or {}).get("reason")
+            if reason:
+                reasons.append(reason)
+    return {"name": pod["metadata"]["name"], "phase": status.get("phase", "Unknown"), "ready": ready,
+            "restarts": restarts, "reasons": reasons,
+            "terminating": bool(pod["metadata"].get("deletionTimestamp"))}
+
+
+async def project_status(kube: Kube, project: str, namespace: str, *, url: str | None = None) -> dict[str, Any]:
+    """Replicas wanted/ready, endpoint readiness, last activity, settings, quota usage and pods."""
+    ns = await kube.get(TYPES["Namespace"].object_path(namespace))
+    if ns is None:
+        raise ProvisionError(f"project {project} not found (namespace {namespace} does not exist)")
+    if not _is_managed(ns, project):
+        raise ProvisionError(f"namespace {namespace} is not managed by wakegate for project {project}", exit_code=2)
+    deploy = await kube.get(TYPES["Deployment"].object_path(project, namespace)) or {}
+    d_spec, d_status = deploy.get("spec") or {}, deploy.get("status") or {}
+    annotations = (deploy.get("metadata") or {}).get("annotations") or {}
+    slices = await kube.list("EndpointSlice", namespace, f"kubernetes.io/service-name={project}")
+    ready = not_ready = 0
+    for eps in slices:
+        for ep in eps.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready", True):
+                ready += 1
+            else:
+                not_ready += 1
+    quota_usage: dict[str, dict[str, str]] = {}
+    for quota in await kube.list("ResourceQuota", namespace, L.MANAGED_SELECTOR):
+        q_status = quota.get("status") or {}
+        for key, hard in sorted((q_status.get("hard") or {}).items()):
+            quota_usage[key] = {"used": (q_status.get("used") or {}).get(key, "0"), "hard": hard}
+    pods = await kube.list("Pod", namespace, L.app_label_selector(project))
+    containers = (((d_spec.get("template") or {}).get("spec") or {}).get("containers")) or [{}]
+    claims = await kube.list("PersistentVolumeClaim", namespace, L.MANAGED_SELECTOR)
+    return {
+        "project": project,
+        "namespace": namespace,
+        "phase": (ns.get("status") or {}).get("phase", "Unknown"),
+        "url": url,
+        "image": containers[0].get("image"),
+        "deployment": bool(deploy),
+        "replicas": {"wanted": int(d_spec.get("replicas") or 0), "ready": int(d_status.get("readyReplicas") or 0),
+                     "available": int(d_status.get("availableReplicas") or 0),
+                     "updated": int(d_status.get("updatedReplicas") or 0)},
+        "endpoints": {"ready": ready, "notReady": not_ready},
+        "lastActivity": annotations.get(L.LAST_ACTIVITY_ANNOTATION),
+        "settings": {"idleTimeoutS": annotations.get(L.IDLE_TIMEOUT_ANNOTATION),
+                     "holdTimeoutS": annotations.get(L.HOLD_TIMEOUT_ANNOTATION),
+                     "strategy": annotations.get(L.STRATEGY_ANNOTATION)},
+        "quota": quota_usage,
+        "pods": [_pod_summary(p) for p in sorted(pods, key=lambda p: p["metadata"]["name"])],
+        "volumes": [{"name": c["metadata"]["name"], "phase": (c.get("status") or {}).get("phase"),
+                     "size": ((c.get("spec") or {}).get("resources") or {}).get("requests", {}).get("storage")}
+                    for c in claims],
+    }
+
+
+async def list_projects(kube: Kube) -> list[dict[str, Any]]:
+    """Every managed project: name, namespace, phase, replicas wanted/ready, last activity."""
+    namespaces = await kube.list("Namespace", label_selector=L.MANAGED_SELECTOR)
+    deployments = await kube.list("Deployment", label_selector=L.MANAGED_SELECTOR)
+    by_key = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in deployments}
+    out: list[dict[str, Any]] = []
+    for ns in namespaces:
+        ns_name = ns["metadata"]["name"]
+        project = (ns["metadata"].get("labels") or {}).get(L.PROJECT_LABEL)
+        if not project:
+            continue
+        deploy = by_key.get((ns_name, project)) or {}
+        out.append({
+            "project": project, "namespace": ns_name,
+            "phase": (ns.get("status") or {}).get("phase", "Unknown"),
+            "wanted": int((deploy.get("spec") or {}).get("replicas") or 0),
+            "ready": int((deploy.get("status") or {}).get("readyReplicas") or 0),
+            "lastActivity": ((deploy.get("metadata") or {}).get("annotations") or {}).get(L.LAST_ACTIVITY_ANNOTATION),
+        })
+    return sorted(out, key=lambda p: str(p["project"]))
+
+
+# --- delete ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class DeleteReport:
+    """What ``delete_project`` did."""
+
+    namespace: str
+    existed: bool = True
+    gone: bool = False
+    kept_volumes: list[str] = field(default_factory=list)
+
+
+async def delete_project(kube: Kube, project: str, namespace: str, *, wait: bool = False, keep_data: bool = False,
+                         timeout_s: float = 300.0) -> DeleteReport:
+    """Delete the project's namespace (and with it everything in it).
+
+    Persistent volumes bound to the project's claims are deleted with them, or, with ``keep_data``,
+    switched to ``Retain`` and labelled with the project so the data can be found again.
+    """
+    ns_path = TYPES["Namespace"].object_path(namespace)
+    report = DeleteReport(namespace=namespace)
+    ns = await kube.get(ns_path)
+    if ns is None:
+        report.existed, report.gone = False, True
+        return report
+    if not _is_managed(ns, project):
+        raise ProvisionError(f"namespace {namespace} is not managed by wakegate for project {project}; "
+                             "refusing to delete it", exit_code=2)
+    for claim in await kube.list("PersistentVolumeClaim", namespace):
+        volume = (claim.get("spec") or {}).get("volumeName")
+        if not volume:
+            continue
+        pv_path = TYPES["PersistentVolume"].object_path(volume)
+        pv = await kube.get(pv_path)
+        if pv is None:
+            continue
+        policy = "Retain" if keep_data else "Delete"
+        patch: Obj = {}
+        if (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") != policy:
+            patch["spec"] = {"persistentVolumeReclaimPolicy": policy}
+        if keep_data:
+            patch["metadata"] = {"labels": L.common_labels(project)}
+            report.kept_volumes.append(volume)
+        if patch:
+            await kube.merge_patch(pv_path, patch)
+    await kube.delete(ns_path)
+    if not wait:
+        return report
+
+    async def gone() -> bool:
+        return await kube.get(ns_path) is None
+
+    if await _poll(gone, timeout_s):
+        report.gone = True
+        return report
+    stuck = await kube.get(ns_path) or {}
+    conditions = [f"{c.get('type')}: {c.get('message') or c.get('reason')}"
+                  for c in (stuck.get("status") or {}).get("conditions") or [] if c.get("status") == "True"]
+    finalizers = (stuck.get("spec") or {}).get("finalizers") or []
+    detail = "; ".join(conditions) or (f"finalizers {finalizers}" if finalizers else "no conditions reported")
+    raise ProvisionError(f"namespace {namespace} is still terminating after {timeout_s:g}s: {detail}")

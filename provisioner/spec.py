@@ -1,0 +1,376 @@
+"""What a project is: :class:`ProjectSpec`, validated on construction.
+
+Every check raises :class:`SpecError` with a one-line message naming the problem. Quantities are kept
+as the user wrote them (the API server canonicalises them) but parsed exactly (:func:`parse_quantity`)
+to compare requests with limits and quotas with what a rolling update needs.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import PurePosixPath
+
+from . import labels
+from .envfile import MAX_FILE_BYTES, env_key_problem, secret_reason
+from .errors import SpecError
+
+__all__ = [
+    "DEFAULT_POD_SECURITY_VERSION",
+    "ROLLOUT_PODS",
+    "ProjectSpec",
+    "Quota",
+    "Resources",
+    "SpecError",
+    "Storage",
+    "format_quantity",
+    "parse_duration",
+    "parse_quantity",
+    "validate_project_name",
+]
+
+#: Pod Security Standards version pinned on every project namespace.
+DEFAULT_POD_SECURITY_VERSION = "v1.33"
+#: A rolling update runs the old and the new pod side by side; quotas must allow that many.
+ROLLOUT_PODS = 2
+MAX_NAME = 63
+
+_DNS1035 = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_PREFIX = re.compile(r"([a-z][-a-z0-9]*)?")
+_QUANTITY = re.compile(
+    r"(?P<num>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<bin>Ki|Mi|Gi|Ti|Pi|Ei)|(?P<dec>[numkMGTPE])|[eE](?P<exp>[+-]?[0-9]+))?"
+)
+_BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
+_DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(h|m|s|ms)")
+_IMAGE = re.compile(
+    r"(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
+    r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?/)?"
+    r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
+    r"(?::[\w][\w.-]{0,127})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?"
+)
+_PSA_VERSION = re.compile(r"latest|v1\.(0|[1-9][0-9]*)")
+_RESERVED_NAMES = frozenset({"default", "www", "wakegate"})
+_RESERVED_NAMESPACE_PREFIXES = ("kube-", "openshift-", "aks-", "azure-", "calico-", "tigera-", "gatekeeper-")
+_FORBIDDEN_MOUNTS = ("/proc", "/sys", "/dev", "/tmp")
+
+
+# --- quantities and durations ------------------------------------------------------------------------
+
+
+def parse_quantity(text: str, what: str = "quantity") -> Fraction:
+    """Parse a Kubernetes quantity (``100m``, ``0.5``, ``1Gi``, ``512Mi``, ``1e3``) exactly."""
+    m = _QUANTITY.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not m or text != text.strip():
+        raise SpecError(f"{what}: cannot parse {text!r} as a Kubernetes quantity (e.g. 500m, 0.5, 1Gi, 512Mi)")
+    value = Fraction(m["num"])
+    if m["bin"]:
+        value *= 1024 ** _BINARY[m["bin"]]
+    elif m["dec"]:
+        value *= Fraction(10) ** _DECIMAL[m["dec"]]
+    elif m["exp"] is not None:
+        exp = int(m["exp"])
+        if abs(exp) > 30:
+            raise SpecError(f"{what}: exponent in {text!r} is out of range")
+        value *= Fraction(10) ** exp
+    return value
+
+
+def format_quantity(value: Fraction) -> str:
+    """A canonical-looking quantity for ``value`` (``2Gi``, ``500m``, ``3``); rounds up below 1n."""
+    if value.denominator == 1:
+        n = value.numerator
+        for suffix, power in sorted(_BINARY.items(), key=lambda kv: -kv[1]):
+            if n and n % 1024 ** power == 0:
+                return f"{n // 1024 ** power}{suffix}"
+        for suffix, power in sorted(_DECIMAL.items(), key=lambda kv: -kv[1]):
+            if power > 0 and n and n % 10 ** power == 0:
+                return f"{n // 10 ** power}{suffix}"
+        return str(n)
+    for suffix, power in (("m", 3), ("u", 6), ("n", 9)):
+        scaled = value * 10 ** power
+        if scaled.denominator == 1:
+            return f"{scaled.numerator}{suffix}"
+    return f"{-(-value.numerator * 10 ** 9 // value.denominator)}n"
+
+
+def parse_duration(text: str, what: str = "duration") -> float:
+    """Seconds from ``300``, ``2.5``, ``300s``, ``5m``, ``1h30m`` or ``250ms``; must be positive."""
+    s = text.strip()
+    try:
+        seconds = float(s)
+    except ValueError:
+        parts = _DURATION_PART.findall(s)
+        if not s or "".join(n + u for n, u in parts) != s:
+            raise SpecError(f"{what}: cannot parse {text!r} as a duration (e.g. 300, 90s, 15m, 1h)") from None
+        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+        seconds = sum(float(n) * scale[u] for n, u in parts)
+    if not seconds > 0 or seconds == float("inf"):
+        raise SpecError(f"{what}: {text!r} must be a positive number of seconds")
+    return seconds
+
+
+# --- names -------------------------------------------------------------------------------------------
+
+
+def validate_project_name(name: str, prefix: str = labels.DEFAULT_NAMESPACE_PREFIX,
+                          gateway_namespace: str = labels.DEFAULT_GATEWAY_NAMESPACE) -> None:
+    """Check that ``name`` is a usable project name and ``<prefix><name>`` a usable namespace."""
+    if not _PREFIX.fullmatch(prefix) or len(prefix) >= MAX_NAME:
+        raise SpecError(f"namespace prefix {prefix!r} must be empty or start with a lowercase letter and "
+                        "contain only lowercase letters, digits and '-'")
+    if not name:
+        raise SpecError("project name is empty")
+    if len(name) > MAX_NAME:
+        raise SpecError(f"project name {name[:70]!r} is too long: {len(name)} characters (max {MAX_NAME})")
+    if not _DNS1035.fullmatch(name):
+        raise SpecError(f"project name {name!r} is not a DNS-1035 label (lowercase letters, digits and '-', "
+                        "starting with a letter and ending with a letter or digit)")
+    if name[2:4] == "--":
+        raise SpecError(f"project name {name!r} has '--' in the third and fourth characters ('xn--' and the like "
+                        "are reserved for internationalised domain names)")
+    namespace = labels.namespace_for(name, prefix)
+    if len(namespace) > MAX_NAME:
+        raise SpecError(f"project name {name!r} is too long with the prefix: namespace {namespace!r} would have "
+                        f"{len(namespace)} characters (max {MAX_NAME})")
+    if name in _RESERVED_NAMES or name.startswith("kube-"):
+        raise SpecError(f"project name {name!r} is reserved")
+    if namespace == gateway_namespace:
+        raise SpecError(f"project name {name!r} is reserved: namespace {namespace!r} is the gateway namespace")
+    if namespace in _RESERVED_NAMES or namespace.startswith(_RESERVED_NAMESPACE_PREFIXES):
+        raise SpecError(f"project name {name!r} is reserved: namespace {namespace!r} belongs to the cluster")
+
+
+# --- the spec ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Requests and limits of the app container (Kubernetes quantity strings)."""
+
+    cpu_request: str = "250m"
+    cpu_limit: str = "1"
+    memory_request: str = "256Mi"
+    memory_limit: str = "1Gi"
+    ephemeral_storage_request: str = "64Mi"
+    ephemeral_storage_limit: str = "1Gi"
+    #: Size of the writable ``/tmp`` (an emptyDir; counts against ephemeral storage).
+    tmp_size: str = "256Mi"
+
+    def pairs(self) -> tuple[tuple[str, str, str], ...]:
+        """``(resource, request, limit)`` for cpu, memory and ephemeral-storage."""
+        return (("cpu", self.cpu_request, self.cpu_limit),
+                ("memory", self.memory_request, self.memory_limit),
+                ("ephemeral-storage", self.ephemeral_storage_request, self.ephemeral_storage_limit))
+
+    def validate(self) -> None:
+        """Every quantity parses and is positive; requests do not exceed limits."""
+        for resource, request, limit in self.pairs():
+            req = parse_quantity(request, f"--{resource}-request")
+            lim = parse_quantity(limit, f"--{resource}-limit")
+            if req <= 0 or lim <= 0:
+                raise SpecError(f"{resource}: request and limit must be positive")
+            if req > lim:
+                raise SpecError(f"{resource} request {request} is above its limit {limit}")
+        tmp = parse_quantity(self.tmp_size, "--tmp-size")
+        if tmp <= 0:
+            raise SpecError("--tmp-size must be positive")
+        if tmp > parse_quantity(self.ephemeral_storage_limit):
+            raise SpecError(f"--tmp-size {self.tmp_size} is above the ephemeral-storage limit "
+                            f"{self.ephemeral_storage_limit}")
+
+
+@dataclass(frozen=True, slots=True)
+class Quota:
+    """ResourceQuota sizes. ``None`` means :data:`ROLLOUT_PODS` times the container's value."""
+
+    pods: int = 4
+    requests_cpu: str | None = None
+    limits_cpu: str | None = None
+    requests_memory: str | None = None
+    limits_memory: str | None = None
+    requests_ephemeral_storage: str | None = None
+    limits_ephemeral_storage: str | None = None
+    #: Count limit for configmaps, secrets, services, deployments, statefulsets and ingresses each.
+    objects: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Storage:
+    """A PersistentVolumeClaim mounted at ``path``; survives sleep (scale to zero)."""
+
+    size: str
+    path: str
+    storage_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectSpec:
+    """Everything that defines a project's objects. Validated on construction."""
+
+    name: str
+    image: str
+    port: int = labels.DEFAULT_CONTAINER_PORT
+    #: Non-secret environment (ConfigMap) and secret environment (Secret), in file order.
+    config: tuple[tuple[str, str], ...] = ()
+    secret: tuple[tuple[str, str], ...] = ()
+    resources: Resources = field(default_factory=Resources)
+    quota: Quota = field(default_factory=Quota)
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    #: ``None``: same as ``run_as_group``.
+    fs_group: int | None = None
+    #: HTTP readiness probe path; ``None`` probes the TCP port.
+    readiness_path: str | None = None
+    idle_timeout_s: float | None = None
+    hold_timeout_s: float | None = None
+    strategy: str | None = None
+    gateway_namespace: str = labels.DEFAULT_GATEWAY_NAMESPACE
+    namespace_prefix: str = labels.DEFAULT_NAMESPACE_PREFIX
+    #: Egress to the internet (never to private ranges, link-local or Azure's host addresses).
+    allow_internet: bool = False
+    storage: Storage | None = None
+    runtime_class: str | None = None
+    workload_identity_client_id: str | None = None
+    pod_security_version: str = DEFAULT_POD_SECURITY_VERSION
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def namespace(self) -> str:
+        """``<namespace_prefix><name>``."""
+        return labels.namespace_for(self.name, self.namespace_prefix)
+
+    @property
+    def effective_fs_group(self) -> int:
+        """``fs_group``, defaulting to ``run_as_group``."""
+        return self.run_as_group if self.fs_group is None else self.fs_group
+
+    def quota_hard(self) -> dict[str, str]:
+        """The ResourceQuota's ``spec.hard``: explicit sizes, or derived from the container's resources."""
+        q, r = self.quota, self.resources
+        derived = {
+            "requests.cpu": (q.requests_cpu, r.cpu_request),
+            "limits.cpu": (q.limits_cpu, r.cpu_limit),
+            "requests.memory": (q.requests_memory, r.memory_request),
+            "limits.memory": (q.limits_memory, r.memory_limit),
+            "requests.ephemeral-storage": (q.requests_ephemeral_storage, r.ephemeral_storage_request),
+            "limits.ephemeral-storage": (q.limits_ephemeral_storage, r.ephemeral_storage_limit),
+        }
+        hard = {key: given if given is not None else format_quantity(ROLLOUT_PODS * parse_quantity(per_pod))
+                for key, (given, per_pod) in derived.items()}
+        hard["pods"] = str(q.pods)
+        hard["services.loadbalancers"] = "0"
+        hard["services.nodeports"] = "0"
+        hard["persistentvolumeclaims"] = "1" if self.storage else "0"
+        hard["requests.storage"] = self.storage.size if self.storage else "0"
+        for counted in ("configmaps", "secrets", "services", "count/deployments.apps",
+                        "count/statefulsets.apps", "count/ingresses.networking.k8s.io"):
+            hard[counted] = str(q.objects)
+        return hard
+
+    # --- validation ----------------------------------------------------------------------------------
+
+    def validate(self) -> None:
+        """Raise :class:`SpecError` for the first problem found."""
+        if not _DNS1123_LABEL.fullmatch(self.gateway_namespace) or len(self.gateway_namespace) > MAX_NAME:
+            raise SpecError(f"--gateway-namespace {self.gateway_namespace!r} is not a valid namespace name")
+        validate_project_name(self.name, self.namespace_prefix, self.gateway_namespace)
+        if not self.image or len(self.image) > 512 or not _IMAGE.fullmatch(self.image):
+            raise SpecError(f"--image {self.image[:80]!r} is not a valid image reference")
+        _check_int("--port", self.port, 1, 65535)
+        _check_int("--run-as-user", self.run_as_user, 1, 2**31 - 1, "(the restricted Pod Security profile "
+                   "forbids root)")
+        _check_int("--run-as-group", self.run_as_group, 0, 2**31 - 1)
+        if self.fs_group is not None:
+            _check_int("--fs-group", self.fs_group, 0, 2**31 - 1)
+        if self.readiness_path is not None and not re.fullmatch(r"/[!-~]{0,2047}", self.readiness_path):
+            raise SpecError(f"--readiness-path {self.readiness_path[:80]!r} must start with '/' and contain no "
+                            "spaces or control characters")
+        for flag, seconds in (("--idle-timeout", self.idle_timeout_s), ("--hold-timeout", self.hold_timeout_s)):
+            if seconds is not None and not (0 < seconds < float("inf")):
+                raise SpecError(f"{flag} must be a positive number of seconds")
+        if self.strategy is not None and self.strategy not in labels.STRATEGIES:
+            raise SpecError(f"--strategy {self.strategy!r} must be one of {', '.join(labels.STRATEGIES)}")
+        if not _PSA_VERSION.fullmatch(self.pod_security_version):
+            raise SpecError(f"--pod-security-version {self.pod_security_version!r} must be 'latest' or like 'v1.33'")
+        self.resources.validate()
+        self._validate_quota()
+        self._validate_env()
+        if self.storage is not None:
+            self._validate_storage(self.storage)
+        if self.runtime_class is not None and not _DNS1123_SUBDOMAIN.fullmatch(self.runtime_class):
+            raise SpecError(f"--runtime-class {self.runtime_class!r} is not a valid RuntimeClass name")
+        if self.workload_identity_client_id is not None:
+            try:
+                uuid.UUID(self.workload_identity_client_id)
+            except ValueError:
+                raise SpecError(f"--workload-identity-client-id {self.workload_identity_client_id[:80]!r} "
+                                "is not a client ID (a UUID)") from None
+
+    def _validate_quota(self) -> None:
+        q = self.quota
+        _check_int("--quota-pods", q.pods, ROLLOUT_PODS, 10_000, f"(a rolling update needs {ROLLOUT_PODS})")
+        _check_int("--quota-objects", q.objects, 1, 100_000)
+        # Explicit sizes must fit a rolling update: ROLLOUT_PODS times the container's value.
+        hard = self.quota_hard()
+        for resource, request, limit in self.resources.pairs():
+            for kind, per_pod in (("requests", request), ("limits", limit)):
+                key = f"{kind}.{resource}"
+                flag = f"--quota-{kind}-{resource}"
+                size = parse_quantity(hard[key], flag)
+                needed = ROLLOUT_PODS * parse_quantity(per_pod)
+                if size < needed:
+                    raise SpecError(f"{flag} {hard[key]} is too small: a rolling update needs {ROLLOUT_PODS} x "
+                                    f"{per_pod} = {format_quantity(needed)}")
+
+    def _validate_env(self) -> None:
+        total = 0
+        for what, pairs in (("config", self.config), ("secret", self.secret)):
+            seen: set[str] = set()
+            for key, value in pairs:
+                problem = env_key_problem(key)
+                if problem:
+                    raise SpecError(f"{what} environment: {problem}")
+                if key in seen:
+                    raise SpecError(f"{what} environment: duplicate key {key}")
+                seen.add(key)
+                if "\x00" in value:
+                    raise SpecError(f"{what} environment: {key}: value contains a NUL byte")
+                if what == "config":
+                    reason = secret_reason(key, value)
+                    if reason:
+                        raise SpecError(f"config environment: {key} looks like a secret ({reason}); "
+                                        "move it to the --secret-env-file file")
+                total += len(key.encode()) + len(value.encode())
+        both = sorted({k for k, _ in self.config} & {k for k, _ in self.secret})
+        if both:
+            raise SpecError(f"key {both[0]} is set in both --env-file and --secret-env-file; keep it in one")
+        if total > MAX_FILE_BYTES:
+            raise SpecError(f"environment is {total} bytes, over the 1 MiB a ConfigMap or Secret can hold")
+
+    def _validate_storage(self, storage: Storage) -> None:
+        size = parse_quantity(storage.size, "--storage")
+        if size <= 0:
+            raise SpecError("--storage must be positive")
+        path = storage.path
+        if not path.startswith("/") or any(p in ("..", ".") for p in path.split("/")) or ":" in path:
+            raise SpecError(f"--storage-path {path!r} must be an absolute path without '.', '..' or ':'")
+        norm = str(PurePosixPath(path))
+        if norm == "/" or any(norm == m or norm.startswith(m + "/") or m.startswith(norm + "/")
+                              for m in _FORBIDDEN_MOUNTS):
+            raise SpecError(f"--storage-path {path!r} would hide a system directory or /tmp")
+        if storage.storage_class is not None and not _DNS1123_SUBDOMAIN.fullmatch(storage.storage_class):
+            raise SpecError(f"--storage-class {storage.storage_class!r} is not a valid StorageClass name")
+
+
+def _check_int(flag: str, value: int, low: int, high: int, why: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise SpecError(f"{flag} {value!r} is outside {low}-{high}{' ' + why if why else ''}")
