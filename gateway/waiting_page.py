@@ -79,7 +79,8 @@ def render_page(project: str, state: str, elapsed_s: float, hold_timeout_s: floa
     }).replace("<", "\\u003c")
     return _TEMPLATE.format(
         name=name, message=message, elapsed=elapsed_text, hold=f"{hold_timeout_s:g}", config=config,
-        refresh=NOSCRIPT_REFRESH_S, slow="" if elapsed_s >= hold_timeout_s else " hidden", state=html.escape(state, quote=True),
+        refresh=NOSCRIPT_REFRESH_S, slow="" if elapsed_s >= hold_timeout_s else " hidden",
+        state=html.escape(state, quote=True),
     ).encode()
 
 
