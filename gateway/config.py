@@ -75,6 +75,8 @@ class Settings:
     namespace_selector: str | None = None
     gateway_namespace: str = "wakegate-system"
     activity_write_interval_s: float = 5.0
+    replica_id: str | None = None  # default: $POD_NAME, else <hostname>-<pid>
+    leader_lease_s: float = 15.0
 
     def url_for(self, project: str) -> str:
         """The public URL of a project, as handed to the platform backend."""
@@ -201,6 +203,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("gateway_namespace", "--gateway-namespace", str, "namespace of the gateway (Leases)"),
     Option("activity_write_interval_s", "--activity-write-interval", _positive_float,
            "seconds between shared activity writes per project", "S"),
+    Option("replica_id", "--replica-id", str, "this gateway replica's name (default $POD_NAME or host-pid)"),
+    Option("leader_lease_s", "--leader-lease", _positive_float, "seconds the idle-reaper Lease lasts", "S"),
 )
 
 

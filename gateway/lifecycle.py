@@ -28,7 +28,7 @@ from cachetools import TTLCache
 
 from gateway import logs
 from gateway.activity import is_idle
-from gateway.backends.base import Backend, BackendError, Endpoint, ProjectInfo
+from gateway.backends.base import Backend, BackendError, BackendUnavailable, Endpoint, ProjectInfo
 from gateway.config import Settings
 
 
@@ -51,7 +51,12 @@ class HoldRejected(Exception):
 
 
 class WakeFailed(Exception):
-    """Set on held requests' futures when a wake fails."""
+    """Set on held requests' futures when a wake fails. ``unavailable``: the backend could not be
+    reached (answered 503, worth retrying) rather than the project failing (502)."""
+
+    def __init__(self, message: str, unavailable: bool = False) -> None:
+        super().__init__(message)
+        self.unavailable = unavailable
 
 
 class LifecycleObserver(Protocol):
@@ -303,6 +308,9 @@ class Lifecycle:
                 except TimeoutError:
                     raise self._hold_timeout(p) from None
                 except WakeFailed as exc:
+                    if exc.unavailable:
+                        raise HoldRejected(503, "unavailable", f"project {p.name} cannot be started now: {exc}",
+                                           5) from None
                     raise HoldRejected(502, "failed", f"project {p.name} failed to start: {exc}") from None
                 finally:
                     timer.cancel()
@@ -362,7 +370,8 @@ class Lifecycle:
             self.observer.scale_operation("up", False)
             logs.event("scale_error", logging.ERROR, project=p.name, direction="up", error=str(exc))
             if p._wake_id == wake_id and p.state is State.WAKING:
-                self._wake_done(p, "failed", f"scale-up failed: {exc}")
+                self._wake_done(p, "failed", f"scale-up failed: {exc}",
+                                unavailable=isinstance(exc, BackendUnavailable))
             return
         if p.endpoints and p._wake_id == wake_id and p.state is State.WAKING:
             self._become_ready(p)
@@ -388,21 +397,21 @@ class Lifecycle:
             if not fut.done():
                 fut.set_result(None)
 
-    def _wake_done(self, p: Project, result: str, error: str) -> None:
+    def _wake_done(self, p: Project, result: str, error: str, unavailable: bool = False) -> None:
         p.state = State.FAILED
         p.last_error = error
         self._finish_wake_metrics(p, result)
         logs.event("wake_failed", logging.WARNING, project=p.name, result=result, error=error)
-        self._fail_waiters(p, error)
+        self._fail_waiters(p, error, unavailable)
 
     def _finish_wake_metrics(self, p: Project, result: str) -> None:
         duration = time.monotonic() - (p.wake_started_mono or time.monotonic())
         self.observer.wake_finished(p.name, result, duration)
 
-    def _fail_waiters(self, p: Project, error: str) -> None:
+    def _fail_waiters(self, p: Project, error: str, unavailable: bool = False) -> None:
         for fut in p._waiters:
             if not fut.done():
-                fut.set_exception(WakeFailed(error))
+                fut.set_exception(WakeFailed(error, unavailable))
 
     # --- sleeping --------------------------------------------------------------------------------
 

@@ -53,6 +53,11 @@ class BackendError(Exception):
     """
 
 
+class BackendUnavailable(BackendError):
+    """The backend cannot be reached right now (e.g. the Kubernetes API server is down); the same
+    request may succeed later, so the data path answers 503 rather than 502."""
+
+
 class BackendListener(Protocol):
     """What a backend reports to (implemented by :class:`gateway.lifecycle.Lifecycle`)."""
 
