@@ -2,12 +2,22 @@
 
 Callers pass only fields that are safe to log. Header values and bodies are never logged; the
 formatter drops any field whose name looks like it could carry a credential, as a second guard.
+Paths are logged through :func:`safe_path` (no query string: it may carry tokens).
+
+Request ids: the data path takes a client's ``X-Request-Id`` through :func:`request_id` (which
+generates one when it is missing or unsafe) and may bind it with ``request_id_var.set(...)`` in
+the task that holds a request: every event logged from that task, and from tasks it starts (the
+lifecycle's wake), then carries ``request_id`` without being passed it.
 """
 
 from __future__ import annotations
 
+import contextvars
+import itertools
 import json
 import logging
+import os
+import re
 import sys
 import time
 from typing import Any
@@ -18,11 +28,42 @@ log = logging.getLogger(LOGGER_NAME)
 _FORBIDDEN = ("authorization", "cookie", "token", "password", "secret", "body")
 _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("wakegate_request_id", default=None)
+
+# A client's X-Request-Id is kept when it is short and of these characters; otherwise one is made.
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+_ID_PREFIX = os.urandom(4).hex()
+_ID_COUNTER = itertools.count(1)
+MAX_PATH_CHARS = 200
+
 
 def event(name: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log one structured event, e.g. ``event("wake", project="foo", duration_s=1.2)``."""
     if log.isEnabledFor(level):
+        if "request_id" not in fields:
+            fields["request_id"] = request_id_var.get()
         log.log(level, name, extra={"event": name, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def new_request_id() -> str:
+    """A request id unique to this process: a random per-process prefix and a counter."""
+    return f"{_ID_PREFIX}-{next(_ID_COUNTER):08x}"
+
+
+def request_id(incoming: str | bytes | None) -> str:
+    """The client's ``X-Request-Id`` when it is safe to log and propagate, else a new one."""
+    if incoming is not None:
+        text = incoming.decode("latin-1") if isinstance(incoming, bytes) else incoming
+        if _REQUEST_ID_RE.fullmatch(text):
+            return text
+    return new_request_id()
+
+
+def safe_path(target: str | bytes) -> str:
+    """A request-target fit for logs: the path without its query string, truncated."""
+    text = target.decode("latin-1") if isinstance(target, bytes) else target
+    path = text.split("?", 1)[0].split("#", 1)[0]
+    return path if len(path) <= MAX_PATH_CHARS else path[:MAX_PATH_CHARS] + "…"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
