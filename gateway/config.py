@@ -64,6 +64,8 @@ class Settings:
     drain_timeout_s: float = 30.0
     log_format: str = "json"
     access_log: bool = False
+    # Keep incoming X-Forwarded-Proto/-Host: only when a trusted ingress sits in front of the gateway.
+    trust_forwarded: bool = False
     default_strategy: str = "auto"
     ignore_paths: tuple[str, ...] = ()
     ignore_user_agents: tuple[str, ...] = DEFAULT_IGNORE_USER_AGENTS
@@ -190,6 +192,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("drain_timeout_s", "--drain-timeout", _positive_float, "seconds to finish requests on SIGTERM", "S"),
     Option("log_format", "--log-format", _choice("json", "text"), "json or text"),
     Option("access_log", "--access-log", _bool, "log every request (off by default)", "BOOL"),
+    Option("trust_forwarded", "--trust-forwarded", _bool,
+           "keep incoming X-Forwarded-Proto/-Host (only behind a trusted ingress)", "BOOL"),
     Option("default_strategy", "--strategy", _choice("auto", "block", "page"), "cold browser requests"),
     Option("ignore_paths", "--ignore-paths", _csv, "path prefixes that never wake (comma-separated)", "LIST"),
     Option("ignore_user_agents", "--ignore-user-agents", _regex_list, "User-Agent regexes that never wake",
