@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import socket
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
@@ -12,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.admin import create_admin_app, mark_draining, read_token, rfc3339
+from gateway.admin import create_admin_app, mark_draining, read_token, rfc3339, start_admin
 from gateway.backends.base import ProjectInfo, ProjectSettings
-from gateway.config import ConfigError, Settings
+from gateway.config import ConfigError, HostPort, Settings
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from tests.ops_support import ScriptedBackend
@@ -307,3 +311,83 @@ async def test_listing_thousands_of_projects(aiohttp_client: MakeClient) -> None
     finally:
         await g.lifecycle.close()
     await asyncio.sleep(0)
+
+
+# --- the command-line client -----------------------------------------------------------------------
+
+
+async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """``python -m gateway project ARGS`` as a real process (the loop keeps serving meanwhile)."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_")}
+    environ.update(env or {})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "project", *args, env=environ,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+@pytest.fixture
+async def served(tmp_path: Path) -> AsyncIterator[tuple[Gateway, str, Path]]:
+    token_file = tmp_path / "token"
+    token_file.write_text("cli-token\n")
+    g = Gateway(ScriptedBackend(["alpha", "stuck"], never_ready=["stuck"]), make_settings(admin_token_file=token_file))
+    await g.lifecycle.start()
+    runner, port = await start_admin(g.app, HostPort("127.0.0.1", 0))
+    try:
+        yield g, f"http://127.0.0.1:{port}", token_file
+    finally:
+        await runner.cleanup()
+        await g.lifecycle.close()
+
+
+async def test_cli_activate_and_deactivate(served: tuple[Gateway, str, Path]) -> None:
+    g, url, token_file = served
+    code, out, err = await run_cli("activate", "alpha", "--wait", "--admin-url", url,
+                                   "--admin-token-file", str(token_file))
+    assert (code, err) == (0, "")
+    assert out.strip() == "alpha: ready, 1 endpoint, https://alpha.test.example/"
+    assert g.lifecycle.projects["alpha"].pick() is not None
+
+    p = g.lifecycle.projects["alpha"]
+    g.lifecycle.begin(p)
+    env = {"WAKEGATE_ADMIN_URL": url, "WAKEGATE_ADMIN_TOKEN_FILE": str(token_file)}
+    code, out, err = await run_cli("deactivate", "alpha", env=env)
+    assert code == 1 and out == ""
+    assert "1 request(s) in flight" in err and "[HTTP 409]" in err
+    code, out, err = await run_cli("deactivate", "alpha", "--force", "--json", env=env)
+    assert code == 0, err
+    assert json.loads(out)["state"] == "asleep"
+    g.lifecycle.end(p)
+    assert g.backend.scale_downs == ["alpha"]
+
+
+async def test_cli_errors(served: tuple[Gateway, str, Path], tmp_path: Path) -> None:
+    _, url, token_file = served
+    env = {"WAKEGATE_ADMIN_URL": url, "WAKEGATE_ADMIN_TOKEN_FILE": str(token_file)}
+    code, _, err = await run_cli("activate", "nope", env=env)
+    assert code == 1 and "unknown project 'nope' [HTTP 404]" in err
+    code, out, err = await run_cli("activate", "stuck", "--wait", "--timeout", "0.3", "--json", env=env)
+    assert code == 1 and "not ready after 0.3s" in err
+    assert json.loads(out)["state"] == "waking"  # --json prints the body of a refusal too
+    (tmp_path / "wrong").write_text("nope\n")
+    code, _, err = await run_cli("activate", "alpha", "--admin-url", url, "--admin-token-file", str(tmp_path / "wrong"))
+    assert code == 1 and "invalid bearer token" in err and "--admin-token-file" in err
+    code, _, err = await run_cli("activate", "alpha", "--admin-url", url, "--admin-token-file", str(tmp_path / "x"))
+    assert code == 2 and "cannot read" in err
+    code, _, err = await run_cli("activate", "alpha", "--wait", "--timeout", "-3", env=env)
+    assert code == 2 and "positive number of seconds" in err
+    code, _, err = await run_cli("activate", "alpha", "--admin-url", "ftp://x", "--admin-token-file", str(token_file))
+    assert code == 2 and "--admin-url" in err
+
+
+async def test_cli_unreachable_admin_api() -> None:
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, out, err = await run_cli("activate", "alpha", "--admin-url", f"http://127.0.0.1:{port}")
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1
+    assert f"cannot reach the admin API at http://127.0.0.1:{port}" in err
