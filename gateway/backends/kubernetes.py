@@ -1,0 +1,660 @@
+"""Kubernetes backend: projects are Deployments the provisioner labelled; pods are reached directly.
+
+What it watches (all namespaces, by label; one shared ``ApiClient``, every call with a timeout):
+
+* Namespaces managed by wakegate (and matching ``--namespace-selector``): a Deployment's claim to a
+  project name counts only when its Namespace carries the same ``wakegate.io/project`` label, which
+  a project's own automation cannot set, so one project cannot take over another's hostname;
+* Deployments → the project table and per-project settings (annotations), replica counts, failure
+  conditions, and the other gateway replicas' activity records;
+* EndpointSlices of the projects' Services → ready pod IPs and ports, pushed to the lifecycle the
+  moment they change (requests go straight to pods, no kube-proxy in the path);
+* the projects' app pods → CrashLoopBackOff / image-pull failures, reported within seconds.
+
+Writes: one merge patch of ``deployments/{name}/scale`` per wake; the sleep's patch carries the
+Deployment's resourceVersion as a precondition, so a wake or fresh activity racing it wins (409);
+activity annotations (see :mod:`gateway.backends.k8s.activity`); a ``coordination.k8s.io`` Lease for
+leader election of the idle reaper; Events on the Deployment when it is woken or put to sleep.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import logging
+import os
+import re
+import socket
+import time
+from collections.abc import Coroutine, Mapping
+from typing import Any
+
+from gateway import logs
+from gateway.backends.base import Backend, BackendError, BackendUnavailable, Endpoint, ProjectInfo
+from gateway.backends.k8s import activity as act
+from gateway.backends.k8s import leader
+from gateway.backends.k8s import objects as obj
+from gateway.backends.k8s.api import MERGE_PATCH, ApiError, ApiUnreachable, Informer, Key, Kube, Obj, path_quote
+from gateway.config import Settings
+from provisioner import labels as L
+
+FIELD_MANAGER = "wakegate-gateway"
+LEASE_NAME = "wakegate-reaper"
+EVENT_COMPONENT = "wakegate"
+_LABEL_VALUE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+#: What the backend does with the API, by scope. ``tests/test_manifests.py`` checks that the install
+#: manifests grant exactly these (cluster scope and the gateway namespace) and that the provisioner's
+#: per-project Role covers the project-namespace part.
+CLUSTER_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("", "namespaces"): ("get", "list", "watch"),
+    ("apps", "deployments"): ("get", "list", "watch"),
+    ("discovery.k8s.io", "endpointslices"): ("list", "watch"),
+    ("", "pods"): ("list", "watch"),
+    ("", "events"): ("create",),
+}
+GATEWAY_NAMESPACE_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("coordination.k8s.io", "leases"): ("create", "get", "update"),
+}
+PROJECT_NAMESPACE_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("apps", "deployments"): ("patch",),  # activity annotations
+    ("apps", "deployments/scale"): ("patch",),
+}
+
+
+def default_replica_id() -> str:
+    """``$POD_NAME`` in a cluster, else ``<hostname>-<pid>``."""
+    return os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def make_api_client(settings: Settings) -> Any:
+    """An ``ApiClient`` from ``--kubeconfig``/``--context``, or in-cluster config inside a pod."""
+    from kubernetes_asyncio import client, config
+
+    cfg = client.Configuration()
+    try:
+        if settings.kubeconfig is None and settings.context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        else:
+            path = str(settings.kubeconfig) if settings.kubeconfig else None
+            await config.load_kube_config(config_file=path, context=settings.context, client_configuration=cfg,
+                                          persist_config=False)
+    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
+        where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "the default kubeconfig"
+        raise BackendError(f"cannot load Kubernetes credentials from {where}: {exc}") from None
+    return client.ApiClient(configuration=cfg)
+
+
+class KubernetesBackend(Backend):
+    """Projects as Deployments; endpoints from EndpointSlices; coordination through the API server."""
+
+    def __init__(self, settings: Settings, *, api_client: Any = None, request_timeout_s: float = 10.0,
+                 start_timeout_s: float = 15.0) -> None:
+        self.settings = settings
+        self.replica_id = settings.replica_id or default_replica_id()
+        self.own_key = act.replica_key(self.replica_id)
+        self.lease_s = settings.leader_lease_s
+        self.renew_interval_s = max(0.2, self.lease_s / 3)
+        self.request_timeout_s = request_timeout_s
+        self.start_timeout_s = start_timeout_s
+        self._api_client = api_client
+        self._owns_client = api_client is None
+        self.kube: Kube | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._informers: list[Informer] = []
+        # project state
+        self._claims: dict[str, dict[str, obj.ProjectRef]] = {}
+        self._table: dict[str, obj.ProjectRef] = {}
+        self._projects: dict[str, ProjectInfo] = {}
+        self._problems: dict[Key, list[str]] = {}
+        self._slices: dict[Key, dict[str, Obj]] = {}  # (namespace, service) → slice name → slice
+        self._pods: dict[Key, dict[str, Obj]] = {}  # (namespace, project) → pod name → pod
+        self._pushed: dict[str, tuple[Endpoint, ...]] = {}
+        self._reported: dict[str, str] = {}
+        self._waking: dict[str, float] = {}  # project → monotonic time of our scale-up
+        self._notify_scheduled = False
+        # activity
+        self._act: dict[str, tuple[float, int]] = {}
+        self._act_dirty: set[str] = set()
+        self._act_pending: dict[str, asyncio.TimerHandle | asyncio.Task[None]] = {}
+        self._act_written: dict[str, float] = {}
+        # leader election
+        self._lease_until = 0.0
+        self._lease_record: leader.LeaseRecord | None = None
+        self._closing = False
+
+    # --- informers' stores -----------------------------------------------------------------------
+
+    @property
+    def namespaces(self) -> Informer:
+        return self._informers[0]
+
+    @property
+    def deployments(self) -> Informer:
+        return self._informers[1]
+
+    # --- Backend: start / stop -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._api_client is None:
+            self._api_client = await make_api_client(self.settings)
+        self.kube = Kube(self._api_client, self.request_timeout_s)
+        ns_selector = L.MANAGED_SELECTOR
+        if self.settings.namespace_selector:
+            ns_selector += "," + self.settings.namespace_selector
+        k = self.kube
+        self._informers = [
+            Informer(k, "namespaces", "/api/v1/namespaces", self._on_namespace, label_selector=ns_selector),
+            Informer(k, "deployments", "/apis/apps/v1/deployments", self._on_deployment,
+                     label_selector=f"{L.MANAGED_SELECTOR},{L.PROJECT_LABEL}"),
+            Informer(k, "endpointslices", "/apis/discovery.k8s.io/v1/endpointslices", self._on_slice,
+                     label_selector=L.PROJECT_LABEL),
+            Informer(k, "pods", "/api/v1/pods", self._on_pod,
+                     label_selector=f"{L.PROJECT_LABEL},{L.COMPONENT_LABEL}={L.COMPONENT_APP}"),
+        ]
+        for inf in self._informers:
+            self._spawn(inf.run(), f"wakegate-watch-{inf.kind}")
+        self._spawn(self._lead(), "wakegate-leader-election")
+        try:
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self._informers)),
+                                   self.start_timeout_s)
+        except TimeoutError:
+            errors = "; ".join(f"{i.kind}: {i.last_error}" for i in self._informers if i.last_error)
+            logs.event("backend_not_synced", logging.WARNING, backend="kubernetes",
+                       error=errors or "initial lists still loading")
+        else:
+            logs.event("backend_synced", backend="kubernetes", projects=len(self._projects),
+                       replica=self.replica_id)
+
+    async def close(self) -> None:
+        self._closing = True
+        for handle in list(self._act_pending.values()):
+            if isinstance(handle, asyncio.TimerHandle):
+                handle.cancel()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self.kube is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._final_writes(), 3)
+        if self._owns_client and self._api_client is not None:
+            await self._api_client.close()
+
+    async def _final_writes(self) -> None:
+        """On shutdown: withdraw our open-connection claims and hand the reaper Lease over at once."""
+        now = time.time()
+        for name, (last, in_flight) in list(self._act.items()):
+            if in_flight:
+                with contextlib.suppress(BackendError):
+                    await self._write_activity_record(name, act.ActivityRecord(last, 0, now))
+        if self._lease_record is not None and time.monotonic() < self._lease_until:
+            assert self.kube is not None
+            body = leader.release_body(LEASE_NAME, self.settings.gateway_namespace, self._lease_record, now)
+            with contextlib.suppress(ApiError, ApiUnreachable):
+                await self.kube.request("PUT", self._lease_path(), body=body)
+                logs.event("leader_released", replica=self.replica_id)
+
+    # --- Backend: table --------------------------------------------------------------------------
+
+    def projects(self) -> Mapping[str, ProjectInfo]:
+        return self._projects
+
+    @property
+    def ready(self) -> bool:
+        return (self.kube is not None and self.kube.reachable and bool(self._informers)
+                and all(i.synced.is_set() for i in self._informers))
+
+    async def discover(self, name: str) -> ProjectInfo | None:
+        """A project created a moment ago that the watch has not delivered yet (live lookup)."""
+        if name in self._projects:
+            return self._projects[name]
+        if self.kube is None or len(name) > 63 or not _LABEL_VALUE.fullmatch(name):
+            return None
+        try:
+            found = await self.kube.request("GET", "/apis/apps/v1/deployments", query={
+                "labelSelector": f"{L.MANAGED_SELECTOR},{L.PROJECT_LABEL}={name}"})
+            for dep in found.get("items") or []:
+                ns = obj.key_of(dep)[0]
+                if ("", ns) not in self.namespaces.store:
+                    try:
+                        nsobj = await self.kube.request("GET", f"/api/v1/namespaces/{path_quote(ns)}")
+                    except ApiError:
+                        continue
+                    if obj.namespace_project(nsobj) != name:
+                        continue
+                    self.namespaces.store.setdefault(("", ns), nsobj)
+                self.deployments.store.setdefault(obj.key_of(dep), dep)
+                self._refresh_claim(ns, obj.key_of(dep)[1])
+        except (ApiError, ApiUnreachable) as exc:
+            raise BackendError(f"looking up project {name} failed: {exc}") from None
+        return self._projects.get(name)
+
+    # --- Backend: scaling ------------------------------------------------------------------------
+
+    def _ref(self, name: str) -> obj.ProjectRef:
+        ref = self._table.get(name)
+        if ref is None:
+            raise BackendError(f"project {name} is not known to the gateway (no managed Deployment)")
+        return ref
+
+    def _deployment(self, ref: obj.ProjectRef) -> Obj | None:
+        return self.deployments.store.get((ref.namespace, ref.name)) if self._informers else None
+
+    async def scale_up(self, name: str) -> None:
+        ref = self._ref(name)
+        self._waking[name] = time.monotonic()
+        self._reported.pop(name, None)
+        dep = self._deployment(ref)
+        if dep is None or obj.spec_replicas(dep) <= 1:  # never lower a count someone raised
+            await self._patch_scale(ref, obj.scale_patch(1))
+            self._record_event(ref, "WokenUp", f"scaled to 1 by gateway replica {self.replica_id}")
+        # Report what is already known (ready pods; a failure that will not go away) at once.
+        asyncio.get_running_loop().call_soon(self._after_scale_up, name)
+
+    def _after_scale_up(self, name: str) -> None:
+        if name not in self._table:
+            return
+        eps = self._endpoints_for(name)
+        if eps:
+            self._push(name, eps, force=True)
+        self._check_failure(name)
+
+    async def scale_down(self, name: str) -> bool:
+        ref = self._ref(name)
+        if self._is_waking(name):
+            return False  # this replica is waking it
+        kube = self._require_kube()
+        path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(name)}"
+        try:
+            dep = await kube.request("GET", path)
+        except ApiUnreachable as exc:
+            raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
+        except ApiError as exc:
+            raise BackendError(f"reading deployment {ref.namespace}/{name} failed: {exc}") from None
+        if obj.spec_replicas(dep) == 0:
+            return True
+        now = time.time()
+        idle_s = ref.info.settings.idle_timeout_s or self.settings.idle_timeout_s
+        last, in_flight = act.shared_activity(obj.annotations_of(dep), self.own_key, now,
+                                              self.settings.activity_write_interval_s)
+        if in_flight > 0 or (last is not None and now - last < idle_s):
+            logs.event("sleep_refused", project=name, reason="another gateway replica used it",
+                       shared_in_flight=in_flight)
+            return False
+        rv = str(obj.meta(dep).get("resourceVersion") or "")
+        try:
+            await self._patch_scale(ref, obj.scale_patch(0, rv))
+        except _Conflict:
+            logs.event("sleep_refused", project=name, reason="the deployment changed meanwhile")
+            return False
+        # Stop routing to the old pods now rather than when the watch catches up.
+        cached = self._deployment(ref)
+        if cached is not None:
+            cached = copy.deepcopy(cached)
+            cached.setdefault("spec", {})["replicas"] = 0
+            self.deployments.store[(ref.namespace, name)] = cached
+        self._refresh_endpoints(name)
+        self._record_event(ref, "ScaledToZero", f"idle; scaled to 0 by gateway replica {self.replica_id}")
+        stale = act.prunable(obj.annotations_of(dep), now,
+                             max(2 * idle_s, 10 * self.settings.activity_write_interval_s))
+        if stale:
+            self._spawn(self._prune(ref, stale), "wakegate-prune-activity")
+        return True
+
+    async def _patch_scale(self, ref: obj.ProjectRef, body: dict[str, Any]) -> None:
+        kube = self._require_kube()
+        path = (f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/"
+                f"{path_quote(ref.name)}/scale")
+        try:
+            await kube.request("PATCH", path, body=body, content_type=MERGE_PATCH,
+                               query={"fieldManager": FIELD_MANAGER})
+        except ApiUnreachable as exc:
+            raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
+        except ApiError as exc:
+            where = f"deployment {ref.namespace}/{ref.name}"
+            if exc.status == 409:
+                raise _Conflict() from None
+            if exc.status == 403:
+                raise BackendError(f"the gateway may not scale {where}: {exc.message} (does the namespace have "
+                                   f"the provisioner's {L.GATEWAY_ROLE} RoleBinding?)") from None
+            if exc.status == 404:
+                raise BackendError(f"{where} does not exist") from None
+            raise BackendError(f"scaling {where} failed: {exc}") from None
+
+    async def _prune(self, ref: obj.ProjectRef, keys: list[str]) -> None:
+        path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(ref.name)}"
+        with contextlib.suppress(ApiError, ApiUnreachable):
+            await self._require_kube().request("PATCH", path, body=act.prune_patch(keys),
+                                               content_type=MERGE_PATCH, query={"fieldManager": FIELD_MANAGER})
+
+    def _require_kube(self) -> Kube:
+        if self.kube is None:
+            raise BackendError("the Kubernetes backend is not started")
+        return self.kube
+
+    # --- coordination between replicas -----------------------------------------------------------
+
+    def may_reap(self) -> bool:
+        return time.monotonic() < self._lease_until
+
+    def note_activity(self, name: str, last_activity_wall_s: float, in_flight: int) -> None:
+        self._act[name] = (last_activity_wall_s, in_flight)
+        self._act_dirty.add(name)
+        self._schedule_activity(name)
+
+    def shared_activity(self, name: str) -> tuple[float | None, int]:
+        ref = self._table.get(name)
+        dep = self._deployment(ref) if ref is not None else None
+        if dep is None:
+            return None, 0
+        return act.shared_activity(obj.annotations_of(dep), self.own_key, time.time(),
+                                   self.settings.activity_write_interval_s)
+
+    def _schedule_activity(self, name: str) -> None:
+        if name in self._act_pending or self._closing:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        due = self._act_written.get(name, float("-inf")) + self.settings.activity_write_interval_s
+        self._act_pending[name] = loop.call_later(max(0.0, due - time.monotonic()), self._start_activity_write, name)
+
+    def _start_activity_write(self, name: str) -> None:
+        self._act_pending[name] = self._spawn(self._activity_writer(name), "wakegate-activity")
+
+    async def _activity_writer(self, name: str) -> None:
+        try:
+            last, in_flight = self._act[name]
+            self._act_dirty.discard(name)
+            if name in self._table:
+                try:
+                    await self._write_activity_record(name, act.ActivityRecord(last, in_flight, time.time()))
+                except BackendError as exc:
+                    logs.event("activity_write_failed", logging.WARNING, project=name, error=str(exc))
+            self._act_written[name] = time.monotonic()
+        finally:
+            self._act_pending.pop(name, None)
+            # Rewrite while connections stay open (a heartbeat), or if activity came in meanwhile.
+            if name in self._act_dirty or self._act.get(name, (0.0, 0))[1] > 0:
+                self._schedule_activity(name)
+
+    async def _write_activity_record(self, name: str, record: act.ActivityRecord) -> None:
+        ref = self._ref(name)
+        dep = self._deployment(ref)
+        previous = obj.annotations_of(dep).get(L.LAST_ACTIVITY_ANNOTATION) if dep else None
+        path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(name)}"
+        try:
+            await self._require_kube().request("PATCH", path, body=act.activity_patch(self.own_key, record, previous),
+                                               content_type=MERGE_PATCH, query={"fieldManager": FIELD_MANAGER})
+        except (ApiError, ApiUnreachable) as exc:
+            raise BackendError(f"recording activity on deployment {ref.namespace}/{name} failed: {exc}") from None
+
+    # --- leader election -------------------------------------------------------------------------
+
+    def _lease_path(self) -> str:
+        return (f"/apis/coordination.k8s.io/v1/namespaces/{path_quote(self.settings.gateway_namespace)}"
+                f"/leases/{LEASE_NAME}")
+
+    async def _lead(self) -> None:
+        kube = self._require_kube()
+        ns = self.settings.gateway_namespace
+        observed: tuple[str | None, str] | None = None
+        observed_at = time.monotonic()
+        while True:
+            started = time.monotonic()
+            try:
+                try:
+                    lease = await kube.request("GET", self._lease_path())
+                    record: leader.LeaseRecord | None = leader.parse_lease(lease)
+                except ApiError as exc:
+                    if exc.status != 404:
+                        raise
+                    record = None
+                if record is not None and record.version != observed:
+                    observed, observed_at = record.version, started
+                action = leader.decide(record, self.replica_id, observed_at, started, self.lease_s)
+                if action is leader.Action.FOLLOW:
+                    self._set_leader(False, record)
+                else:
+                    body = leader.lease_body(LEASE_NAME, ns, self.replica_id, self.lease_s, time.time(), record)
+                    if action is leader.Action.CREATE:
+                        new = await kube.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/"
+                                                         f"{path_quote(ns)}/leases", body=body)
+                    else:
+                        new = await kube.request("PUT", self._lease_path(), body=body)
+                    self._lease_record = leader.parse_lease(new)
+                    observed = self._lease_record.version
+                    # Others take over only a full lease after they see this renewal; stop a bit earlier.
+                    self._set_leader(True, self._lease_record, started + self.lease_s * 0.8)
+            except ApiError as exc:
+                if exc.status == 409:  # another replica wrote first
+                    self._set_leader(False, None)
+                else:
+                    logs.event("leader_election_error", logging.WARNING, error=str(exc))
+            except ApiUnreachable as exc:
+                logs.event("leader_election_error", logging.WARNING, error=str(exc))
+            await asyncio.sleep(self.renew_interval_s)
+
+    def _set_leader(self, held: bool, record: leader.LeaseRecord | None, until: float = 0.0) -> None:
+        was = time.monotonic() < self._lease_until
+        self._lease_until = until if held else 0.0
+        if held and not was:
+            logs.event("leader_acquired", replica=self.replica_id, lease=LEASE_NAME)
+        elif not held and was:
+            logs.event("leader_lost", logging.WARNING, replica=self.replica_id,
+                       holder=record.holder if record else None)
+
+    # --- watch handlers --------------------------------------------------------------------------
+
+    def _on_namespace(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        ns = key[1]
+        names = {obj.namespace_project(o) for o in (old, new) if o is not None}
+        for name in names - {None}:
+            assert name is not None
+            self._refresh_claim(ns, name)
+
+    def _on_deployment(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        ns, dep_name = key
+        self._refresh_claim(ns, dep_name)
+        ref = self._table.get(dep_name)
+        if ref is None or ref.namespace != ns or new is None:
+            return
+        self._refresh_endpoints(dep_name)
+        self._check_failure(dep_name)
+        if (self._is_waking(dep_name) and obj.spec_replicas(new) == 0 and old is not None
+                and obj.spec_replicas(old) > 0):
+            # Another replica (or a person) scaled it down while our wake waits: scale up again.
+            logs.event("rewake", project=dep_name, reason="scaled to zero while a wake was waiting")
+            self._spawn(self._rewake(ref), "wakegate-rewake")
+
+    def _is_waking(self, name: str) -> bool:
+        """Whether this replica scaled ``name`` up and is still waiting for a ready pod."""
+        woke_at = self._waking.get(name)
+        ref = self._table.get(name)
+        if woke_at is None or ref is None:
+            return False
+        hold_s = ref.info.settings.hold_timeout_s or self.settings.hold_timeout_s
+        if time.monotonic() - woke_at < hold_s:
+            return True
+        del self._waking[name]
+        return False
+
+    async def _rewake(self, ref: obj.ProjectRef) -> None:
+        try:
+            await self._patch_scale(ref, obj.scale_patch(1))
+        except (BackendError, _Conflict) as exc:
+            logs.event("scale_error", logging.ERROR, project=ref.name, direction="up", error=str(exc))
+
+    def _on_slice(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        ns, slice_name = key
+        touched = set()
+        for o in (old, new):
+            svc = obj.slice_service(o) if o is not None else None
+            if svc:
+                touched.add(svc)
+        if old is not None and (svc := obj.slice_service(old)):
+            self._slices.get((ns, svc), {}).pop(slice_name, None)
+        if new is not None and (svc := obj.slice_service(new)):
+            self._slices.setdefault((ns, svc), {})[slice_name] = new
+        for svc in touched:
+            if not self._slices.get((ns, svc)):
+                self._slices.pop((ns, svc), None)
+            ref = self._table.get(svc)
+            if ref is not None and ref.namespace == ns:
+                self._refresh_endpoints(svc)
+
+    def _on_pod(self, key: Key, old: Obj | None, new: Obj | None) -> None:
+        ns, pod_name = key
+        touched = set()
+        for o in (old, new):
+            if o is not None and (project := obj.labels_of(o).get(L.PROJECT_LABEL)):
+                touched.add(project)
+                self._pods.get((ns, project), {}).pop(pod_name, None)
+        if new is not None and (project := obj.labels_of(new).get(L.PROJECT_LABEL)):
+            self._pods.setdefault((ns, project), {})[pod_name] = new
+        for project in touched:
+            if not self._pods.get((ns, project)):
+                self._pods.pop((ns, project), None)
+            ref = self._table.get(project)
+            if ref is not None and ref.namespace == ns:
+                self._check_failure(project)
+
+    # --- derived state ---------------------------------------------------------------------------
+
+    def _refresh_claim(self, ns: str, dep_name: str) -> None:
+        dep = self.deployments.store.get((ns, dep_name))
+        nsobj = self.namespaces.store.get(("", ns))
+        ref, problems = obj.project_ref(dep, nsobj) if dep is not None else (None, [])
+        if problems != self._problems.get((ns, dep_name), []):
+            for p in problems:
+                logs.event("project_annotation_invalid", logging.WARNING, project=dep_name, namespace=ns, error=p)
+            self._problems[(ns, dep_name)] = problems
+        claims = self._claims.setdefault(dep_name, {})
+        if ref is None:
+            claims.pop(ns, None)
+        else:
+            claims[ns] = ref
+        if not claims:
+            self._claims.pop(dep_name, None)
+        self._settle(dep_name)
+
+    def _settle(self, name: str) -> None:
+        claims = self._claims.get(name, {})
+        winner = min(claims.values(), key=lambda r: (r.created, r.namespace), default=None)
+        current = self._table.get(name)
+        if winner == current:
+            return
+        if len(claims) > 1:
+            logs.event("project_claimed_twice", logging.WARNING, project=name,
+                       namespaces=",".join(sorted(claims)), chosen=winner.namespace if winner else None)
+        if winner is None:
+            del self._table[name]
+            del self._projects[name]
+            self._pushed.pop(name, None)
+            self._reported.pop(name, None)
+            self._waking.pop(name, None)
+        else:
+            self._table[name] = winner
+            self._projects[name] = winner.info
+        self._notify_projects()
+        if winner is not None and (current is None or current.namespace != winner.namespace):
+            self._refresh_endpoints(name)
+
+    def _notify_projects(self) -> None:
+        if self._notify_scheduled or self.listener is None:
+            return
+        self._notify_scheduled = True
+
+        def notify() -> None:
+            self._notify_scheduled = False
+            if self.listener is not None:
+                self.listener.projects_changed()
+
+        try:
+            asyncio.get_running_loop().call_soon(notify)
+        except RuntimeError:
+            notify()
+
+    def _endpoints_for(self, name: str) -> tuple[Endpoint, ...]:
+        ref = self._table.get(name)
+        if ref is None:
+            return ()
+        dep = self._deployment(ref)
+        if dep is None or obj.spec_replicas(dep) < 1:
+            return ()  # scaled to zero: whatever the slices still list is going away
+        return obj.ready_endpoints(self._slices.get((ref.namespace, name), {}).values())
+
+    def _refresh_endpoints(self, name: str) -> None:
+        self._push(name, self._endpoints_for(name))
+
+    def _push(self, name: str, eps: tuple[Endpoint, ...], force: bool = False) -> None:
+        if not force and self._pushed.get(name, ()) == eps:
+            return
+        self._pushed[name] = eps
+        if eps:
+            self._waking.pop(name, None)
+        if self.listener is not None:
+            self.listener.endpoints_changed(name, eps)
+
+    def _check_failure(self, name: str) -> None:
+        ref = self._table.get(name)
+        if ref is None:
+            return
+        reason = obj.wake_failure(self._deployment(ref), self._pods.get((ref.namespace, name), {}).values())
+        if reason is None:
+            self._reported.pop(name, None)
+            return
+        if self._reported.get(name) == reason:
+            return
+        self._reported[name] = reason
+        self._waking.pop(name, None)
+        logs.event("project_failing", logging.WARNING, project=name, error=reason)
+        if self.listener is not None:
+            self.listener.wake_failed(name, reason)
+
+    # --- events ----------------------------------------------------------------------------------
+
+    def _record_event(self, ref: obj.ProjectRef, reason: str, message: str) -> None:
+        dep = self._deployment(ref)
+        if dep is None or self.kube is None:
+            return
+        now = obj.format_time(time.time())
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
+            "involvedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": ref.namespace,
+                               "name": ref.name, "uid": obj.meta(dep).get("uid")},
+            "reason": reason, "message": message, "type": "Normal",
+            "source": {"component": EVENT_COMPONENT},
+            "reportingComponent": EVENT_COMPONENT, "reportingInstance": self.replica_id[:128],
+            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "count": 1,
+        }
+        kube = self.kube
+
+        async def send() -> None:
+            with contextlib.suppress(ApiError, ApiUnreachable):
+                await kube.request("POST", f"/api/v1/namespaces/{path_quote(ref.namespace)}/events", body=body)
+
+        self._spawn(send(), "wakegate-event")
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            logging.getLogger(__name__).error("background task %s failed", task.get_name(), exc_info=exc)
+
+
+class _Conflict(Exception):
+    """409 Conflict: the precondition (resourceVersion) failed."""
+
