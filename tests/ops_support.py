@@ -1,14 +1,25 @@
-"""A small real Backend for the admin / metrics / logs tests: a scripted project table whose
-"processes" are real aiohttp servers on loopback, started on scale-up and stopped on scale-down."""
+"""Test support for the ops tests (admin, metrics, logs, drain, waiting page): a scripted Backend whose
+"processes" are real aiohttp servers on loopback (started on scale-up, stopped on scale-down), and
+a real ``wakegate serve`` child process with real project processes."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
 
+import yaml
 from aiohttp import web
 
 from gateway.backends.base import Backend, BackendError, Endpoint, ProjectInfo, ProjectSettings
+
+STEP_TIMEOUT_S = 20.0
 
 
 def project_app(name: str, body: str | None = None) -> web.Application:
@@ -107,3 +118,159 @@ class ScriptedBackend(Backend):
         if runner is not None:
             await runner.cleanup()
 
+
+
+# --- a real `wakegate serve` process with real project processes ----------------------------------
+
+# A project process (stdlib only, so it boots fast): waits BOOT_S, then serves on $PORT. ``/slow``
+# streams its body in SLOW_PARTS pieces over SLOW_S seconds and prints "slow-started" first.
+PROJECT_APP = r'''
+import http.server, os, sys, time
+time.sleep(float(os.environ.get("BOOT_S", "0")))
+NAME = os.environ.get("NAME", "app")
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        if self.path.startswith("/slow"):
+            print("slow-started", flush=True)
+            parts = int(os.environ.get("SLOW_PARTS", "4"))
+            piece = b"x" * 1000
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(parts * len(piece)))
+            self.end_headers()
+            for _ in range(parts):
+                time.sleep(float(os.environ.get("SLOW_S", "2")) / parts)
+                self.wfile.write(piece)
+                self.wfile.flush()
+            return
+        body = (f"<!doctype html><title>{NAME}</title><h1 id='real'>real content of {NAME}</h1>"
+                f"<p>path {self.path}</p>").encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+'''
+
+
+def write_projects(directory: Path, projects: Mapping[str, Mapping[str, object]]) -> Path:
+    """A projects file whose projects all run :data:`PROJECT_APP`; ``projects`` maps a name to extra
+    settings, with ``env`` merged into the app's environment (BOOT_S, SLOW_S, ...)."""
+    (directory / "app.py").write_text(PROJECT_APP)
+    table: dict[str, dict[str, object]] = {}
+    for name, extra in projects.items():
+        spec: dict[str, object] = {"command": ["{python}", "{here}/app.py"]}
+        env = {"NAME": name, "PYTHONUNBUFFERED": "1"}
+        for key, val in extra.items():
+            if key == "env":
+                assert isinstance(val, Mapping)
+                env.update({str(k): str(v) for k, v in val.items()})
+            else:
+                spec[key] = val
+        spec["env"] = env
+        table[name] = spec
+    path = directory / "projects.yaml"
+    path.write_text(yaml.safe_dump({"projects": table}))
+    return path
+
+
+class GatewayProcess:
+    """``wakegate serve`` as a child process with JSON logs on stderr, read as they come."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self.raw: list[str] = []
+        self._changed = asyncio.Condition()
+        self._reader = asyncio.get_running_loop().create_task(self._read())
+        self.port = 0
+        self.admin_port = 0
+
+    @classmethod
+    async def start(cls, projects_file: Path, *flags: str, env: Mapping[str, str] | None = None) -> GatewayProcess:
+        """Start on free loopback ports (domain ``localhost``) and wait for its ``listening`` line."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_")}
+        environ.update(env or {})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", "serve", "--projects", str(projects_file), "--domain", "localhost",
+            "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json",
+            "--reap-interval", "3600", *flags,
+            env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        gw = cls(proc)
+        try:
+            listening = await gw.wait_event(lambda e: e.get("event") == "listening", 30)
+        except BaseException:
+            await gw.kill()
+            raise
+        gw.port, gw.admin_port = int(listening["port"]), int(listening["admin_port"])
+        return gw
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def text(self) -> str:
+        """Everything the gateway wrote to stderr so far."""
+        return "\n".join(self.raw)
+
+    async def _read(self) -> None:
+        assert self.proc.stderr is not None
+        async for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip("\n")
+            async with self._changed:
+                self.raw.append(line)
+                try:
+                    parsed = json.loads(line)
+                except ValueError:
+                    parsed = None
+                if isinstance(parsed, dict):
+                    self.lines.append(parsed)
+                self._changed.notify_all()
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_event(self, predicate: Callable[[dict[str, Any]], bool], timeout_s: float = STEP_TIMEOUT_S,
+                         ) -> dict[str, Any]:
+        """The first log line (already seen or to come) for which ``predicate`` holds."""
+        seen = 0
+        async with asyncio.timeout(timeout_s), self._changed:
+            while True:
+                for line in self.lines[seen:]:
+                    if predicate(line):
+                        return line
+                seen = len(self.lines)
+                if self._reader.done():
+                    raise AssertionError("the gateway exited; its output:\n" + self.text()[-4000:])
+                await self._changed.wait()
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line.get("event") == name]
+
+    async def wait_exit(self, timeout_s: float) -> int:
+        code = await asyncio.wait_for(self.proc.wait(), timeout_s)
+        await asyncio.wait_for(self._reader, timeout_s)
+        return code
+
+    async def kill(self) -> None:
+        """Stop it for good (test teardown): SIGKILL to its whole session, then reap."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            await self.proc.wait()
+        self._reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._reader
