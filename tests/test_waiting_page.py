@@ -3,13 +3,21 @@ through the real gateway) that it is replaced by the project's own page without 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 import pytest
+from playwright.async_api import Browser, Response, async_playwright
 
 from gateway import waiting_page
 from gateway.waiting_page import STATUS_PATH, page_response_headers, render_page, render_status, wants_page
+from tests.ops_support import GatewayProcess, write_projects
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
 
@@ -84,3 +92,134 @@ def test_headers_and_status_answer() -> None:
     assert int(headers["Retry-After"]) > 0
     assert int(headers["Refresh"]) > waiting_page.NOSCRIPT_REFRESH_S
     assert json.loads(render_status("alpha", "ready", True)) == {"project": "alpha", "state": "ready", "ready": True}
+
+
+# --- end to end: the real gateway, real project processes, headless Chromium ----------------------------
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+    # *.localhost is loopback in Chromium already; pin it to IPv4, where the gateway listens.
+    "--host-resolver-rules=MAP *.localhost 127.0.0.1",
+]
+BOOT_S = 2.0
+STEP_MS = 30_000
+
+
+def ensure_chromium() -> str:
+    """Debian's chromium (``make system-deps`` installs it; install it here when it is missing)."""
+    if not os.path.exists(CHROMIUM):
+        subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
+                       timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing; run `make system-deps`"
+    return CHROMIUM
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    projects = write_projects(tmp_path, {
+        "hello": {"env": {"BOOT_S": BOOT_S}},
+        "plain": {"env": {"BOOT_S": BOOT_S}, "strategy": "block"},
+        "api": {"env": {"BOOT_S": 0.5}},
+        "nojs": {"env": {"BOOT_S": BOOT_S}},
+    })
+    gw = await GatewayProcess.start(projects)
+    try:
+        yield gw
+    finally:
+        await gw.kill()
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    executable = await asyncio.to_thread(ensure_chromium)
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, timeout=STEP_MS)
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def test_browser_sees_the_waiting_page_then_the_project(gateway: GatewayProcess, browser: Browser) -> None:
+    page = await browser.new_page()
+    page.set_default_timeout(STEP_MS)
+    status_polls: list[int] = []
+    documents: list[int] = []
+
+    def on_response(response: Response) -> None:
+        if response.url.endswith(STATUS_PATH):
+            status_polls.append(response.status)
+        elif response.request.resource_type == "document":
+            documents.append(response.status)
+
+    page.on("response", on_response)
+    first = await page.goto(f"http://hello.localhost:{gateway.port}/docs?x=1", wait_until="domcontentloaded")
+    assert first is not None and first.status == 503
+    assert await page.title() == "hello is starting…"
+    assert "is starting" in (await page.text_content("h1") or "")
+
+    # No reload from the test: the page's own script notices readiness and loads the project.
+    await page.wait_for_selector("#real")
+    assert await page.text_content("#real") == "real content of hello"
+    assert "path /docs?x=1" in (await page.content())  # the same URL, query included
+    assert page.url == f"http://hello.localhost:{gateway.port}/docs?x=1"
+    assert status_polls and set(status_polls) == {200}
+    assert documents[0] == 503 and documents[-1] == 200
+    (wake,) = [e for e in gateway.events("wake") if e.get("project") == "hello"]
+    assert wake["previous_state"] == "asleep"
+    await page.close()
+
+
+async def test_without_javascript_the_page_refreshes_itself(gateway: GatewayProcess, browser: Browser) -> None:
+    context = await browser.new_context(java_script_enabled=False)
+    page = await context.new_page()
+    page.set_default_timeout(STEP_MS)
+    polls: list[str] = []
+    page.on("request", lambda r: polls.append(r.url) if r.url.endswith(STATUS_PATH) else None)
+    first = await page.goto(f"http://nojs.localhost:{gateway.port}/", wait_until="domcontentloaded")
+    assert first is not None and first.status == 503
+    await page.wait_for_selector("#real")
+    assert await page.text_content("#real") == "real content of nojs"
+    assert polls == []  # it was the refresh, not the script
+    await context.close()
+
+
+async def test_api_clients_and_block_strategy_keep_blocking(gateway: GatewayProcess) -> None:
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        # An API client (no text/html) is held, then gets the project's answer.
+        async with http.get(gateway.url + "/v1/x", headers={"Host": "api.localhost", "Accept": "*/*"}) as resp:
+            assert resp.status == 200
+            assert "real content of api" in await resp.text()
+            assert "X-Wakegate-Cold-Start" in resp.headers
+        # strategy: block — even a browser navigation is held instead of shown the page.
+        headers = {"Host": "plain.localhost", "Accept": BROWSER_ACCEPT, "Sec-Fetch-Mode": "navigate"}
+        async with http.get(gateway.url + "/", headers=headers) as resp:
+            assert resp.status == 200
+            assert "real content of plain" in await resp.text()
+
+
+async def test_page_and_status_over_http(gateway: GatewayProcess) -> None:
+    timeout = aiohttp.ClientTimeout(total=60)
+    headers = {"Host": "hello.localhost", "Accept": BROWSER_ACCEPT, "Sec-Fetch-Mode": "navigate"}
+    async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with http.get(gateway.url + "/", headers=headers) as resp:
+            assert resp.status == 503
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert resp.headers["Content-Type"].startswith("text/html")
+            assert int(resp.headers["Retry-After"]) > 0
+            assert int(resp.headers["Refresh"]) > 0
+            assert "hello is starting" in await resp.text()
+        async with http.get(gateway.url + STATUS_PATH, headers={"Host": "hello.localhost"}) as resp:
+            assert resp.status == 200
+            status = await resp.json()
+        assert status["project"] == "hello" and status["state"] in ("waking", "ready")
+        assert status["ready"] is (status["state"] == "ready")
+        # Held until ready, then the status says so.
+        async with http.get(gateway.url + "/", headers={"Host": "hello.localhost"}) as resp:
+            assert resp.status == 200
+        async with http.get(gateway.url + STATUS_PATH, headers={"Host": "hello.localhost"}) as resp:
+            assert await resp.json() == {"project": "hello", "state": "ready", "ready": True}
