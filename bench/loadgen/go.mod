@@ -1,0 +1,3 @@
+module wakegate.bench/loadgen
+
+go 1.21

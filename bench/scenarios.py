@@ -1,0 +1,604 @@
+"""The scenarios of issue 7, each measured side by side with nginx and a direct connection where a
+peer applies. A scenario returns rows of numbers; it never asserts a time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import nginx, wakegate
+from bench.procs import BenchError, Layout, Proc, free_port, port_open, spawn, wait_until
+from bench.report import ScenarioResult, Target
+from bench.tools import Loadgen, wrk
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one run. :data:`SMOKE` is the tiny one ``make test`` runs."""
+
+    smoke: bool = False
+    repeat: int = 3
+    duration_s: float = 10.0
+    connections: int = 50
+    cold_single: int = 20  # wakes with one held request each
+    cold_many: int = 1000  # held requests per wake in the concurrent cold start
+    herd: int = 10000
+    project_counts: tuple[int, ...] = (10, 1000, 10000)
+    metrics_projects: int = 5000
+    metrics_rate: float = 2000.0
+    scrape_interval_s: float = 0.5
+    stream_bytes: int = 1 << 30
+    boot_delay_s: float = 0.3  # how long the cold project takes to start listening
+
+    def describe(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+SMOKE = Config(smoke=True, repeat=1, duration_s=1.0, connections=4, cold_single=2, cold_many=10, herd=20,
+               project_counts=(3, 30), metrics_projects=20, metrics_rate=100.0, scrape_interval_s=0.2,
+               stream_bytes=8 * MiB, boot_delay_s=0.05)
+
+
+@dataclass
+class Context:
+    config: Config
+    layout: Layout
+    work: Path
+    logs: Path
+    loadgen: Loadgen
+    nginx_saturation_rps: float | None = None  # set by the throughput scenario, used by latency
+
+    def dir(self, name: str) -> Path:
+        path = self.work / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class System:
+    """One thing the load is pointed at: ``proc`` is the proxy whose CPU and memory are measured."""
+
+    name: str
+    port: int
+    host: str
+    proc: Proc | None = None
+    with_children: bool = False  # nginx: master + worker
+
+
+def _owned(stack: ExitStack, proc: Proc) -> Proc:
+    stack.callback(proc.stop)
+    return proc
+
+
+def _start_gateway(ctx: Context, stack: ExitStack, d: Path, projects: dict[str, dict[str, Any]], *,
+                   name: str = "wakegate", max_held: int = 1000, warm: str | None = None) -> wakegate.Gateway:
+    projects_file = wakegate.write_projects(d / f"{name}-projects.yaml", projects)
+    gw = wakegate.start(d, projects_file, ctx.layout, ctx.logs, name=name, max_held=max_held)
+    _owned(stack, gw.proc)
+    if warm is not None:
+        status = gw.get(warm)
+        if status != 200:
+            raise BenchError(f"warming project {warm} through wakegate answered {status}; log:\n{gw.proc.tail()}")
+    return gw
+
+
+def _one_kib_systems(ctx: Context, d: Path, stack: ExitStack, res: ScenarioResult) -> dict[str, System]:
+    """direct (the nginx upstream itself), nginx proxying it, and wakegate proxying a project that is
+    the same kind of nginx upstream (warmed, so the gateway's own wake path started it)."""
+    lay = ctx.layout
+    up_port, px_port = free_port(), free_port()
+    _owned(stack, nginx.start("upstream", nginx.upstream_config(d / "upstream", up_port), up_port, ctx.logs,
+                              lay.upstream))
+    proxy = _owned(stack, nginx.start("nginx-proxy", nginx.proxy_config(d / "proxy", px_port, up_port), px_port,
+                                      ctx.logs, lay.proxy))
+    systems = {
+        "direct": System("direct", up_port, wakegate.host("warm")),
+        "nginx": System("nginx", px_port, wakegate.host("warm"), proxy, True),
+    }
+    try:
+        gw = _start_gateway(ctx, stack, d, {"warm": {"command": nginx.project_command(d / "project", lay)}},
+                            warm="warm")
+        systems["wakegate"] = System("wakegate", gw.port, wakegate.host("warm"), gw.proc)
+    except BenchError as exc:
+        _not_run(res, "wakegate", exc)
+    return systems
+
+
+def _not_run(res: ScenarioResult, system: str, exc: Exception) -> None:
+    """Record that one system could not be measured (the others still are)."""
+    res.notes.append(f"{system} did not run: {str(exc).splitlines()[0]}")
+    res.raw[f"{system}_error"] = str(exc)
+
+
+def _check_wrk(system: str, report: dict[str, Any]) -> None:
+    if report["requests"] <= 0 or report["error_count"] > 0.01 * report["requests"]:
+        raise BenchError(f"{system}: wrk saw {report['error_count']} errors in {report['requests']} requests "
+                         f"({report['errors']})")
+
+
+# --- 1. warm throughput -------------------------------------------------------------------------
+
+
+def throughput(ctx: Context) -> ScenarioResult:
+    """Closed loop: wrk, one thread, 50 keep-alive connections, 1 KiB responses."""
+    cfg, res = ctx.config, ScenarioResult("throughput", "1. Warm throughput")
+    d = ctx.dir("throughput")
+    with ExitStack() as stack:
+        systems = _one_kib_systems(ctx, d, stack, res)
+        for s in systems.values():  # warm-up: connections, caches, the upstream pools
+            wrk(f"http://127.0.0.1:{s.port}/", s.host, cfg.connections, 1, ctx.layout.loadgen, d)
+        rps: dict[str, list[float]] = {s: [] for s in systems}
+        per_cpu: dict[str, list[float]] = {s: [] for s, v in systems.items() if v.proc}
+        for _ in range(cfg.repeat):
+            for s in systems.values():
+                before = s.proc.cpu_s(s.with_children) if s.proc else 0.0
+                report = wrk(f"http://127.0.0.1:{s.port}/", s.host, cfg.connections, cfg.duration_s,
+                             ctx.layout.loadgen, d)
+                _check_wrk(s.name, report)
+                rps[s.name].append(report["rps"])
+                if s.proc:
+                    used = s.proc.cpu_s(s.with_children) - before
+                    per_cpu[s.name].append(report["requests"] / max(used, 1e-6))
+                res.raw.setdefault(s.name, []).append(report)
+    for name, values in rps.items():
+        res.add(name, "requests/s", "req/s", values)
+    for name, values in per_cpu.items():
+        res.add(name, "requests per CPU-second", "req/CPU-s", values)
+    res.compare("requests/s")
+    res.compare("requests per CPU-second")
+    ctx.nginx_saturation_rps = statistics.median(rps["nginx"])
+    wg = res.find("wakegate", "requests/s")
+    if wg is not None and wg.vs_nginx is not None:
+        wg.target = Target("≥ 0.7 x nginx", wg.vs_nginx >= 0.7)
+    cpu = res.find("wakegate", "requests per CPU-second")
+    if cpu is not None:
+        cpu.target = Target("≥ 15,000 (≤ 67 µs each)", cpu.median >= 15000)
+        res.notes.append(f"wakegate spends {1e6 / cpu.median:.0f} µs of CPU per request "
+                         "(KEDA's HTTP add-on interceptor: about 190 µs).")
+    return res
+
+
+# --- 2. added latency at a fixed rate -------------------------------------------------------------
+
+
+def latency(ctx: Context) -> ScenarioResult:
+    """Open loop at half of nginx's saturation rate; latency from the intended send time."""
+    cfg, res = ctx.config, ScenarioResult("latency", "2. Latency at a fixed rate")
+    d = ctx.dir("latency")
+    with ExitStack() as stack:
+        systems = _one_kib_systems(ctx, d, stack, res)
+        saturation = ctx.nginx_saturation_rps
+        if saturation is None:
+            nx = systems["nginx"]
+            report = wrk(f"http://127.0.0.1:{nx.port}/", nx.host, cfg.connections, max(1.0, cfg.duration_s / 2),
+                         ctx.layout.loadgen, d)
+            _check_wrk("nginx", report)
+            saturation = report["rps"]
+            res.notes.append(f"nginx saturation measured here: {saturation:,.0f} req/s")
+        rate = round(saturation / 2)
+        res.raw["rate"] = rate
+        warmup = 0.5 if cfg.smoke else 2.0
+        p: dict[tuple[str, str], list[float]] = {}
+        for _ in range(cfg.repeat):
+            for s in systems.values():
+                out = ctx.loadgen.rate(s.port, s.host, rate, cfg.connections, cfg.duration_s, warmup)
+                bad = out["errors"] + out["non_2xx"] + out["unsent"]
+                if out["requests"] <= 0 or bad > 0.01 * max(out["requests"], 1):
+                    raise BenchError(f"{s.name}: {bad} failed or unsent requests of {out['requests']}: {out}")
+                for pct in ("p50", "p99"):
+                    p.setdefault((s.name, pct), []).append(out["latency_ms"][pct])
+                res.raw.setdefault(s.name, []).append(out)
+    for (name, pct), values in p.items():
+        res.add(name, pct, "ms", values)
+    for name in ("nginx", "wakegate"):
+        for pct in ("p50", "p99"):
+            if (name, pct) in p:
+                added = [a - b for a, b in zip(p[(name, pct)], p[("direct", pct)], strict=True)]
+                row = res.add(name, f"added {pct}", "ms", added)
+                if name == "wakegate" and pct == "p99":
+                    row.target = Target("≤ 2 ms", row.median <= 2.0)
+    res.notes.append(f"{rate:,} req/s over {cfg.connections} connections (half of nginx's saturation), "
+                     "latency measured from each request's intended send time; 'added' = system - direct, "
+                     "per repeat.")
+    return res
+
+
+# --- 3. cold start ------------------------------------------------------------------------------
+
+
+def _ready_times(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * len(ordered)) - 1))]
+
+
+def _serve_command(ctx: Context, **kwargs: Any) -> list[str]:
+    return [*ctx.layout.taskset(ctx.layout.upstream), *ctx.loadgen.serve_argv(**kwargs)]
+
+
+def _held_burst(ctx: Context, gw: wakegate.Gateway, project: str, n: int, release: Path, d: Path,
+                on_held: Callable[[], None] | None = None) -> dict[str, Any]:
+    """``n`` requests released at once at a sleeping project whose process listens only once
+    ``release`` exists; once the gateway holds all of them, run ``on_held`` and release it."""
+    progress = d / f"{project}.progress"
+    progress.unlink(missing_ok=True)
+    timeout_s = 120 + n / 50
+    argv = ctx.loadgen.burst_argv(gw.port, wakegate.host(project), n, progress, timeout_s)
+    client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=_pin_loadgen(ctx))
+    try:
+        def sent() -> bool:
+            if client.poll() is not None:
+                raise BenchError(f"burst client exited early: {client.stderr.read().decode()[-1000:]}"
+                                 if client.stderr else "burst client exited early")
+            return progress.exists() and "sent" in progress.read_text()
+
+        wait_until(sent, timeout_s, f"{n} requests sent to {project}", 0.02)
+        _wait_held(gw, n, timeout_s)
+        if on_held is not None:
+            on_held()
+        release.touch()
+        out, err = client.communicate(timeout=timeout_s)
+    finally:
+        if client.poll() is None:
+            client.kill()
+            client.wait()
+    if client.returncode != 0:
+        raise BenchError(f"burst client failed: {err.decode()[-1000:]}")
+    result: dict[str, Any] = json.loads(out)
+    return result
+
+
+def _pin_loadgen(ctx: Context) -> Callable[[], None]:
+    import os
+
+    cores = set(ctx.layout.loadgen)
+
+    def pre() -> None:
+        if cores:
+            os.sched_setaffinity(0, cores)
+
+    return pre
+
+
+def _wait_held(gw: wakegate.Gateway, n: int, timeout_s: float) -> None:
+    """Until ``wakegate_held_requests`` reaches ``n``."""
+    deadline = time.monotonic() + timeout_s
+    held = -1.0
+    while time.monotonic() < deadline:
+        gw.proc.check_alive()
+        held = wakegate.metric(gw.metrics(), "wakegate_held_requests")
+        if held >= n:
+            return
+        time.sleep(0.02)
+    raise BenchError(f"the gateway held {held:.0f} of {n} requests after {timeout_s:.0f} s")
+
+
+def cold_start(ctx: Context) -> ScenarioResult:
+    """From the moment the project's process listens to the first response byte at the client."""
+    cfg, res = ctx.config, ScenarioResult("cold_start", "3. Cold start (local backend)")
+    d = ctx.dir("cold_start")
+    ready = d / "ready"
+    ready.mkdir(exist_ok=True)
+    projects: dict[str, dict[str, Any]] = {}
+    for i in range(cfg.cold_single):
+        projects[f"one-{i}"] = {"command": _serve_command(ctx, delay_s=cfg.boot_delay_s,
+                                                          ready_file=ready / f"one-{i}")}
+    for r in range(cfg.repeat):
+        projects[f"many-{r}"] = {"command": _serve_command(ctx, wait_file=d / f"release-{r}",
+                                                           ready_file=ready / f"many-{r}")}
+    single: list[float] = []
+    wake_total: list[float] = []
+    many: dict[str, list[float]] = {"p50": [], "p99": [], "max": []}
+    with ExitStack() as stack:
+        gw = _start_gateway(ctx, stack, d, projects, max_held=max(1000, 2 * cfg.cold_many))
+        for i in range(cfg.cold_single):
+            name = f"one-{i}"
+            progress = d / f"{name}.progress"
+            out = json.loads(subprocess.run(
+                ctx.loadgen.burst_argv(gw.port, wakegate.host(name), 1, progress, 60), capture_output=True,
+                check=True, timeout=90, preexec_fn=_pin_loadgen(ctx)).stdout)
+            times = _ready_times(ready / name)
+            if out["ok"] != 1 or len(times) != 1:
+                raise BenchError(f"{name}: {out['ok']} answers, {len(times)} starts: {out}")
+            first = out["first_byte_unix_ns"][0]
+            single.append((first - times[0]) / 1e6)
+            wake_total.append((first - out["sent_unix_ns"]) / 1e6)
+        for r in range(cfg.repeat):
+            name = f"many-{r}"
+            out = _held_burst(ctx, gw, name, cfg.cold_many, d / f"release-{r}", d)
+            times = _ready_times(ready / name)
+            if out["ok"] != cfg.cold_many or len(times) != 1:
+                raise BenchError(f"{name}: {out['ok']} of {cfg.cold_many} answered, {len(times)} starts: "
+                                 f"{ {k: v for k, v in out.items() if k != 'first_byte_unix_ns'} }")
+            overheads = [(fb - times[0]) / 1e6 for fb in out["first_byte_unix_ns"]]
+            for q, key in ((0.5, "p50"), (0.99, "p99"), (1.0, "max")):
+                many[key].append(_pct(overheads, q))
+    res.add("wakegate", "1 held: ready → first byte, each wake", "ms", single)
+    row = res.add("wakegate", f"1 held: p99 over {len(single)} wakes", "ms", [_pct(single, 0.99)])
+    row.target = Target("≤ 10 ms", row.median <= 10)
+    res.add("wakegate", "1 held: request → first byte (whole wake)", "ms", wake_total)
+    res.add("wakegate", f"{cfg.cold_many:,} held: ready → first byte p50", "ms", many["p50"])
+    row = res.add("wakegate", f"{cfg.cold_many:,} held: ready → first byte p99", "ms", many["p99"])
+    row.target = Target("≤ 10 ms", row.median <= 10)
+    res.add("wakegate", f"{cfg.cold_many:,} held: ready → last first byte", "ms", many["max"])
+    res.notes.append(
+        f"'ready' is the instant the project's process returned from listen() (it writes the time to a file); "
+        f"single wakes boot in {cfg.boot_delay_s} s, concurrent ones listen once all requests are held. "
+        "Kubernetes (EndpointSlice ready → first byte): not measured yet, see bench/README.md.")
+    return res
+
+
+# --- 4. herd --------------------------------------------------------------------------------------
+
+
+class PeakRSS:
+    """Samples a process's RSS in a thread while the block runs."""
+
+    def __init__(self, proc: Proc, with_children: bool = False, interval_s: float = 0.02) -> None:
+        self.proc, self.with_children, self.interval_s = proc, with_children, interval_s
+        self.baseline = self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(Exception):
+                self.peak = max(self.peak, self.proc.rss_bytes(self.with_children))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> PeakRSS:
+        self.baseline = self.peak = self.proc.rss_bytes(self.with_children)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.proc.rss_bytes(self.with_children))
+
+
+def herd(ctx: Context) -> ScenarioResult:
+    """N concurrent requests on one sleeping project: one scale-up, all answered, memory per hold."""
+    cfg, res = ctx.config, ScenarioResult("herd", "4. Herd")
+    d = ctx.dir("herd")
+    n = cfg.herd
+    answered, starts, scale_ups, per_held, held_rss, connect_s = [], [], [], [], [], []
+    for r in range(cfg.repeat):
+        name = f"herd-{r}"
+        ready = d / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        release = d / f"release-{r}"
+        release.unlink(missing_ok=True)
+        with ExitStack() as stack:
+            gw = _start_gateway(ctx, stack, d, {name: {"command": _serve_command(ctx, wait_file=release,
+                                                                                 ready_file=ready)}},
+                                name=f"wakegate-herd-{r}", max_held=n)
+            ups_before = wakegate.metric(gw.metrics(), "wakegate_scale_operations_total", {"direction": "up"})
+            base = gw.proc.rss_bytes()
+            at_hold: list[int] = []
+            out = _held_burst(ctx, gw, name, n, release, d,
+                              on_held=lambda gw=gw, at_hold=at_hold: at_hold.append(gw.proc.rss_bytes()))
+            ups = wakegate.metric(gw.metrics(), "wakegate_scale_operations_total", {"direction": "up"})
+            ups -= ups_before
+        answered.append(out["ok"])
+        starts.append(len(_ready_times(ready)))
+        scale_ups.append(ups)
+        per_held.append((at_hold[0] - base) / n / 1024)
+        held_rss.append(at_hold[0] / MiB)
+        connect_s.append(out["connect_s"])
+        res.raw.setdefault("bursts", []).append({k: v for k, v in out.items() if k != "first_byte_unix_ns"})
+    res.add("wakegate", "answered (2xx)", "", answered, Target(f"all {n:,}", min(answered) == n))
+    res.add("wakegate", "scale-ups (metrics)", "", scale_ups, Target("exactly 1", all(u == 1 for u in scale_ups)))
+    res.add("wakegate", "process starts", "", starts, Target("exactly 1", all(s == 1 for s in starts)))
+    row = res.add("wakegate", "memory per held request", "KiB", per_held)
+    row.target = Target("≤ 20 KiB", row.median <= 20)
+    res.add("wakegate", f"RSS while holding {n:,}", "MiB", held_rss)
+    res.notes.append(f"{n:,} connections opened first, then one request each released at once; memory per held "
+                     "request = (gateway RSS once all are held - RSS before connecting) / N.")
+    return res
+
+
+# --- 5. scale of projects -------------------------------------------------------------------------
+
+
+def _sleeping(ctx: Context, count: int, command: list[str], prefix: str) -> dict[str, dict[str, Any]]:
+    return {f"{prefix}{i}": {"command": command} for i in range(count)}
+
+
+def projects(ctx: Context) -> ScenarioResult:
+    """Warm throughput and CPU per request to one project among 10 / 1,000 / 10,000, and the RSS."""
+    cfg, res = ctx.config, ScenarioResult("projects", "5. Scale of projects")
+    d = ctx.dir("projects")
+    warm_cmd = nginx.project_command(d / "project", ctx.layout)
+    idle_cmd = _serve_command(ctx)
+    duration = max(1.0, cfg.duration_s / 2)
+    rps: dict[int, list[float]] = {n: [] for n in cfg.project_counts}
+    cpu_us: dict[int, list[float]] = {n: [] for n in cfg.project_counts}
+    rss: dict[int, list[float]] = {n: [] for n in cfg.project_counts}
+    startup: dict[int, list[float]] = {n: [] for n in cfg.project_counts}
+    for _ in range(cfg.repeat):
+        for n in cfg.project_counts:
+            table = {"warm": {"command": warm_cmd}, **_sleeping(ctx, n - 1, idle_cmd, "idle-")}
+            with ExitStack() as stack:
+                began = time.monotonic()
+                gw = _start_gateway(ctx, stack, d, table, name=f"wakegate-{n}", warm="warm")
+                startup[n].append(time.monotonic() - began)
+                url = f"http://127.0.0.1:{gw.port}/"
+                wrk(url, wakegate.host("warm"), cfg.connections, 1, ctx.layout.loadgen, d)
+                before = gw.proc.cpu_s()
+                report = wrk(url, wakegate.host("warm"), cfg.connections, duration, ctx.layout.loadgen, d)
+                used = gw.proc.cpu_s() - before
+                _check_wrk(f"wakegate with {n} projects", report)
+                rps[n].append(report["rps"])
+                cpu_us[n].append(used / report["requests"] * 1e6)
+                rss[n].append(gw.proc.rss_bytes() / 1e6)
+    low, high = min(cfg.project_counts), max(cfg.project_counts)
+    for n in cfg.project_counts:
+        res.add("wakegate", f"requests/s, {n:,} projects", "req/s", rps[n])
+    for n in cfg.project_counts:
+        row = res.add("wakegate", f"CPU per request, {n:,} projects", "µs", cpu_us[n])
+        if n == high and n != low:
+            ratio = row.median / statistics.median(cpu_us[low])
+            row.target = Target(f"flat (≤ 1.1 x at {low:,}: {ratio:.2f})", ratio <= 1.1)
+    for n in cfg.project_counts:
+        row = res.add("wakegate", f"RSS, {n:,} projects", "MB", rss[n])
+        if n == high:
+            row.target = Target("≤ 100 MB" if n >= 10000 else f"≤ 100 MB (at 10,000; here {n:,})", row.median <= 100)
+    for n in cfg.project_counts:
+        res.add("wakegate", f"startup, {n:,} projects", "s", startup[n])
+    res.notes.append("one warm project (nginx upstream) among N-1 asleep ones; wrk as in scenario 1 for "
+                     f"{duration:.0f} s; CPU per request = gateway CPU time / requests.")
+    return res
+
+
+async def _touch_projects(port: int, hosts: list[str], concurrency: int = 32) -> dict[int, int]:
+    """One GET to each host (their wakes fail at once); returns status counts."""
+    sem = asyncio.Semaphore(concurrency)
+    counts: dict[int, int] = {}
+
+    async def one(h: str) -> None:
+        async with sem:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            try:
+                writer.write(f"GET / HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n".encode())
+                status_line = await asyncio.wait_for(reader.readline(), 60)
+                status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
+                counts[status] = counts.get(status, 0) + 1
+                await asyncio.wait_for(reader.read(), 60)
+            finally:
+                writer.close()
+
+    await asyncio.gather(*(one(h) for h in hosts))
+    return counts
+
+
+def metrics_scrape(ctx: Context) -> ScenarioResult:
+    """p99 of requests at a fixed rate with and without /metrics being scraped, 5,000 projects."""
+    cfg, res = ctx.config, ScenarioResult("metrics_scrape", "5b. /metrics scrape, many projects")
+    d = ctx.dir("metrics_scrape")
+    m = cfg.metrics_projects
+    table = {"warm": {"command": nginx.project_command(d / "project", ctx.layout)},
+             **_sleeping(ctx, m - 1, ["/bin/false"], "gone-")}
+    p99: dict[str, list[float]] = {"without": [], "with": []}
+    scrape_ms: list[float] = []
+    with ExitStack() as stack:
+        gw = _start_gateway(ctx, stack, d, table, max_held=max(1000, m), warm="warm")
+        # One request to every other project: each wake fails at once (/bin/false), which gives every
+        # project its per-project series, as a gateway that has seen traffic for all of them has.
+        statuses = asyncio.run(_touch_projects(gw.port, [wakegate.host(f"gone-{i}") for i in range(m - 1)]))
+        res.raw["populate_statuses"] = statuses
+        series = sum(1 for line in gw.metrics().splitlines() if line.startswith("wakegate_project_"))
+        res.raw["per_project_series"] = series
+        url = f"http://127.0.0.1:{gw.admin_port}/metrics"
+        warmup = 0.5 if cfg.smoke else 1.0
+        for _ in range(cfg.repeat):
+            for mode in ("without", "with"):
+                out = ctx.loadgen.rate(gw.port, wakegate.host("warm"), cfg.metrics_rate, cfg.connections,
+                                       cfg.duration_s, warmup, scrape_url=url if mode == "with" else None,
+                                       scrape_interval_s=cfg.scrape_interval_s)
+                if out["errors"] or out["non_2xx"] or out["requests"] <= 0:
+                    raise BenchError(f"requests failed during the scrape test: {out}")
+                if mode == "with":
+                    if not out["scrapes"] or out["scrape_errors"]:
+                        raise BenchError(f"scrapes failed: {out}")
+                    scrape_ms.append(out["scrape_ms"]["p50"])
+                p99[mode].append(out["latency_ms"]["p99"])
+                res.raw.setdefault(mode, []).append(out)
+    res.add("wakegate", "p99, no scrape", "ms", p99["without"])
+    res.add("wakegate", f"p99, scrape every {cfg.scrape_interval_s} s", "ms", p99["with"])
+    added = [a - b for a, b in zip(p99["with"], p99["without"], strict=True)]
+    res.add("wakegate", "p99 added by scraping", "ms", added, Target("≤ 5 ms", statistics.median(added) <= 5))
+    res.add("wakegate", "scrape duration p50", "ms", scrape_ms)
+    res.notes.append(f"{m:,} projects, {series:,} per-project series in /metrics; {cfg.metrics_rate:,.0f} req/s "
+                     f"open loop to one warm project while /metrics is fetched every {cfg.scrape_interval_s} s.")
+    return res
+
+
+# --- 6. streaming --------------------------------------------------------------------------------
+
+
+def streaming(ctx: Context) -> ScenarioResult:
+    """One large download and one large upload through each system; throughput and memory growth."""
+    cfg, res = ctx.config, ScenarioResult("streaming", "6. Streaming")
+    d = ctx.dir("streaming")
+    lay = ctx.layout
+    size = cfg.stream_bytes
+    with ExitStack() as stack:
+        up_port, px_port = free_port(), free_port()
+        up = _owned(stack, spawn("stream-upstream", ctx.loadgen.serve_argv(listen=f"127.0.0.1:{up_port}"),
+                                 ctx.logs, lay.upstream))
+        wait_until(lambda: (up.check_alive(), port_open(up_port))[1], 10, "the streaming upstream")
+        proxy = _owned(stack, nginx.start("nginx-stream", nginx.proxy_config(d / "proxy", px_port, up_port), px_port,
+                                          ctx.logs, lay.proxy))
+        systems = [System("direct", up_port, wakegate.host("stream")),
+                   System("nginx", px_port, wakegate.host("stream"), proxy, True)]
+        try:
+            gw = _start_gateway(ctx, stack, d, {"stream": {"command": _serve_command(ctx)}}, warm="stream")
+            systems.append(System("wakegate", gw.port, wakegate.host("stream"), gw.proc))
+        except BenchError as exc:
+            res.notes.append(f"wakegate did not run: {exc}")
+        mibps: dict[tuple[str, str], list[float]] = {}
+        growth: dict[tuple[str, str], list[float]] = {}
+        for _ in range(cfg.repeat):
+            for s in systems:
+                for mode in ("download", "upload"):
+                    with _maybe_rss(s) as sampler:
+                        out = ctx.loadgen.stream(s.port, s.host, mode, size)
+                    mibps.setdefault((s.name, mode), []).append(out["bytes_per_s"] / MiB)
+                    if sampler is not None:
+                        growth.setdefault((s.name, mode), []).append((sampler.peak - sampler.baseline) / MiB)
+    for mode in ("download", "upload"):
+        metric = f"{mode} throughput"
+        for s in systems:
+            res.add(s.name, metric, "MiB/s", mibps[(s.name, mode)])
+        res.compare(metric)
+        wg = res.find("wakegate", metric)
+        if wg is not None and wg.vs_nginx is not None:
+            wg.target = Target("≥ 0.5 x nginx", wg.vs_nginx >= 0.5)
+        for s in systems:
+            if (s.name, mode) in growth:
+                row = res.add(s.name, f"{mode} memory growth", "MiB", growth[(s.name, mode)])
+                if s.name == "wakegate":
+                    row.target = Target("flat (≤ 32 MiB)", row.median <= 32)
+    res.notes.append(f"{size / MiB:,.0f} MiB per transfer, one connection; memory growth = peak RSS during the "
+                     "transfer - RSS before it (nginx: master + worker).")
+    return res
+
+
+@contextlib.contextmanager
+def _maybe_rss(s: System) -> Iterator[PeakRSS | None]:
+    if s.proc is None:
+        yield None
+        return
+    with PeakRSS(s.proc, s.with_children) as sampler:
+        yield sampler
+
+
+SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
+    "throughput": throughput,
+    "latency": latency,
+    "cold_start": cold_start,
+    "herd": herd,
+    "projects": projects,
+    "metrics_scrape": metrics_scrape,
+    "streaming": streaming,
+}

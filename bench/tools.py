@@ -1,0 +1,117 @@
+"""The clients: wrk (closed-loop throughput) and bench/loadgen (open-loop latency, bursts, streams)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from bench.procs import BenchError, run_json
+
+LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen"
+
+# wrk prints its own report for people; this script adds one JSON line for us.
+_WRK_LUA = """\
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    '{"requests":%d,"duration_us":%d,"bytes":%d,"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,' ..
+    '"timeout":%d},"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%f}}\\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"""
+
+
+def wrk(url: str, host: str, connections: int, duration_s: float, cores: tuple[int, ...],
+        work_dir: Path) -> dict[str, Any]:
+    """Closed-loop load with wrk (one thread, keep-alive). Returns requests/s, errors and latency."""
+    if shutil.which("wrk") is None:
+        raise BenchError("wrk is not installed (make bench installs it)")
+    script = work_dir / "report.lua"
+    if not script.exists():
+        script.write_text(_WRK_LUA)
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
+            "-H", f"Host: {host}", "-s", str(script), url]
+    out = run_json(argv, cores, timeout_s=duration_s + 60)
+    line = next((ln for ln in reversed(out.splitlines()) if ln.startswith("{")), None)
+    if line is None:
+        raise BenchError(f"wrk printed no report:\n{out[-1000:]}")
+    report: dict[str, Any] = json.loads(line)
+    report["rps"] = report["requests"] / (report["duration_us"] / 1e6)
+    errors = report["errors"]
+    report["error_count"] = sum(errors.values())
+    return report
+
+
+def build_loadgen(cache_dir: Path | None = None) -> Path:
+    """Compile bench/loadgen (Go, standard library only) once per source version; returns the binary."""
+    digest = hashlib.sha256()
+    for name in ("go.mod", "main.go"):
+        digest.update((LOADGEN_SRC / name).read_bytes())
+    cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wakegate" / "bench"
+    binary = cache / f"loadgen-{digest.hexdigest()[:16]}"
+    if binary.exists():
+        return binary
+    go = shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if Path(p).exists()),
+                                    None)
+    if go is None:
+        raise BenchError("no Go toolchain found (needed to build bench/loadgen; the cluster build needs it too)")
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = binary.with_suffix(f".tmp{os.getpid()}")
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+    done = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=LOADGEN_SRC, env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchError(f"building bench/loadgen failed:\n{done.stderr[-2000:]}")
+    tmp.replace(binary)
+    return binary
+
+
+class Loadgen:
+    """Runs the loadgen client commands, pinned to the load generator's cores."""
+
+    def __init__(self, binary: Path, cores: tuple[int, ...]) -> None:
+        self.binary = binary
+        self.cores = cores
+
+    def _run(self, command: str, args: list[str], timeout_s: float) -> dict[str, Any]:
+        out = run_json([str(self.binary), command, *args], self.cores, timeout_s)
+        result: dict[str, Any] = json.loads(out)
+        return result
+
+    def rate(self, port: int, host: str, rate: float, connections: int, duration_s: float, warmup_s: float = 1.0,
+             scrape_url: str | None = None, scrape_interval_s: float = 1.0) -> dict[str, Any]:
+        """Open-loop load at ``rate`` requests/s; latency percentiles in ms from the intended send time."""
+        args = [f"-addr=127.0.0.1:{port}", f"-host={host}", f"-rate={rate}", f"-c={connections}",
+                f"-duration={duration_s}s", f"-warmup={warmup_s}s"]
+        if scrape_url:
+            args += [f"-scrape-url={scrape_url}", f"-scrape-interval={scrape_interval_s}s"]
+        return self._run("rate", args, duration_s + warmup_s + 60)
+
+    def burst_argv(self, port: int, host: str, n: int, progress_file: Path, timeout_s: float) -> list[str]:
+        """The command line of a burst (started in the background by the caller)."""
+        return [str(self.binary), "burst", f"-addr=127.0.0.1:{port}", f"-host={host}", f"-n={n}",
+                f"-timeout={timeout_s}s", f"-progress-file={progress_file}"]
+
+    def stream(self, port: int, host: str, mode: str, size: int, timeout_s: float = 300) -> dict[str, Any]:
+        return self._run("stream", [f"-addr=127.0.0.1:{port}", f"-host={host}", f"-mode={mode}", f"-bytes={size}",
+                                    f"-timeout={timeout_s}s"], timeout_s + 30)
+
+    def serve_argv(self, *, listen: str | None = None, delay_s: float = 0.0, wait_file: Path | None = None,
+                   ready_file: Path | None = None) -> list[str]:
+        """The upstream command (``listen`` None → 127.0.0.1:$PORT, for projects of the local backend)."""
+        argv = [str(self.binary), "serve"]
+        if listen:
+            argv.append(f"-listen={listen}")
+        if delay_s:
+            argv.append(f"-delay={delay_s}s")
+        if wait_file:
+            argv.append(f"-wait-file={wait_file}")
+        if ready_file:
+            argv.append(f"-ready-file={ready_file}")
+        return argv
