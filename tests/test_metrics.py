@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import aiohttp
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -13,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import Settings
 from gateway.lifecycle import HoldRejected, Lifecycle, State
 from gateway.metrics import REQUEST_BUCKETS_S, Metrics, code_class
-from tests.ops_support import ScriptedBackend
+from tests.ops_support import GatewayProcess, ScriptedBackend, write_projects
 
 SETTINGS = Settings(domain="test.example", hold_timeout_s=5.0, idle_timeout_s=60.0, reap_interval_s=3600.0)
 
@@ -151,7 +153,9 @@ async def test_failed_and_timed_out_wakes(rig: Rig) -> None:
     with pytest.raises(HoldRejected) as timed_out:
         await lc.hold(gamma)
     assert timed_out.value.reason == "timeout"
-    await asyncio.gather(*list(lc._tasks))  # the wake's own deadline
+    if gamma.state is State.WAKING:  # the wake's own deadline is a moment behind the hold's
+        assert not await lc.wait_ready(gamma, 5)  # returns when that deadline fails the wake
+    assert gamma.state is State.FAILED
     s = await rig.scrape()
     assert value(s, "wakegate_wakeups_total", result="failed") == 1
     assert value(s, "wakegate_scale_operations_total", direction="up", result="error") == 1
@@ -274,3 +278,45 @@ async def test_render_yields_to_the_event_loop() -> None:
     done = True
     await task
     assert ticks - start >= 6  # other tasks ran between slices
+
+
+# --- end to end: the real gateway, scraped over HTTP -------------------------------------------------
+
+
+async def test_scraped_values_after_a_cold_wake_requests_and_a_reap(tmp_path: Path) -> None:
+    n = 20
+    projects = write_projects(tmp_path, {"alpha": {"idle_timeout_s": 2}, "quiet": {}})
+    gw = await GatewayProcess.start(projects, "--reap-interval", "0.2")
+    try:
+        timeout = aiohttp.ClientTimeout(total=60)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            for i in range(n):
+                async with http.get(f"{gw.url}/r{i}", headers={"Host": "alpha.localhost"}) as resp:
+                    assert resp.status == 200
+                    await resp.read()
+                    assert ("X-Wakegate-Cold-Start" in resp.headers) is (i == 0)
+            async with http.get(f"{gw.url}/", headers={"Host": "nope.localhost"}) as resp:
+                assert resp.status == 404
+            await gw.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "alpha")
+            async with http.get(gw.admin_url + "/metrics") as resp:
+                assert resp.status == 200
+                s = parse(await resp.text())
+    finally:
+        await gw.kill()
+    assert value(s, "wakegate_requests_total", code_class="2xx") == n
+    assert value(s, "wakegate_requests_total", code_class="4xx") == 1
+    assert value(s, "wakegate_request_duration_seconds_count", code_class="2xx") == n
+    assert value(s, "wakegate_wakeups_total", result="ready") == 1
+    assert value(s, "wakegate_wakeups_total", result="failed") == 0
+    assert value(s, "wakegate_wakeups_total", result="timeout") == 0
+    assert value(s, "wakegate_wakeup_duration_seconds_count") == 1
+    assert value(s, "wakegate_scale_operations_total", direction="up", result="ok") == 1
+    assert value(s, "wakegate_scale_operations_total", direction="down", result="ok") == 1
+    assert value(s, "wakegate_project_requests_total", project="alpha") == n
+    assert value(s, "wakegate_project_wakeups_total", project="alpha") == 1
+    assert value(s, "wakegate_project_requests_total", project="quiet") is None
+    assert value(s, "wakegate_projects", state="asleep") == 2
+    assert value(s, "wakegate_projects", state="ready") == 0
+    assert value(s, "wakegate_held_requests") == 0
+    assert value(s, "wakegate_inflight_requests") == 0
+    assert value(s, "wakegate_held_rejected_total", reason="timeout") == 0
