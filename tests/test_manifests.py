@@ -1,0 +1,320 @@
+"""The install manifests: they render, validate strictly, grant exactly what the backend uses, and
+the gateway's pods meet the ``restricted`` Pod Security Standard."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections import defaultdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from gateway.backends import kubernetes as kb
+from gateway.config import option_names
+from provisioner import labels as L
+from tests.cluster.controlplane import bin_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFESTS = ROOT / "manifests"
+KUSTOMIZATIONS = ["", "overlays/monitoring", "overlays/gateway-api", "aks"]
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+K8S_VERSION = "1.37.0"
+
+Obj = dict[str, Any]
+
+
+def kubectl() -> str:
+    """The kubectl built with the test cluster (kustomize built in), else one on PATH."""
+    own = bin_dir() / "kubectl"
+    if own.exists():
+        return str(own)
+    found = shutil.which("kubectl")
+    assert found, "kubectl is needed to render manifests/: run `make cluster-build` or install kubectl"
+    return found
+
+
+@cache
+def render(path: str) -> tuple[Obj, ...]:
+    out = subprocess.run([kubectl(), "kustomize", str(MANIFESTS / path)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    return tuple(d for d in yaml.safe_load_all(out.stdout) if d)
+
+
+def find(objs: tuple[Obj, ...], kind: str, name: str | None = None) -> list[Obj]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def one(objs: tuple[Obj, ...], kind: str, name: str = "wakegate") -> Obj:
+    found = find(objs, kind, name)
+    assert len(found) == 1, f"expected one {kind} {name}, found {len(found)}"
+    return found[0]
+
+
+# --- rendering and schema -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_every_object_validates_strictly(path: str) -> None:
+    objs = render(path)
+    assert objs
+    for o in objs:
+        if (o["apiVersion"], o["kind"]) in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+
+
+def test_base_installs_the_expected_objects() -> None:
+    kinds = sorted((o["kind"], o["metadata"]["name"]) for o in render(""))
+    assert kinds == sorted([
+        ("Namespace", "wakegate-system"), ("ServiceAccount", "wakegate"), ("ClusterRole", "wakegate"),
+        ("ClusterRoleBinding", "wakegate"), ("Role", "wakegate-leader-election"),
+        ("RoleBinding", "wakegate-leader-election"), ("Deployment", "wakegate"), ("Service", "wakegate"),
+        ("PodDisruptionBudget", "wakegate"), ("NetworkPolicy", "wakegate"), ("NetworkPolicy", "default-deny"),
+        ("Ingress", "wakegate"),
+    ])
+    for o in render(""):
+        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+            assert o["metadata"]["namespace"] == L.DEFAULT_GATEWAY_NAMESPACE, o["metadata"]["name"]
+
+
+def test_the_default_install_needs_no_crds() -> None:
+    assert not [o for o in render("") if (o["apiVersion"], o["kind"]) in CRD_KINDS]
+
+
+def test_monitoring_overlay_adds_servicemonitor_and_dashboard() -> None:
+    objs = render("overlays/monitoring")
+    sm = one(objs, "ServiceMonitor")
+    svc = one(objs, "Service")
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == ["admin"]
+    assert "admin" in [p["name"] for p in svc["spec"]["ports"]]
+    cm = one(objs, "ConfigMap", "wakegate-grafana-dashboard")
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert json.loads(cm["data"]["wakegate-dashboard.json"])["uid"] == "wakegate-gateway"
+
+
+def test_gateway_api_overlay_replaces_the_ingress() -> None:
+    objs = render("overlays/gateway-api")
+    assert not find(objs, "Ingress")
+    route = one(objs, "HTTPRoute")
+    assert route["spec"]["hostnames"] == ["*.env.example.com"]
+    assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "wakegate", "port": 80}]
+
+
+def test_aks_overlay_uses_the_app_routing_ingress_class() -> None:
+    objs = render("aks")
+    assert one(objs, "Ingress")["spec"]["ingressClassName"] == "webapprouting.kubernetes.azure.com"
+    assert "Network policy engine" in (MANIFESTS / "aks" / "README.md").read_text()
+
+
+# --- RBAC ------------------------------------------------------------------------------------------
+
+
+def grants(rules: list[Obj]) -> dict[tuple[str, str], set[str]]:
+    out: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for rule in rules:
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                out[(group, resource)] |= set(rule["verbs"])
+    return dict(out)
+
+
+def test_rbac_has_no_wildcards() -> None:
+    for o in render(""):
+        for rule in o.get("rules", []):
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), f"{o['kind']} {o['metadata']['name']}: wildcard in {field}"
+            assert "nonResourceURLs" not in rule
+
+
+def test_cluster_role_grants_exactly_what_the_backend_uses() -> None:
+    role = one(render(""), "ClusterRole")
+    assert grants(role["rules"]) == {k: set(v) for k, v in kb.CLUSTER_PERMISSIONS.items()}
+    # no writes to project objects from the cluster scope
+    for (_, resource), verbs in grants(role["rules"]).items():
+        if resource != "events":
+            assert verbs <= {"get", "list", "watch"}, resource
+
+
+def test_leader_election_role_is_limited_to_its_lease() -> None:
+    objs = render("")
+    role = one(objs, "Role", "wakegate-leader-election")
+    assert role["metadata"]["namespace"] == L.DEFAULT_GATEWAY_NAMESPACE
+    assert grants(role["rules"]) == {k: set(v) for k, v in kb.GATEWAY_NAMESPACE_PERMISSIONS.items()}
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert named and all(r["resourceNames"] == [kb.LEASE_NAME] for r in named)
+    assert [r["verbs"] for r in role["rules"] if "resourceNames" not in r] == [["create"]]
+
+
+def test_bindings_name_the_gateway_serviceaccount() -> None:
+    objs = render("")
+    sa = one(objs, "ServiceAccount")
+    assert (sa["metadata"]["name"], sa["metadata"]["namespace"]) == (L.GATEWAY_SERVICEACCOUNT,
+                                                                      L.DEFAULT_GATEWAY_NAMESPACE)
+    for kind, name, role_kind in (("ClusterRoleBinding", "wakegate", "ClusterRole"),
+                                  ("RoleBinding", "wakegate-leader-election", "Role")):
+        b = one(objs, kind, name)
+        assert b["roleRef"]["kind"] == role_kind
+        assert b["subjects"] == [{"kind": "ServiceAccount", "name": L.GATEWAY_SERVICEACCOUNT,
+                                  "namespace": L.DEFAULT_GATEWAY_NAMESPACE}]
+
+
+def test_provisioner_role_covers_the_project_namespace_writes() -> None:
+    from provisioner.render import rbac
+    from provisioner.spec import ProjectSpec
+
+    spec = ProjectSpec(name="demo", image="example.test/app:1")
+    role = next(o for o in rbac(spec) if o["kind"] == "Role" and o["metadata"]["name"] == L.GATEWAY_ROLE)
+    for (group, resource), verbs in kb.PROJECT_NAMESPACE_PERMISSIONS.items():
+        for verb in verbs:
+            assert any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"]
+                       and r.get("resourceNames") in (None, ["demo"]) for r in role["rules"]), (resource, verb)
+
+
+# --- the gateway's Deployment ---------------------------------------------------------------------
+
+
+def pod_spec() -> Obj:
+    spec: Obj = one(render(""), "Deployment")["spec"]["template"]["spec"]
+    return spec
+
+
+def test_deployment_runs_the_kubernetes_backend_highly_available() -> None:
+    dep = one(render(""), "Deployment")
+    assert dep["spec"]["replicas"] == 2
+    c = pod_spec()["containers"][0]
+    assert "--backend=kubernetes" in c["args"] and c["args"][0] == "serve"
+    flags = {a.split("=", 1)[0] for a in c["args"][1:]}
+    assert flags <= set(option_names()), flags - set(option_names())
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert c["image"] == "ghcr.io/example/wakegate:0.1.0"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert pod_spec()["affinity"]["podAntiAffinity"]
+    assert pod_spec()["terminationGracePeriodSeconds"] > 30  # the drain timeout
+    assert dep["spec"]["template"]["metadata"]["labels"].items() >= L.GATEWAY_POD_LABELS.items()
+    pdb = one(render(""), "PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                      "projected", "secret"}
+
+
+def restricted_violations(spec: Obj) -> list[str]:
+    """The ``restricted`` Pod Security Standard (v1.37) checks, as the admission plugin makes them."""
+    bad = []
+    psc = spec.get("securityContext", {})
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            bad.append(flag)
+    for v in spec.get("volumes", []):
+        kinds = set(v) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            bad.append(f"volume {v['name']}: {kinds}")
+    containers = spec.get("containers", []) + spec.get("initContainers", [])
+    for c in containers:
+        sc = c.get("securityContext", {})
+        name = c["name"]
+        if sc.get("privileged"):
+            bad.append(f"{name}: privileged")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            bad.append(f"{name}: allowPrivilegeEscalation must be false")
+        caps = sc.get("capabilities", {})
+        if "ALL" not in caps.get("drop", []):
+            bad.append(f"{name}: must drop ALL capabilities")
+        if set(caps.get("add", [])) - {"NET_BIND_SERVICE"}:
+            bad.append(f"{name}: adds capabilities")
+        if not (sc.get("runAsNonRoot", psc.get("runAsNonRoot"))):
+            bad.append(f"{name}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            bad.append(f"{name}: runAsUser 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            bad.append(f"{name}: seccompProfile")
+        if any(p.get("hostPort") for p in c.get("ports", [])):
+            bad.append(f"{name}: hostPort")
+    return bad
+
+
+def test_pod_spec_satisfies_restricted() -> None:
+    assert restricted_violations(pod_spec()) == []
+    assert pod_spec()["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_restricted_checker_catches_violations() -> None:
+    spec = {"hostNetwork": True, "volumes": [{"name": "h", "hostPath": {"path": "/"}}],
+            "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}],
+                            "securityContext": {"privileged": True, "capabilities": {"add": ["SYS_ADMIN"]}}}]}
+    found = " ".join(restricted_violations(spec))
+    for word in ("hostNetwork", "hostPath", "privileged", "allowPrivilegeEscalation", "drop ALL", "adds",
+                 "runAsNonRoot", "seccompProfile", "hostPort"):
+        assert word in found
+
+
+def test_namespace_enforces_restricted() -> None:
+    ns = one(render(""), "Namespace", L.DEFAULT_GATEWAY_NAMESPACE)
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+
+
+# --- networking ------------------------------------------------------------------------------------
+
+
+def test_service_ingress_and_network_policy_line_up() -> None:
+    objs = render("")
+    svc = one(objs, "Service")
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert set(ports) == {"http", "admin"}
+    c = pod_spec()["containers"][0]
+    container_ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert container_ports == {"http": 8080, "admin": 9090}
+    assert "--listen=:8080" in c["args"] and "--admin-listen=:9090" in c["args"]
+    ing = one(objs, "Ingress")
+    assert ing["spec"]["rules"][0]["host"] == "*.env.example.com"
+    assert ing["spec"]["tls"][0]["secretName"]
+    assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {"name": "wakegate",
+                                                                                "port": {"name": "http"}}
+    pol = one(objs, "NetworkPolicy")
+    assert pol["spec"]["podSelector"]["matchLabels"] == L.GATEWAY_POD_LABELS
+    ingress_ports = {p["port"] for rule in pol["spec"]["ingress"] for p in rule["ports"]}
+    assert ingress_ports == {8080, 9090}
+    # egress to project pods is allowed by the managed-namespace label the provisioner sets
+    assert {"namespaceSelector": {"matchLabels": {L.MANAGED_BY_LABEL: L.MANAGED_BY}}} in \
+        [t for rule in pol["spec"]["egress"] for t in rule["to"]]
+    deny = one(objs, "NetworkPolicy", "default-deny")
+    assert deny["spec"] == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+# --- the dashboard ---------------------------------------------------------------------------------
+
+DASHBOARD_METRICS = ["wakegate_requests_total", "wakegate_request_duration_seconds", "wakegate_wakeups_total",
+                     "wakegate_wakeup_duration_seconds", "wakegate_held_requests", "wakegate_held_rejected_total",
+                     "wakegate_scale_operations_total", "wakegate_projects", "wakegate_inflight_requests",
+                     "wakegate_upstream_errors_total"]
+
+
+def test_dashboard_is_valid_json_covering_every_metric() -> None:
+    dash = json.loads((MANIFESTS / "grafana" / "wakegate-dashboard.json").read_text())
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    for metric in DASHBOARD_METRICS:
+        assert metric in exprs, metric
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    titles = " ".join(p["title"].lower() for p in dash["panels"])
+    for word in ("wake", "held", "latency", "scale errors", "request rate"):
+        assert word in titles, word
+
+
+def test_dashboard_metric_names_exist_in_the_gateway() -> None:
+    source = (ROOT / "gateway" / "metrics.py").read_text()
+    for metric in DASHBOARD_METRICS:
+        assert f'"{metric}"' in source, metric
