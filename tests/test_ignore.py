@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
 import pytest
 
 from gateway import ignore
 from gateway.config import DEFAULT_IGNORE_USER_AGENTS
 from gateway.ignore import IgnoreRules
+from tests.ops_support import GatewayProcess, write_projects
 
 BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 
@@ -61,3 +67,56 @@ def test_user_agent_cache_is_bounded() -> None:
         assert rules.matches("/", f"agent-{i}") is False
     assert rules.matches("/", "some-bot") is True
     assert len(rules._ua_cache) <= ignore.UA_CACHE_SIZE
+
+
+# --- end to end: the real gateway ----------------------------------------------------------------------
+
+
+async def test_ignored_requests_never_wake_nor_count_as_activity(tmp_path: Path) -> None:
+    projects = write_projects(tmp_path, {"alpha": {}})
+    gw = await GatewayProcess.start(projects, "--ignore-paths", "/healthz,/.well-known/probe")
+    probes = [
+        ("/healthz", {}),
+        ("/.well-known/probe/deep?x=1", {}),
+        ("/", {"User-Agent": "kube-probe/1.30"}),
+        ("/", {"User-Agent": "Mozilla/5.0+(compatible; UptimeRobot/2.0; http://www.uptimerobot.com/)",
+               "Accept": "text/html", "Sec-Fetch-Mode": "navigate"}),  # no waiting page either
+    ]
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+            async def get(path: str, headers: dict[str, str]) -> tuple[int, str, dict[str, str]]:
+                async with http.get(gw.url + path, headers={"Host": "alpha.localhost", **headers}) as resp:
+                    return resp.status, await resp.text(), dict(resp.headers)
+
+            async def project() -> dict[str, Any]:
+                async with http.get(gw.admin_url + "/api/v1/projects/alpha") as resp:
+                    body: dict[str, Any] = await resp.json()
+                    return body
+
+            # Asleep: 503 + Retry-After, and nothing wakes.
+            for path, headers in probes:
+                status, text, resp_headers = await get(path, headers)
+                assert status == 503, (path, headers)
+                assert int(resp_headers["Retry-After"]) > 0
+                assert "asleep" in text and "does not wake it" in text
+            state = await project()
+            assert state["state"] == "asleep" and state["last_activity"] is None
+            assert gw.events("wake") == []
+
+            # A real request wakes it; then probes are proxied without counting as activity.
+            status, text, _ = await get("/", {})
+            assert status == 200 and "real content of alpha" in text
+            before = (await project())["last_activity"]
+            assert before is not None
+            await asyncio.sleep(0.01)  # the clock must move for a touch to show
+            for path, headers in probes:
+                status, text, _ = await get(path, headers)
+                assert status == 200, (path, headers)
+                assert "real content of alpha" in text
+            after = await project()
+            assert after["last_activity"] == before
+            assert after["state"] == "ready"
+            assert len(gw.events("wake")) == 1
+    finally:
+        await gw.kill()
