@@ -52,11 +52,13 @@ class HoldRejected(Exception):
 
 class WakeFailed(Exception):
     """Set on held requests' futures when a wake fails. ``unavailable``: the backend could not be
-    reached (answered 503, worth retrying) rather than the project failing (502)."""
+    reached (answered 503, worth retrying) rather than the project failing (502). ``reason``
+    "removed" (the project was deleted) and "draining" (the gateway stops) get their own answers."""
 
-    def __init__(self, message: str, unavailable: bool = False) -> None:
+    def __init__(self, message: str, unavailable: bool = False, reason: str = "failed") -> None:
         super().__init__(message)
         self.unavailable = unavailable
+        self.reason = reason
 
 
 class LifecycleObserver(Protocol):
@@ -98,6 +100,7 @@ class Project:
     __slots__ = (
         "_rr",
         "_sleeping",
+        "_up",
         "_waiters",
         "_wake_id",
         "_wake_task",
@@ -130,6 +133,7 @@ class Project:
         self.op_lock = asyncio.Lock()
         self._rr = 0
         self._sleeping = False
+        self._up = False  # scaled up and not scaled down since: the reaper must look at it
         self._wake_id = 0
         self._wake_task: asyncio.Task[None] | None = None
         self._waiters: set[asyncio.Future[None]] = set()
@@ -194,7 +198,7 @@ class Lifecycle:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
         for p in self.projects.values():
-            self._fail_waiters(p, "the gateway is shutting down")
+            self._fail_waiters(p, "the gateway is shutting down", reason="draining")
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -308,6 +312,10 @@ class Lifecycle:
                 except TimeoutError:
                     raise self._hold_timeout(p) from None
                 except WakeFailed as exc:
+                    if exc.reason == "removed":
+                        raise HoldRejected(404, "removed", str(exc)) from None
+                    if exc.reason == "draining":
+                        raise HoldRejected(503, "draining", f"{exc}; retry shortly", 1) from None
                     if exc.unavailable:
                         raise HoldRejected(503, "unavailable", f"project {p.name} cannot be started now: {exc}",
                                            5) from None
@@ -366,13 +374,15 @@ class Lifecycle:
                     return
                 await self.backend.scale_up(p.name)
             self.observer.scale_operation("up", True)
-        except BackendError as exc:
+        except Exception as exc:  # BackendError, or a backend bug: never leave the project "waking"
             self.observer.scale_operation("up", False)
-            logs.event("scale_error", logging.ERROR, project=p.name, direction="up", error=str(exc))
+            error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            logs.event("scale_error", logging.ERROR, project=p.name, direction="up", error=error)
             if p._wake_id == wake_id and p.state is State.WAKING:
-                self._wake_done(p, "failed", f"scale-up failed: {exc}",
+                self._wake_done(p, "failed", f"scale-up failed: {error}",
                                 unavailable=isinstance(exc, BackendUnavailable))
             return
+        p._up = True
         if p.endpoints and p._wake_id == wake_id and p.state is State.WAKING:
             self._become_ready(p)
             return
@@ -387,6 +397,7 @@ class Lifecycle:
     def _become_ready(self, p: Project) -> None:
         was_waking = p.state is State.WAKING
         p.state = State.READY
+        p._up = True
         p.last_error = None
         if p.last_activity_wall is None:
             self._touch(p)  # found running: give it a full idle period
@@ -408,10 +419,10 @@ class Lifecycle:
         duration = time.monotonic() - (p.wake_started_mono or time.monotonic())
         self.observer.wake_finished(p.name, result, duration)
 
-    def _fail_waiters(self, p: Project, error: str, unavailable: bool = False) -> None:
+    def _fail_waiters(self, p: Project, error: str, unavailable: bool = False, reason: str = "failed") -> None:
         for fut in p._waiters:
             if not fut.done():
-                fut.set_exception(WakeFailed(error, unavailable))
+                fut.set_exception(WakeFailed(error, unavailable, reason))
 
     # --- sleeping --------------------------------------------------------------------------------
 
@@ -433,8 +444,8 @@ class Lifecycle:
 
         Returns False when the backend refused (another replica woke or used it) or failed.
         """
-        if p._sleeping:
-            return False
+        if p._sleeping or (reason == "idle" and not self.idle(p)):
+            return False  # an idle sleep re-checks: a request may have started since the reaper looked
         previous_state, previous_endpoints = p.state, p.endpoints
         p._sleeping = True
         p.state = State.ASLEEP
@@ -444,6 +455,8 @@ class Lifecycle:
         try:
             async with p.op_lock:
                 ok = await self.backend.scale_down(p.name)
+            if ok:
+                p._up = False
             self.observer.scale_operation("down", True)
             logs.event("sleep", project=p.name, reason=reason, scaled_down=ok)
         except BackendError as exc:
@@ -473,7 +486,7 @@ class Lifecycle:
         now = time.time()
         names = []
         for p in list(self.projects.values()):
-            if p.state is not State.ASLEEP and not p._sleeping and self.idle(p, now):
+            if (p.state is not State.ASLEEP or p._up) and not p._sleeping and self.idle(p, now):
                 names.append(p.name)
                 self._spawn(self.sleep(p))
         return names
@@ -519,7 +532,7 @@ class Lifecycle:
                 p.apply_info(info, self.settings)
         for name in [n for n in self.projects if n not in table]:
             p = self.projects.pop(name)
-            self._fail_waiters(p, f"project {name} was removed")
+            self._fail_waiters(p, f"project {name} was removed", reason="removed")
             self.observer.project_removed(name)
 
     # --- helpers ---------------------------------------------------------------------------------

@@ -1,0 +1,528 @@
+"""The lifecycle driven directly (no HTTP), on the real local backend with tiny real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import textwrap
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.backends.base import BackendError, Endpoint
+from gateway.backends.local import LocalBackend
+from gateway.config import Settings
+from gateway.lifecycle import Held, HoldRejected, Lifecycle, Project, State
+
+WAIT_S = 20.0
+
+# A stdlib-only project: optional slow boot, optional failed boot, answers "ok <pid>" on any request.
+APP = textwrap.dedent(
+    """
+    import asyncio, os, sys, time
+    marker = os.environ.get("FAIL_UNLESS_EXISTS")
+    if marker and not os.path.exists(marker):
+        print("starting up", file=sys.stderr)
+        print(f"fatal: {marker} is missing", file=sys.stderr)
+        sys.exit(4)
+    time.sleep(float(os.environ.get("BOOT_DELAY_S", "0")))
+
+    async def handle(reader, writer):
+        try:
+            await reader.readuntil(b"\\r\\n\\r\\n")
+            body = f"ok {os.getpid()}".encode()
+            head = b"HTTP/1.1 200 OK\\r\\nConnection: close\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body)
+            writer.write(head + body)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", int(os.environ["PORT"]))
+        await server.serve_forever()
+
+    asyncio.run(main())
+    """
+)
+
+
+class Changes:
+    """Something relevant happened: wake the test's bounded waits (no polling, no fixed sleeps)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def notify(self) -> None:
+        self.event.set()
+
+    async def until(self, predicate: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
+        async with asyncio.timeout(timeout_s):
+            while not predicate():
+                self.event.clear()
+                await self.event.wait()
+
+
+class CountingBackend(LocalBackend):
+    """The real local backend, counting calls; ``scale_down_gate`` (when set) holds scale-downs
+    in progress until the test opens it, to make races deterministic."""
+
+    def __init__(self, settings: Settings, changes: Changes) -> None:
+        super().__init__(settings)
+        self.changes = changes
+        self.calls: Counter[str] = Counter()
+        self.scale_down_gate: asyncio.Event | None = None
+        self.scale_down_started = asyncio.Event()
+        self.fail_next_scale_up: Exception | None = None
+
+    async def scale_up(self, name: str) -> None:
+        self.calls["up"] += 1
+        if self.fail_next_scale_up is not None:
+            exc, self.fail_next_scale_up = self.fail_next_scale_up, None
+            raise exc
+        await super().scale_up(name)
+
+    async def scale_down(self, name: str) -> bool:
+        self.calls["down"] += 1
+        self.scale_down_started.set()
+        if self.scale_down_gate is not None:
+            await self.scale_down_gate.wait()
+        try:
+            return await super().scale_down(name)
+        finally:
+            self.changes.notify()
+
+
+class ObservedLifecycle(Lifecycle):
+    """The real lifecycle; every listener call and finished sleep also notifies the test."""
+
+    def __init__(self, backend: CountingBackend, settings: Settings, changes: Changes) -> None:
+        self.changes = changes
+        self.observed: list[tuple[str, Any]] = []
+        super().__init__(backend, settings, observer=Recorder(self.observed, changes))
+
+    def endpoints_changed(self, name: str, endpoints: Sequence[Endpoint]) -> None:
+        super().endpoints_changed(name, endpoints)
+        self.changes.notify()
+
+    def wake_failed(self, name: str, reason: str) -> None:
+        super().wake_failed(name, reason)
+        self.changes.notify()
+
+    def projects_changed(self) -> None:
+        super().projects_changed()
+        self.changes.notify()
+
+    async def sleep(self, p: Project, reason: str = "idle") -> bool:
+        try:
+            return await super().sleep(p, reason)
+        finally:
+            self.changes.notify()
+
+
+class Recorder:
+    """A LifecycleObserver that records every call."""
+
+    def __init__(self, log: list[tuple[str, Any]], changes: Changes) -> None:
+        self.log = log
+        self.changes = changes
+
+    def _add(self, *item: Any) -> None:
+        self.log.append(item)  # type: ignore[arg-type]
+        self.changes.notify()
+
+    def wake_started(self, project: str) -> None:
+        self._add("wake_started", project)
+
+    def wake_finished(self, project: str, result: str, duration_s: float) -> None:
+        self._add("wake_finished", project, result)
+
+    def held_changed(self, delta: int) -> None:
+        self._add("held_changed", delta)
+
+    def held_rejected(self, reason: str) -> None:
+        self._add("held_rejected", reason)
+
+    def scale_operation(self, direction: str, ok: bool) -> None:
+        self._add("scale", direction, ok)
+
+    def project_removed(self, project: str) -> None:
+        self._add("removed", project)
+
+
+class Env:
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.changes = Changes()
+        self.backend: CountingBackend
+        self.lifecycle: ObservedLifecycle
+
+    def write(self, projects: dict[str, dict[str, Any]]) -> Path:
+        (self.tmp_path / "app.py").write_text(APP)
+        for spec in projects.values():
+            spec.setdefault("command", ["{python}", "{here}/app.py"])
+        path = self.tmp_path / "projects.yaml"
+        path.write_text(yaml.safe_dump({"projects": projects}))
+        return path
+
+    async def start(self, projects: dict[str, dict[str, Any]], **settings: Any) -> ObservedLifecycle:
+        path = self.write(projects)
+        values: dict[str, Any] = {"projects_file": path, "stop_grace_s": 5.0, "reap_interval_s": 3600.0,
+                                  "hold_timeout_s": WAIT_S, **settings}
+        s = Settings(**values)
+        self.backend = CountingBackend(s, self.changes)
+        self.lifecycle = ObservedLifecycle(self.backend, s, self.changes)
+        await self.lifecycle.start()
+        return self.lifecycle
+
+    def project(self, name: str) -> Project:
+        p = self.lifecycle.get(name)
+        assert p is not None
+        return p
+
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        await self.changes.until(predicate)
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    e = Env(tmp_path)
+    yield e
+    if hasattr(e, "lifecycle"):
+        await e.lifecycle.close()
+
+
+async def http_get(ep: Endpoint) -> str:
+    reader, writer = await asyncio.open_connection(ep.host, ep.port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = await asyncio.wait_for(reader.read(), WAIT_S)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200")
+    return body.decode()
+
+
+def count(observed: list[tuple[str, Any]], *item: Any) -> int:
+    return sum(1 for o in observed if o == item)
+
+
+# --- wake and hold -------------------------------------------------------------------------------
+
+
+async def test_concurrent_cold_holds_coalesce_into_one_scale_up(env: Env) -> None:
+    lc = await env.start({"web": {"env": {"BOOT_DELAY_S": "0.3"}}})
+    p = env.project("web")
+    assert p.state is State.ASLEEP
+    results = await asyncio.gather(*(lc.hold(p) for _ in range(50)))
+    assert env.backend.calls["up"] == 1
+    assert env.backend.spawn_count["web"] == 1
+    assert {r.endpoint for r in results} == set(p.endpoints) and len(p.endpoints) == 1
+    assert p.state is State.READY
+    assert p.held == 0 and lc.held_total == 0
+    assert await http_get(results[0].endpoint) == f"ok {env.backend.pid('web')}"
+    assert count(lc.observed, "wake_started", "web") == 1
+    assert count(lc.observed, "wake_finished", "web", "ready") == 1
+    assert sum(o[1] for o in lc.observed if o[0] == "held_changed") == 0
+
+
+async def test_hold_on_a_ready_project_does_not_scale_up_again(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    first = await lc.hold(p)
+    again = await lc.hold(p)
+    assert isinstance(again, Held) and again.endpoint == first.endpoint
+    assert p.pick() == first.endpoint
+    assert env.backend.calls["up"] == 1
+
+
+async def test_hold_timeout_is_504_naming_the_project(env: Env) -> None:
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}, "hold_timeout_s": 0.3}})
+    p = env.project("slow")
+    assert p.hold_timeout_s == 0.3
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(p)
+    assert err.value.status == 504
+    assert err.value.reason == "timeout"
+    assert "project slow is not ready after 0.3s" in err.value.message
+    assert ("held_rejected", "timeout") in lc.observed
+    assert p.held == 0 and lc.held_total == 0
+
+
+async def test_wake_that_times_out_becomes_ready_when_the_process_finally_answers(env: Env) -> None:
+    marker = env.tmp_path / "go"
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "1"}, "hold_timeout_s": 0.2}})
+    del marker
+    p = env.project("slow")
+    with pytest.raises(HoldRejected):
+        await lc.hold(p)
+    await env.until(lambda: p.state is State.FAILED)
+    assert "no ready endpoint after 0.2s" in (p.last_error or "")
+    await env.until(lambda: p.state is State.READY)  # the process answered after all
+    assert p.pick() is not None
+    assert env.backend.spawn_count["slow"] == 1
+
+
+async def test_overflow_is_503_with_retry_after(env: Env) -> None:
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}}, "other": {"env": {"BOOT_DELAY_S": "60"}}},
+                         max_held_per_project=3, max_held_total=4, hold_timeout_s=30.0)
+    slow, other = env.project("slow"), env.project("other")
+    held = [asyncio.ensure_future(lc.hold(slow)) for _ in range(3)]
+    await env.until(lambda: slow.held == 3)
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(slow)
+    assert (err.value.status, err.value.reason) == (503, "overflow")
+    assert "project slow" in err.value.message and "this project" in err.value.message
+    assert err.value.retry_after_s == 3  # hold timeout / 10
+    # The gateway-wide limit: one more fits in total, then "the gateway" is full.
+    held.append(asyncio.ensure_future(lc.hold(other)))
+    await env.until(lambda: other.held == 1)
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(other)
+    assert err.value.status == 503 and "the gateway" in err.value.message
+    assert lc.held_total == 4
+    for fut in held:
+        fut.cancel()
+    await asyncio.gather(*held, return_exceptions=True)
+    assert slow.held == 0 and other.held == 0 and lc.held_total == 0  # cancelled holds release their slot
+    assert count(lc.observed, "held_rejected", "overflow") == 2
+
+
+async def test_failed_boot_is_502_with_stderr_and_the_next_request_retries(env: Env) -> None:
+    marker = env.tmp_path / "config-present"
+    lc = await env.start({"web": {"env": {"FAIL_UNLESS_EXISTS": str(marker)}}})
+    p = env.project("web")
+    holds = await asyncio.gather(*(lc.hold(p) for _ in range(5)), return_exceptions=True)
+    assert all(isinstance(h, HoldRejected) for h in holds)
+    err = holds[0]
+    assert isinstance(err, HoldRejected)
+    assert (err.status, err.reason) == (502, "failed")
+    assert err.message.startswith("project web failed to start: process exited with code 4 before it was ready")
+    assert f"fatal: {marker} is missing" in err.message
+    assert p.state is State.FAILED and "exited with code 4" in (p.last_error or "")
+    assert env.backend.calls["up"] == 1
+    assert count(lc.observed, "wake_finished", "web", "failed") == 1
+    marker.write_text("")  # fixed: the next request wakes it again
+    held = await lc.hold(p)
+    assert p.state is State.READY and p.last_error is None
+    assert await http_get(held.endpoint) == f"ok {env.backend.pid('web')}"
+    assert env.backend.spawn_count["web"] == 2
+
+
+async def test_scale_up_error_fails_the_wake_and_the_next_request_retries(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    env.backend.fail_next_scale_up = BackendError("quota exceeded for project web")
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(p)
+    assert (err.value.status, err.value.reason) == (502, "failed")
+    assert "scale-up failed: quota exceeded for project web" in err.value.message
+    assert ("scale", "up", False) in lc.observed
+    await lc.hold(p)
+    assert p.state is State.READY
+
+
+async def test_unexpected_scale_up_exception_does_not_wedge_the_project(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    env.backend.fail_next_scale_up = OSError("too many open files")
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(p)
+    assert err.value.status == 502
+    assert "too many open files" in err.value.message
+    await lc.hold(p)  # not stuck in "waking"
+    assert p.state is State.READY
+
+
+async def test_wait_ready(env: Env) -> None:
+    lc = await env.start({"web": {}, "slow": {"env": {"BOOT_DELAY_S": "60"}}})
+    assert await lc.wait_ready(env.project("web"), timeout_s=WAIT_S)
+    assert env.project("web").state is State.READY
+    assert not await lc.wait_ready(env.project("slow"), timeout_s=0.2)
+    assert env.project("slow").state is State.WAKING
+
+
+# --- activity and sleep --------------------------------------------------------------------------
+
+
+async def test_idle_project_is_reaped_by_the_reaper(env: Env) -> None:
+    lc = await env.start({"web": {"idle_timeout_s": 0.2}}, reap_interval_s=0.05)
+    p = env.project("web")
+    held = await lc.hold(p)
+    pid = env.backend.pid("web")
+    with lc.activity(p):
+        assert await http_get(held.endpoint) == f"ok {pid}"
+    await env.until(lambda: p.state is State.ASLEEP and env.backend.calls["down"] == 1 and not p._sleeping)
+    assert env.backend.pid("web") is None
+    assert p.endpoints == ()
+    assert ("scale", "down", True) in lc.observed
+    # And it wakes again on the next request.
+    await lc.hold(p)
+    assert env.backend.spawn_count["web"] == 2
+
+
+async def test_reap_once_skips_projects_with_requests_in_flight(env: Env) -> None:
+    lc = await env.start({"web": {"idle_timeout_s": 1.0}})
+    p = env.project("web")
+    await lc.hold(p)
+    lc.begin(p)
+    p.last_activity_wall = time.time() - 100  # long ago, but a request is still open
+    assert lc.reap_once() == []
+    lc.end(p)
+    assert lc.reap_once() == []  # the request just ended: that is activity
+    p.last_activity_wall = time.time() - 100
+    assert lc.reap_once() == ["web"]
+    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    assert p.state is State.ASLEEP
+
+
+async def test_a_request_starting_after_the_reaper_decided_is_not_cut_off(env: Env) -> None:
+    lc = await env.start({"web": {"idle_timeout_s": 1.0}})
+    p = env.project("web")
+    await lc.hold(p)
+    p.last_activity_wall = time.time() - 100
+    assert lc.reap_once() == ["web"]
+    # Before the scale-down task runs, a request picks the endpoint and starts.
+    assert p.pick() is not None
+    lc.begin(p)
+    await asyncio.sleep(0)  # let the reaper's task run
+    await env.until(lambda: not p._sleeping)
+    assert env.backend.calls["down"] == 0
+    assert p.state is State.READY and env.backend.pid("web") is not None
+    lc.end(p)
+
+
+async def test_a_request_racing_a_scale_down_is_held_and_served(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    first = await lc.hold(p)
+    old_pid = env.backend.pid("web")
+    env.backend.scale_down_gate = asyncio.Event()
+    sleeping = asyncio.ensure_future(lc.sleep(p, reason="test"))
+    await asyncio.wait_for(env.backend.scale_down_started.wait(), WAIT_S)
+    assert p.state is State.ASLEEP and p.pick() is None
+    request = asyncio.ensure_future(lc.hold(p))  # arrives while the scale-down is in progress
+    await env.until(lambda: p.held == 1)
+    env.backend.scale_down_gate.set()
+    assert await asyncio.wait_for(sleeping, WAIT_S) is True
+    held = await asyncio.wait_for(request, WAIT_S)
+    new_pid = env.backend.pid("web")
+    assert new_pid is not None and new_pid != old_pid
+    assert await http_get(held.endpoint) == f"ok {new_pid}"
+    assert env.backend.spawn_count["web"] == 2
+    assert first.endpoint != held.endpoint or env.backend.spawn_count["web"] == 2
+
+
+async def test_sleep_during_a_wake_rewakes_for_the_waiting_requests(env: Env) -> None:
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "0.5"}}})
+    p = env.project("slow")
+    request = asyncio.ensure_future(lc.hold(p))
+    await env.until(lambda: env.backend.pid("slow") is not None)
+    assert p.state is State.WAKING
+    assert await lc.sleep(p, reason="test") is True
+    held = await asyncio.wait_for(request, WAIT_S)
+    assert await http_get(held.endpoint) == f"ok {env.backend.pid('slow')}"
+    assert env.backend.spawn_count["slow"] == 2
+
+
+async def test_endpoints_that_vanish_put_the_project_to_sleep(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    await lc.hold(p)
+    pid = env.backend.pid("web")
+    assert pid is not None
+    os.killpg(pid, signal.SIGKILL)  # the process dies on its own
+    await env.until(lambda: p.state is State.ASLEEP)
+    assert p.endpoints == () and p.pick() is None
+    held = await lc.hold(p)  # the next request wakes a new one
+    assert await http_get(held.endpoint) == f"ok {env.backend.pid('web')}"
+    assert env.backend.spawn_count["web"] == 2
+
+
+async def test_endpoint_failed_drops_it_and_the_next_request_finds_it_again(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    first = await lc.hold(p)
+    lc.endpoint_failed(p, first.endpoint, "connection refused")
+    assert p.endpoints == () and p.state is State.ASLEEP and p.pick() is None
+    lc.endpoint_failed(p, first.endpoint, "again")  # unknown endpoints are ignored
+    again = await lc.hold(p)
+    assert again.endpoint == first.endpoint
+    assert env.backend.spawn_count["web"] == 1
+
+
+async def test_project_with_a_dropped_endpoint_is_still_reaped(env: Env) -> None:
+    lc = await env.start({"web": {"idle_timeout_s": 1.0}})
+    p = env.project("web")
+    first = await lc.hold(p)
+    lc.endpoint_failed(p, first.endpoint, "connection refused")
+    p.last_activity_wall = time.time() - 100
+    assert lc.reap_once() == ["web"]  # its process still runs: it must not be left running forever
+    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    assert env.backend.pid("web") is None
+
+
+# --- the project table ---------------------------------------------------------------------------
+
+
+async def test_removing_a_project_fails_its_held_requests(env: Env) -> None:
+    lc = await env.start({"web": {}, "slow": {"env": {"BOOT_DELAY_S": "60"}}})
+    p = env.project("slow")
+    request = asyncio.ensure_future(lc.hold(p))
+    await env.until(lambda: p.held == 1 and env.backend.pid("slow") is not None)
+    pid = env.backend.pid("slow")
+    env.write({"web": {}})
+    await env.backend.reload()
+    with pytest.raises(HoldRejected) as err:
+        await asyncio.wait_for(request, WAIT_S)
+    assert err.value.status == 404 and err.value.reason == "removed"
+    assert "project slow was removed" in err.value.message
+    assert lc.get("slow") is None and lc.get("web") is not None
+    assert ("removed", "slow") in lc.observed
+    assert pid is not None and env.backend.pid("slow") is None
+
+
+async def test_added_projects_and_changed_settings_apply(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    assert env.project("web").idle_timeout_s == lc.settings.idle_timeout_s
+    env.write({"web": {"idle_timeout_s": 7, "strategy": "page"}, "api": {}})
+    await env.backend.reload()
+    assert env.project("web").idle_timeout_s == 7
+    assert env.project("web").strategy == "page"
+    assert env.project("api").state is State.ASLEEP
+    assert await lc.resolve("api") is env.project("api")
+
+
+async def test_unknown_names_are_remembered(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    assert await lc.resolve("nope") is None
+    assert "nope" in lc._unknown
+    env.write({"web": {}, "nope": {}})
+    await env.backend.reload()
+    assert await lc.resolve("nope") is not None  # a new project is not hidden by the cache
+
+
+# --- shutdown ------------------------------------------------------------------------------------
+
+
+async def test_draining_rejects_new_holds_and_close_fails_held_ones(env: Env) -> None:
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}}, "web": {}})
+    p = env.project("slow")
+    request = asyncio.ensure_future(lc.hold(p))
+    await env.until(lambda: p.held == 1 and env.backend.pid("slow") is not None)
+    pid = env.backend.pid("slow")
+    lc.draining = True
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(env.project("web"))
+    assert (err.value.status, err.value.reason, err.value.retry_after_s) == (503, "draining", 1)
+    assert lc.reap_once() == []
+    await lc.close()
+    with pytest.raises(HoldRejected) as err:
+        await asyncio.wait_for(request, WAIT_S)
+    assert (err.value.status, err.value.reason) == (503, "draining")
+    assert pid is not None and env.backend.pid("slow") is None
