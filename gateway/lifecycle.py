@@ -277,7 +277,16 @@ class Lifecycle:
         self._spawn(self._run_wake(p, p._wake_id))
 
     async def hold(self, p: Project) -> Held:
-        """Park the caller until ``p`` has a ready endpoint. Raises :class:`HoldRejected`."""
+        """Park the caller until ``p`` has a ready endpoint. Raises :class:`HoldRejected`, and logs
+        each rejection as one ``request_failed`` line (with the request id the caller bound)."""
+        try:
+            return await self._hold(p)
+        except HoldRejected as exc:
+            logs.event("request_failed", logging.WARNING, project=p.name, status=exc.status, reason=exc.reason,
+                       error=exc.message)
+            raise
+
+    async def _hold(self, p: Project) -> Held:
         if self.draining:
             raise HoldRejected(503, "draining", "the gateway is shutting down; retry shortly", 1)
         if p.held >= self.settings.max_held_per_project or self.held_total >= self.settings.max_held_total:
