@@ -143,17 +143,24 @@ def _print_demo_help(svc: Any) -> None:
     base = f"{s.domain}:{svc.port}"
     admin = f"http://{admin_host}:{svc.admin_port}"
     names = ", ".join(sorted(svc.lifecycle.projects)) or "none"
+    tries = [
+        (f"curl http://hello.{base}/", "plain HTTP (the first request waits for the wake)"),
+        (f"curl -N http://chat.{base}/events", "server-sent events, one a second"),
+        (f"open http://chat.{base}/", "a page using SSE and a WebSocket echo"),
+        (f"curl http://slow.{base}/", "boots in about 3 s; the request is held meanwhile"),
+        (f"curl {admin}/api/v1/projects", "project states"),
+        (f"curl {admin}/metrics", "Prometheus metrics"),
+    ]
+    width = max(len(cmd) for cmd, _ in tries) + 2
+    lines = "\n".join(f"  {cmd:<{width}}{what}" for cmd, what in tries)
     print(
         f"""
-wakegate demo is running: projects {names} under {s.domain}, gateway on {host}:{svc.port}, admin on {admin}.
-Every project is asleep; the first request wakes it, and it sleeps again after {s.idle_timeout_s:g}s without traffic.
+wakegate demo is running: projects {names} under {s.domain}; gateway on {host}:{svc.port}, admin on {admin}.
+Every project starts asleep: the first request wakes it, and it sleeps again after {s.idle_timeout_s:g}s
+without traffic.
 
 Try:
-  curl http://hello.{base}/            plain HTTP (the first request waits for the wake)
-  curl -N http://chat.{base}/events    server-sent events; open http://chat.{base}/ for SSE + WebSocket
-  curl http://slow.{base}/             boots in about 3 s; the request is held meanwhile
-  curl {admin}/metrics       Prometheus metrics
-  curl {admin}/readyz        readiness
+{lines}
 If your curl does not resolve *.localhost: curl -H 'Host: hello.{s.domain}' http://{host}:{svc.port}/
 Ctrl-C stops the gateway and its projects.
 """,

@@ -255,9 +255,7 @@ async def test_hold_timeout_is_504_naming_the_project(env: Env) -> None:
 
 
 async def test_wake_that_times_out_becomes_ready_when_the_process_finally_answers(env: Env) -> None:
-    marker = env.tmp_path / "go"
     lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "1"}, "hold_timeout_s": 0.2}})
-    del marker
     p = env.project("slow")
     with pytest.raises(HoldRejected):
         await lc.hold(p)
@@ -400,7 +398,7 @@ async def test_a_request_starting_after_the_reaper_decided_is_not_cut_off(env: E
 async def test_a_request_racing_a_scale_down_is_held_and_served(env: Env) -> None:
     lc = await env.start({"web": {}})
     p = env.project("web")
-    first = await lc.hold(p)
+    await lc.hold(p)
     old_pid = env.backend.pid("web")
     env.backend.scale_down_gate = asyncio.Event()
     sleeping = asyncio.ensure_future(lc.sleep(p, reason="test"))
@@ -415,7 +413,6 @@ async def test_a_request_racing_a_scale_down_is_held_and_served(env: Env) -> Non
     assert new_pid is not None and new_pid != old_pid
     assert await http_get(held.endpoint) == f"ok {new_pid}"
     assert env.backend.spawn_count["web"] == 2
-    assert first.endpoint != held.endpoint or env.backend.spawn_count["web"] == 2
 
 
 async def test_sleep_during_a_wake_rewakes_for_the_waiting_requests(env: Env) -> None:

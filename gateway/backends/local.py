@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import contextvars
 import logging
 import os
 import signal
@@ -281,7 +282,8 @@ class LocalBackend(Backend):
                 if child.ready and (child.reprobe is None or child.reprobe.done()):
                     # Running and once ready, but the caller has no endpoint (e.g. the data path
                     # dropped it after a failed connect): report it again once it answers.
-                    child.reprobe = asyncio.get_running_loop().create_task(self._reprobe(child))
+                    child.reprobe = asyncio.get_running_loop().create_task(self._reprobe(child),
+                                                                           context=contextvars.Context())
                 return
             await self._spawn(proj)
 
@@ -355,11 +357,13 @@ class LocalBackend(Backend):
         logs.event("project_started", project=proj.name, pid=proc.pid, port=port)
         loop = asyncio.get_running_loop()
         assert proc.stdout is not None and proc.stderr is not None
+        # The process outlives the request that woke it: its logs must not carry that request's id.
         child.readers = [
-            loop.create_task(self._read_output(child, proc.stdout, "stdout")),
-            loop.create_task(self._read_output(child, proc.stderr, "stderr")),
+            loop.create_task(self._read_output(child, proc.stdout, "stdout"), context=contextvars.Context()),
+            loop.create_task(self._read_output(child, proc.stderr, "stderr"), context=contextvars.Context()),
         ]
-        child.supervisor = loop.create_task(self._supervise(child), name=f"wakegate-local-{proj.name}")
+        child.supervisor = loop.create_task(self._supervise(child), name=f"wakegate-local-{proj.name}",
+                                            context=contextvars.Context())
         self._notify_table()
 
     async def _read_output(self, child: _Child, stream: asyncio.StreamReader, name: str) -> None:

@@ -1,0 +1,201 @@
+"""Assembly: backend + lifecycle + public listener + admin API, signals and drain.
+
+:class:`Service` is the whole gateway as one object (tests run it in-process on port 0);
+:func:`run` adds signal handling; :func:`serve` adds logging, the extension check and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+import uvloop
+from aiohttp import web
+
+from gateway import logs
+from gateway.admin import create_admin_app, mark_draining, start_admin
+from gateway.backends.base import Backend
+from gateway.config import Settings
+from gateway.lifecycle import Lifecycle
+from gateway.metrics import Metrics
+from gateway.routing import Router
+from gateway.server import PublicServer
+
+
+class StartupError(Exception):
+    """The gateway cannot start (missing C extensions, port in use, backend unavailable)."""
+
+
+def check_extensions() -> None:
+    """Fail loudly unless the compiled parts the data path relies on are importable: aiohttp's
+    C HTTP parser and WebSocket reader, httptools (llhttp) and uvloop."""
+    import aiohttp.helpers
+    import aiohttp.http_parser
+    import aiohttp.http_websocket
+
+    missing = []
+    for module in ("aiohttp._http_parser", "aiohttp._http_writer", "aiohttp._websocket.reader_c", "httptools.parser"):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if aiohttp.helpers.NO_EXTENSIONS:
+        missing.append("aiohttp (AIOHTTP_NO_EXTENSIONS is set)")
+    elif not missing and (
+        aiohttp.http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser"
+        or aiohttp.http_websocket.WebSocketReader.__module__ != "aiohttp._websocket.reader_c"
+    ):
+        missing.append("aiohttp (the pure-Python parser is in use)")
+    if missing:
+        raise StartupError(
+            "compiled extensions are missing: " + ", ".join(missing)
+            + "; reinstall them from binary wheels (pip install --force-reinstall aiohttp httptools)"
+            " and make sure AIOHTTP_NO_EXTENSIONS is not set"
+        )
+
+
+def make_backend(settings: Settings) -> Backend:
+    """The backend ``settings.backend`` names (the Kubernetes one is imported only when asked for)."""
+    if settings.backend == "local":
+        from gateway.backends.local import LocalBackend
+
+        return LocalBackend(settings)
+    if settings.backend == "kubernetes":
+        try:
+            module = importlib.import_module("gateway.backends.kubernetes")
+        except ImportError as exc:
+            raise StartupError(f"--backend kubernetes: not available in this build ({exc})") from None
+        backend: Backend = module.KubernetesBackend(settings)
+        return backend
+    raise StartupError(f"--backend: unknown backend {settings.backend!r}")
+
+
+class Service:
+    """The gateway: start it, read :attr:`port` / :attr:`admin_port`, stop it (drains first)."""
+
+    def __init__(self, settings: Settings, backend: Backend | None = None) -> None:
+        self.settings = settings
+        self.backend = backend if backend is not None else make_backend(settings)
+        self.metrics = Metrics()
+        self.lifecycle = Lifecycle(self.backend, settings, observer=self.metrics)
+        self.metrics.attach(self.lifecycle)
+        self.router = Router(settings.domain)
+        self.server = PublicServer(settings, self.lifecycle, self.router, observer=self.metrics)
+        self.admin_app = create_admin_app(settings, self.lifecycle, self.metrics, self.backend)
+        self._admin_runner: web.AppRunner | None = None
+        self.admin_port: int | None = None
+        self._started = False
+        self._listening = False
+        self._stopped = False
+
+    @property
+    def port(self) -> int | None:
+        """The public listener's bound port."""
+        port: int | None = self.server.port
+        return port
+
+    async def start(self) -> None:
+        """Load the project table, then bind the public and admin listeners. Raises
+        :class:`~gateway.config.ConfigError` (bad projects file) or :class:`StartupError`."""
+        self._started = True
+        await self.lifecycle.start()  # first: a bad projects file fails before anything is bound
+        try:
+            try:
+                self._listening = True
+                await self.server.start()
+            except OSError as exc:
+                listen = self.settings.listen
+                raise StartupError(f"--listen: cannot listen on {listen}: {exc.strerror or exc}") from None
+            admin = self.settings.admin_listen
+            try:
+                self._admin_runner, self.admin_port = await start_admin(self.admin_app, admin)
+            except OSError as exc:
+                raise StartupError(f"--admin-listen: cannot listen on {admin}: {exc.strerror or exc}") from None
+        except BaseException:
+            await self.stop()
+            raise
+        logs.event("listening", listen=f"{self.settings.listen.host}:{self.port}",
+                   admin_listen=f"{self.settings.admin_listen.host}:{self.admin_port}",
+                   port=self.port, admin_port=self.admin_port, backend=self.settings.backend,
+                   domain=self.settings.domain, projects=len(self.lifecycle.projects))
+
+    async def stop(self) -> bool:
+        """Stop accepting, report not-ready, drain in-flight requests (``--drain-timeout``), then
+        close the admin API and the backend (the local backend stops its processes).
+        Returns whether the drain finished in time."""
+        if self._stopped or not self._started:
+            return True
+        self._stopped = True
+        logs.event("draining", in_flight=self.server.in_flight, timeout_s=self.settings.drain_timeout_s)
+        drained = True
+        try:
+            if self._listening:
+                await self.server.stop_accepting()
+            mark_draining(self.admin_app)  # /readyz answers 503 from here on
+            self.lifecycle.draining = True  # no new wakes; requests that would hold get 503
+            if self._listening:
+                drained = await self.server.drain(self.settings.drain_timeout_s)
+            if not drained:
+                logs.event("drain_timeout", logging.WARNING, in_flight=self.server.in_flight)
+        finally:
+            if self._listening:
+                self.server.close()
+            if self._admin_runner is not None:
+                await self._admin_runner.cleanup()
+            await self.lifecycle.close()
+        logs.event("stopped", drained=drained)
+        return drained
+
+    async def reload(self) -> None:
+        """Re-read the backend's project table, when the backend supports it (SIGHUP)."""
+        reload: Callable[[], Awaitable[None]] | None = getattr(self.backend, "reload", None)
+        if reload is None:
+            logs.event("reload_unsupported", logging.WARNING, backend=self.settings.backend)
+            return
+        await reload()
+
+
+async def run(settings: Settings, *, ready_callback: Callable[[Service], None] | None = None) -> None:
+    """Run the gateway until SIGTERM or SIGINT, then drain and stop. SIGHUP reloads projects."""
+    loop = asyncio.get_running_loop()
+    service = Service(settings)
+    stop = asyncio.Event()
+    tasks: set[asyncio.Task[None]] = set()
+
+    def on_stop(signame: str) -> None:
+        logs.event("signal", signal=signame)
+        stop.set()
+
+    def on_hup() -> None:
+        task = loop.create_task(service.reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_stop, sig.name)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await service.start()
+        if ready_callback is not None:
+            ready_callback(service)
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+        await service.stop()
+        for task in tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def serve(settings: Settings, *, ready_callback: Callable[[Service], None] | None = None) -> None:
+    """Configure logs, check the C extensions and run the gateway on uvloop until signalled."""
+    logs.configure(settings.log_format)
+    check_extensions()
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(run(settings, ready_callback=ready_callback))
