@@ -1,0 +1,481 @@
+"""The Kubernetes backend against the real control plane (``tests/cluster``).
+
+The gateway runs as ``wakegate serve --backend kubernetes`` child processes authenticated with the
+token of the ServiceAccount that ``manifests/`` creates, bound by the RBAC objects rendered from
+``manifests/`` (and the per-project Role the provisioner writes) — so every scenario also proves that
+RBAC is sufficient. Projects are provisioned with the real provisioner; pods run in the node agent's
+network namespaces and the gateway reaches their pod IPs directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+import yaml
+
+from gateway.backends.k8s.api import Informer, Kube
+from gateway.backends.kubernetes import make_api_client
+from gateway.config import Settings
+from provisioner import apply as papply
+from provisioner import labels as L
+from provisioner.render import render
+from provisioner.spec import ProjectSpec
+from tests.cluster.controlplane import Cluster
+from tests.ops_support import GatewayProcess
+
+pytestmark = pytest.mark.cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+ECHO = "wakegate.test/echo:1"
+T = TypeVar("T")
+
+
+# --- fixtures and helpers --------------------------------------------------------------------------
+
+
+def rendered_manifests(cluster: Cluster) -> list[dict[str, Any]]:
+    out = cluster.kubectl("kustomize", str(ROOT / "manifests"))
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def sa_kubeconfig(cluster: Cluster) -> Path:
+    """Install the RBAC part of ``manifests/`` and return a kubeconfig with the gateway SA's token."""
+    objs = [o for o in rendered_manifests(cluster) if o["kind"] in RBAC_KINDS]
+    cluster.kubectl("apply", "--server-side", "--field-manager=wakegate-test", "-f", "-",
+                    input=yaml.safe_dump_all(objs))
+    return cluster.serviceaccount_kubeconfig(L.DEFAULT_GATEWAY_NAMESPACE, L.GATEWAY_SERVICEACCOUNT)
+
+
+async def provision(cluster: Cluster, name: str, image: str = ECHO, **spec: Any) -> str:
+    """Create project ``name`` with the real provisioner (as admin); returns its namespace."""
+    project = ProjectSpec(name=name, image=image, **spec)
+    api = await papply.connect(cluster.kubeconfig)
+    try:
+        await papply.create_project(papply.Kube(api), render(project), wait_timeout_s=60)
+    finally:
+        await api.close()
+    return project.namespace
+
+
+async def start_gateway(kubeconfig: Path, *flags: str, replica: str = "gw-a") -> GatewayProcess:
+    environ = {k: v for k, v in os.environ.items()
+               if not k.startswith("WAKEGATE_") and k not in ("KUBERNETES_SERVICE_HOST", "POD_NAME")}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "serve", "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
+        "--domain", "localhost", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        "--log-format", "json", "--replica-id", replica, "--reap-interval", "0.5", "--leader-lease", "3",
+        "--activity-write-interval", "0.5", "--hold-timeout", "90", *flags,
+        env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, start_new_session=True,
+    )
+    gw = GatewayProcess(proc)
+    try:
+        listening = await gw.wait_event(lambda e: e.get("event") == "listening", 60)
+    except BaseException:
+        await gw.kill()
+        raise
+    gw.port, gw.admin_port = int(listening["port"]), int(listening["admin_port"])
+    return gw
+
+
+@contextlib.asynccontextmanager
+async def gateway(kubeconfig: Path, *flags: str, replica: str = "gw-a") -> AsyncIterator[GatewayProcess]:
+    gw = await start_gateway(kubeconfig, *flags, replica=replica)
+    try:
+        yield gw
+    finally:
+        await gw.kill()
+
+
+async def get(gw: GatewayProcess, project: str, path: str = "/", timeout_s: float = 60) -> tuple[int, str]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as s, \
+            s.get(gw.url + path, headers={"Host": f"{project}.localhost"}) as resp:
+        return resp.status, await resp.text()
+
+
+async def admin(gw: GatewayProcess, path: str) -> tuple[int, Any]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
+            s.get(gw.admin_url + path) as resp:
+        text = await resp.text()
+        try:
+            return resp.status, json.loads(text)
+        except ValueError:
+            return resp.status, text
+
+
+async def metric(gw: GatewayProcess, line_start: str) -> float:
+    _, text = await admin(gw, "/metrics")
+    for line in str(text).splitlines():
+        if line.startswith(line_start + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float, what: str) -> T:
+    """Poll ``check`` until it returns something (state that has no event to await, e.g. HTTP)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = await check()
+        if result is not None:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def deployment(cluster: Cluster, name: str) -> dict[str, Any]:
+    dep: dict[str, Any] = cluster.request("GET", f"/apis/apps/v1/namespaces/{L.namespace_for(name)}/deployments/{name}")
+    return dep
+
+
+async def wait_pods(cluster: Cluster, name: str, predicate: Callable[[list[dict[str, Any]]], T | None],
+                    timeout_s: float = 60) -> T:
+    return await asyncio.to_thread(cluster.watch_until, f"/api/v1/namespaces/{L.namespace_for(name)}/pods",
+                                   predicate, timeout_s, labelSelector=L.app_label_selector(name))
+
+
+async def wait_deployment(cluster: Cluster, name: str, predicate: Callable[[dict[str, Any]], bool],
+                          timeout_s: float = 60) -> dict[str, Any]:
+    def check(items: list[dict[str, Any]]) -> dict[str, Any] | None:
+        return next((d for d in items if d["metadata"]["name"] == name and predicate(d)), None)
+
+    return await asyncio.to_thread(cluster.watch_until, f"/apis/apps/v1/namespaces/{L.namespace_for(name)}/deployments",
+                                   check, timeout_s)
+
+
+def live(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+
+
+def events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
+    out = cluster.request("GET", f"/api/v1/namespaces/{L.namespace_for(name)}/events?fieldSelector=reason%3D{reason}")
+    items: list[dict[str, Any]] = out.get("items", [])
+    return items
+
+
+# --- RBAC and the gateway's own pod spec -----------------------------------------------------------
+
+
+def test_gateway_serviceaccount_may_scale_projects_only(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    asyncio.run(provision(cluster, "rbac"))
+    sa = f"system:serviceaccount:{L.DEFAULT_GATEWAY_NAMESPACE}:{L.GATEWAY_SERVICEACCOUNT}"
+
+    def can(*args: str) -> bool:
+        out = cluster.kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
+        return out.stdout.strip() == "yes"
+
+    assert can("patch", "deployments/rbac", "--subresource=scale", "-n", "wg-rbac")
+    assert can("watch", "endpointslices.discovery.k8s.io", "--all-namespaces")
+    assert can("update", "leases.coordination.k8s.io/wakegate-reaper", "-n", L.DEFAULT_GATEWAY_NAMESPACE)
+    assert not can("patch", "deployments/coredns", "--subresource=scale", "-n", "kube-system")
+    assert not can("patch", "deployments/other", "--subresource=scale", "-n", "wg-rbac")
+    assert not can("get", "secrets", "-n", "wg-rbac")
+    assert not can("update", "leases.coordination.k8s.io/other", "-n", L.DEFAULT_GATEWAY_NAMESPACE)
+    assert not can("create", "pods", "-n", "wg-rbac")
+
+
+def test_gateway_pod_is_admitted_under_restricted(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    dep = next(o for o in rendered_manifests(cluster) if o["kind"] == "Deployment")
+    pod = {"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "wakegate-dry-run", "namespace": L.DEFAULT_GATEWAY_NAMESPACE,
+                        "labels": dep["spec"]["template"]["metadata"]["labels"]},
+           "spec": dep["spec"]["template"]["spec"]}
+    out = cluster.kubectl("create", "--dry-run=server", "-o", "name", "-f", "-", input=json.dumps(pod), check=False)
+    assert out.returncode == 0, out.stderr
+    assert "PodSecurity" not in out.stderr
+    # and the namespace really enforces it: a root pod is refused
+    bad = json.loads(json.dumps(pod))
+    bad["spec"]["securityContext"] = {}
+    bad["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    refused = cluster.kubectl("create", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+    assert refused.returncode != 0 and "PodSecurity" in refused.stderr
+
+
+# --- waking, routing, sleeping ---------------------------------------------------------------------
+
+
+async def test_cold_request_wakes_the_deployment_and_reaches_the_pod(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    ns = await provision(cluster, "cold")
+    assert deployment(cluster, "cold")["spec"]["replicas"] == 0
+    async with gateway(sa_kubeconfig) as gw:
+        status, body = await get(gw, "cold", "/hello?x=1")
+        assert status == 200, body
+        echo = json.loads(body)
+        assert echo["path"] == "/hello?x=1"
+        dep = deployment(cluster, "cold")
+        assert dep["spec"]["replicas"] == 1
+        pods = live(cluster.request("GET", f"/api/v1/namespaces/{ns}/pods")["items"])
+        assert [p["metadata"]["name"] for p in pods] == [echo["pod"]["name"]]
+        ready = {c["type"]: c["status"] for c in pods[0]["status"]["conditions"]}
+        assert ready["Ready"] == "True"
+        # proxied straight to the pod IP (nothing implements ClusterIPs here)
+        assert echo["pod"]["ip"] == pods[0]["status"]["podIP"]
+        _, info = await admin(gw, "/api/v1/projects/cold")
+        assert info["state"] == "ready"
+        assert info["endpoints"] == [f"{pods[0]['status']['podIP']}:{L.DEFAULT_CONTAINER_PORT}"]
+        assert info["location"] == "namespace wg-cold, deployment cold"
+        # the replica recorded its activity where other replicas (and `project status`) see it
+
+        async def recorded() -> dict[str, str] | None:
+            ann: dict[str, str] = (await _async(lambda: deployment(cluster, "cold")))["metadata"].get("annotations", {})
+            return ann if "wakegate.io/activity.gw-a" in ann else None
+
+        ann = await eventually(recorded, 10, "the activity annotation")
+        assert L.LAST_ACTIVITY_ANNOTATION in ann
+
+
+async def _async(fn: Callable[[], T]) -> T:
+    return await asyncio.to_thread(fn)
+
+
+async def test_concurrent_cold_requests_scale_once(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "herd", image="wakegate.test/slow:1")
+    async with gateway(sa_kubeconfig) as gw:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=90),
+                                         connector=aiohttp.TCPConnector(limit=0)) as s:
+            async def one(i: int) -> int:
+                async with s.get(f"{gw.url}/r{i}", headers={"Host": "herd.localhost"}) as resp:
+                    await resp.read()
+                    return resp.status
+
+            statuses = await asyncio.gather(*(one(i) for i in range(200)))
+        assert statuses == [200] * 200
+        assert await metric(gw, 'wakegate_scale_operations_total{direction="up",result="ok"}') == 1
+        woken = await eventually(lambda: _async(lambda: events(cluster, "herd", "WokenUp") or None), 10,
+                                 "the WokenUp event")
+        assert len(woken) == 1
+        pods = await wait_pods(cluster, "herd", lambda items: live(items) or None)
+        assert len(pods) == 1
+
+
+async def test_idle_project_is_scaled_to_zero_and_its_pod_goes(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "idle", idle_timeout_s=2)
+    async with gateway(sa_kubeconfig) as gw:
+        await gw.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        status, body = await get(gw, "idle")
+        assert status == 200, body
+        dep = await wait_deployment(cluster, "idle", lambda d: d["spec"]["replicas"] == 0, 30)
+        assert dep["spec"]["replicas"] == 0
+        assert await wait_pods(cluster, "idle", lambda items: True if not items else None, 60)
+        slept = await gw.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "idle", 10)
+        assert slept["scaled_down"] is True
+        assert len(events(cluster, "idle", "ScaledToZero")) == 1
+        # and it wakes again
+        status, body = await get(gw, "idle")
+        assert status == 200, body
+
+
+# --- failing fast ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "image", "reason"), [
+    ("crash", "wakegate.test/crash:1", "CrashLoopBackOff"),
+    ("nopull", "wakegate.test/no-such-image:1", "Err"),  # ErrImagePull / ImagePullBackOff
+])
+async def test_pod_failures_are_reported_fast(cluster: Cluster, sa_kubeconfig: Path, name: str, image: str,
+                                              reason: str) -> None:
+    await provision(cluster, name, image=image)
+    # The hold timeout (90 s) is longer than the client waits: an answer means it failed fast.
+    async with gateway(sa_kubeconfig) as gw:
+        status, body = await get(gw, name, timeout_s=45)
+        assert status == 502, body
+        assert reason in body and f"pod wg-{name}/{name}-" in body
+        _, info = await admin(gw, f"/api/v1/projects/{name}")
+        assert info["state"] == "failed"
+        assert reason in info["last_error"]
+
+
+async def test_quota_failure_is_reported_fast(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    ns = await provision(cluster, "quota")
+    quotas = cluster.request("GET", f"/api/v1/namespaces/{ns}/resourcequotas")["items"]
+    for q in quotas:
+        cluster.request("PATCH", f"/api/v1/namespaces/{ns}/resourcequotas/{q['metadata']['name']}",
+                        {"spec": {"hard": {"pods": "0"}}}, content_type="application/merge-patch+json")
+    async with gateway(sa_kubeconfig) as gw:
+        status, body = await get(gw, "quota", timeout_s=45)
+        assert status == 502, body
+        assert "deployment wg-quota/quota cannot create pods" in body and "exceeded quota" in body
+        _, info = await admin(gw, "/api/v1/projects/quota")
+        assert "exceeded quota" in info["last_error"]
+
+
+# --- the API server going away ----------------------------------------------------------------------
+
+
+async def test_api_server_outage_keeps_warm_projects_and_recovers(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "warm")
+    await provision(cluster, "later")
+    async with gateway(sa_kubeconfig) as gw:
+        assert (await get(gw, "warm"))[0] == 200
+        await asyncio.to_thread(cluster.stop_apiserver)
+        try:
+            await eventually(lambda: _ready_is(gw, 503), 30, "/readyz to report the API server gone")
+            for i in range(5):
+                status, body = await get(gw, "warm", f"/still-{i}")
+                assert status == 200, body
+            status, body = await get(gw, "later", timeout_s=30)
+            assert status == 503, body
+            assert "Kubernetes API unreachable" in body
+        finally:
+            await asyncio.to_thread(cluster.start_apiserver)
+        await eventually(lambda: _ready_is(gw, 200), 60, "/readyz to recover")
+        status, body = await get(gw, "later")
+        assert status == 200, body
+        assert (await get(gw, "warm"))[0] == 200
+
+
+async def _ready_is(gw: GatewayProcess, want: int) -> bool | None:
+    status, _ = await admin(gw, "/readyz")
+    return True if status == want else None
+
+
+# --- watches: 410 Gone -----------------------------------------------------------------------------
+
+
+async def test_informer_relists_after_410_gone_and_sees_what_it_missed(cluster: Cluster) -> None:
+    ns = "informer-410"
+    cluster.kubectl("create", "namespace", ns)
+    api = await make_api_client(Settings(backend="kubernetes", kubeconfig=cluster.kubeconfig))
+    seen: list[tuple[str, str | None]] = []
+    changed = asyncio.Event()
+
+    def on_change(key: tuple[str, str], old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        seen.append((key[1], None if new is None else new["data"]["v"]))
+        changed.set()
+
+    def cm(name: str, v: str) -> str:
+        return json.dumps({"apiVersion": "v1", "kind": "ConfigMap",
+                           "metadata": {"name": name, "namespace": ns, "labels": {"test": "informer-410"}},
+                           "data": {"v": v}})
+
+    cluster.kubectl("apply", "-f", "-", input=cm("a", "1"))
+    inf = Informer(Kube(api), "configmaps", "/api/v1/configmaps", on_change, label_selector="test=informer-410",
+                   watch_timeout_s=1)
+    task = asyncio.get_running_loop().create_task(inf.run())
+    try:
+        await asyncio.wait_for(inf.synced.wait(), 30)
+        assert seen == [("a", "1")] and inf.relists == 1
+        # The next watch resumes from a resourceVersion the server no longer has: 410 Gone.
+        inf.resource_version = "1"
+        cluster.kubectl("delete", "configmap", "a", "-n", ns)
+        cluster.kubectl("apply", "-f", "-", input=cm("b", "2"))
+
+        async def caught_up() -> bool | None:
+            return True if inf.relists >= 2 and set(inf.store) == {(ns, "b")} else None
+
+        await eventually(caught_up, 30, "the re-list after 410")
+        assert ("a", None) in seen and ("b", "2") in seen
+        # and it keeps watching from the new list
+        changed.clear()
+        cluster.kubectl("apply", "-f", "-", input=cm("b", "3"))
+        await asyncio.wait_for(changed.wait(), 30)
+        assert seen[-1] == ("b", "3")
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await api.close()
+        cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+# --- several gateway replicas ----------------------------------------------------------------------
+
+
+async def test_concurrent_wakes_from_two_replicas_make_one_pod(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "both", image="wakegate.test/slow:1")
+    async with gateway(sa_kubeconfig, replica="gw-a") as a, gateway(sa_kubeconfig, replica="gw-b") as b:
+        statuses = await asyncio.gather(*(get(gw, "both", f"/{i}") for i in range(25) for gw in (a, b)))
+        assert [s for s, _ in statuses] == [200] * 50
+        pod_names = {json.loads(body)["pod"]["name"] for _, body in statuses}
+        assert len(pod_names) == 1
+        pods = await wait_pods(cluster, "both", lambda items: live(items) or None)
+        assert [p["metadata"]["name"] for p in pods] == list(pod_names)
+        assert deployment(cluster, "both")["spec"]["replicas"] == 1
+
+
+async def test_activity_on_one_replica_keeps_the_project_awake_for_both(cluster: Cluster,
+                                                                        sa_kubeconfig: Path) -> None:
+    await provision(cluster, "shared", idle_timeout_s=3)
+    async with gateway(sa_kubeconfig, replica="gw-a") as leader:
+        await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        async with gateway(sa_kubeconfig, replica="gw-b") as follower:
+            status, body = await get(follower, "shared")
+            assert status == 200, body
+            first_pod = json.loads(body)["pod"]["name"]
+            # Traffic only through the follower, for well over the idle timeout.
+            deadline = time.monotonic() + 9
+            while time.monotonic() < deadline:
+                status, body = await get(follower, "shared")
+                assert status == 200, body
+                assert json.loads(body)["pod"]["name"] == first_pod  # never put to sleep meanwhile
+                await asyncio.sleep(0.5)
+            assert not [e for e in leader.events("sleep") if e.get("project") == "shared"]
+            assert not follower.events("leader_acquired")
+            # Quiet now: the leader puts it to sleep.
+            slept = await leader.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "shared", 30)
+            assert slept["scaled_down"] is True
+            await wait_deployment(cluster, "shared", lambda d: d["spec"]["replicas"] == 0, 10)
+
+
+async def test_killing_the_lease_holder_hands_reaping_over(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "handover", idle_timeout_s=2)
+    a = await start_gateway(sa_kubeconfig, replica="gw-a")
+    try:
+        await a.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        async with gateway(sa_kubeconfig, replica="gw-b") as b:
+            assert not b.events("leader_acquired")
+            os.killpg(a.proc.pid, signal.SIGKILL)  # no release: B must notice the Lease expire
+            await a.wait_exit(10)
+            await b.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+            lease = cluster.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{L.DEFAULT_GATEWAY_NAMESPACE}"
+                                           "/leases/wakegate-reaper")
+            assert lease["spec"]["holderIdentity"] == "gw-b"
+            status, body = await get(b, "handover")
+            assert status == 200, body
+            slept = await b.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "handover", 30)
+            assert slept["scaled_down"] is True
+            await wait_deployment(cluster, "handover", lambda d: d["spec"]["replicas"] == 0, 10)
+    finally:
+        await a.kill()
+
+
+async def test_graceful_stop_releases_the_lease(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    a = await start_gateway(sa_kubeconfig, "--leader-lease", "30", replica="gw-a")
+    try:
+        await a.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        async with gateway(sa_kubeconfig, "--leader-lease", "30", replica="gw-b") as b:
+            a.proc.send_signal(signal.SIGTERM)
+            assert await a.wait_exit(30) == 0
+            # Released, so B takes over well before the 30 s lease would have expired.
+            await b.wait_event(lambda e: e.get("event") == "leader_acquired", 15)
+    finally:
+        await a.kill()
+
+
+async def test_sleeps_racing_wakes_never_drop_a_request(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "race", idle_timeout_s=1)
+    async with gateway(sa_kubeconfig, "--reap-interval", "0.1", replica="gw-a") as leader:
+        await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        async with gateway(sa_kubeconfig, replica="gw-b") as other:
+            statuses = []
+            # Requests spaced around the idle timeout, through both replicas, so the leader's
+            # sleeps keep colliding with wakes and with requests on the other replica.
+            for i in range(12):
+                gw = other if i % 3 else leader
+                statuses.append(await get(gw, "race", f"/{i}"))
+                await asyncio.sleep(0.9 + (i % 4) * 0.1)
+            assert [s for s, _ in statuses] == [200] * 12, statuses
+            assert [e for e in leader.events("sleep") if e.get("project") == "race"], "no sleep happened"
