@@ -138,7 +138,15 @@ class AdminApi:
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        """Bearer-token check on ``/api/``; every error answered as JSON."""
+        """Request id (``X-Request-Id`` kept or made, bound for the logs and echoed), bearer-token
+        check on ``/api/``, and every error answered as JSON."""
+        rid = logs.request_id(request.headers.get("X-Request-Id"))
+        logs.request_id_var.set(rid)  # each request runs in its own task: the binding stays there
+        response = await self._handle(request, handler)
+        response.headers["X-Request-Id"] = rid
+        return response
+
+    async def _handle(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if self.token is not None and request.path.startswith(API_PREFIX):
             denied = self._check_token(request.headers.get("Authorization"))
             if denied is not None:
@@ -146,8 +154,10 @@ class AdminApi:
         try:
             return await handler(request)
         except web.HTTPException as exc:
-            if exc.content_type == "application/json" or exc.status < 400:
+            if exc.status < 400:
                 raise
+            if exc.content_type == "application/json":  # already one of ours
+                return web.Response(status=exc.status, text=exc.text, content_type="application/json")
             message = {
                 404: f"no such admin endpoint: {request.path}; see /api/v1/projects",
                 405: f"{request.method} is not allowed on {request.path}",

@@ -7,14 +7,16 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway import logs
 from gateway.config import Settings
 from gateway.lifecycle import HoldRejected, Lifecycle
-from tests.ops_support import ScriptedBackend
+from tests.ops_support import GatewayProcess, ScriptedBackend, write_projects
 
 
 class Captured:
@@ -117,3 +119,68 @@ async def test_request_id_bound_in_a_task_reaches_the_lifecycle_events(captured:
     assert sleep["project"] == "alpha" and sleep["reason"] == "admin"
     assert "request_id" not in sleep  # not started by a request
     assert logs.request_id_var.get() is None  # the tasks' bindings did not leak out
+
+
+# --- end to end: the real gateway's stderr ---------------------------------------------------------------
+
+SECRETS = ("SECRET-AUTH-VALUE", "SECRET-COOKIE-VALUE", "SECRET-QUERY-VALUE", "SECRET-BODY-VALUE")
+
+
+async def test_gateway_logs_wake_sleep_and_failed_requests_without_secrets(tmp_path: Path) -> None:
+    projects = write_projects(tmp_path, {
+        "alpha": {},
+        "broken": {"command": ["{python}", "-c", "import sys; sys.exit(3)"]},
+    })
+    gw = await GatewayProcess.start(projects, "--access-log", "true")
+    secret_headers = {"Authorization": "Bearer SECRET-AUTH-VALUE", "Cookie": "session=SECRET-COOKIE-VALUE"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            headers = {"Host": "alpha.localhost", "X-Request-Id": "req-wake-1", **secret_headers}
+            async with http.post(gw.url + "/x?token=SECRET-QUERY-VALUE", headers=headers,
+                                 data=b"SECRET-BODY-VALUE") as resp:
+                assert resp.status == 501  # the stdlib app has no POST; what matters is the wake
+            headers = {"Host": "broken.localhost", "X-Request-Id": "req-fail-1", **secret_headers}
+            async with http.get(gw.url + "/", headers=headers) as resp:
+                assert resp.status == 502
+                assert "broken failed to start" in await resp.text()
+            async with http.get(gw.url + "/", headers={"Host": "broken.localhost"}) as resp:
+                assert resp.status == 502
+                generated = resp.headers.get("X-Request-Id")  # may or may not be echoed to the client
+            async with http.post(gw.admin_url + "/api/v1/projects/alpha/deactivate",
+                                 headers={"X-Request-Id": "req-admin-1", **secret_headers}) as resp:
+                assert resp.status == 200
+                assert resp.headers["X-Request-Id"] == "req-admin-1"
+            await gw.wait_event(lambda e: e.get("event") == "sleep")
+    finally:
+        await gw.kill()
+
+    def one(event: str, **match: Any) -> dict[str, Any]:
+        found = [e for e in gw.events(event) if all(e.get(k) == v for k, v in match.items())]
+        assert len(found) == 1, (event, match, found)
+        return found[0]
+
+    wake = one("wake", project="alpha")
+    assert wake["request_id"] == "req-wake-1" and wake["level"] == "info"
+    one("ready", project="alpha")
+    sleep = one("sleep", project="alpha")
+    assert sleep["request_id"] == "req-admin-1" and sleep["reason"] == "admin"
+    failed = one("request_failed", project="broken", request_id="req-fail-1")
+    assert failed["status"] == 502 and failed["level"] == "warning"
+    assert "exit" in failed["error"]
+    # Each request to the broken project woke it again (a failed project is retried), and failed.
+    wakes = [e["request_id"] for e in gw.events("wake") if e["project"] == "broken"]
+    assert len(wakes) == 2 and wakes[0] == "req-fail-1"
+    assert len([e for e in gw.events("wake_failed") if e["project"] == "broken"]) == 2
+    # The request without an X-Request-Id got a generated one.
+    other = [e for e in gw.events("request_failed") if e.get("project") == "broken" and e is not failed]
+    assert len(other) == 1 and other[0]["request_id"] not in (None, "", "req-fail-1")
+    if generated is not None:
+        assert other[0]["request_id"] == generated
+    # Access lines (opted in here) carry the path without its query.
+    access = one("access", project="alpha")
+    assert access["path"] == "/x" and access["request_id"] == "req-wake-1"
+    # Every line is JSON, and no secret a client sent appears anywhere.
+    text = gw.text()
+    assert all(line.startswith("{") for line in gw.raw if line.strip()), text[-2000:]
+    for secret in SECRETS:
+        assert secret not in text
