@@ -272,6 +272,9 @@ class Lifecycle:
         p.last_error = None
         p.wake_started_mono = time.monotonic()
         p._wake_id += 1
+        # A wake is activity: a wake that never becomes ready (failed, timed out) is still reaped
+        # once idle, so its process / replicas do not run forever.
+        self._touch(p)
         self.observer.wake_started(p.name)
         logs.event("wake", project=p.name, previous_state=prev.value)
         self._spawn(self._run_wake(p, p._wake_id))

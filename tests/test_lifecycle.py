@@ -464,6 +464,20 @@ async def test_project_with_a_dropped_endpoint_is_still_reaped(env: Env) -> None
     assert env.backend.pid("web") is None
 
 
+async def test_a_wake_that_never_became_ready_is_still_reaped(env: Env) -> None:
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}, "hold_timeout_s": 0.2, "idle_timeout_s": 1.0}})
+    p = env.project("slow")
+    with pytest.raises(HoldRejected):
+        await lc.hold(p)
+    await env.until(lambda: p.state is State.FAILED)
+    assert p.last_activity_wall is not None  # the wake itself counts as activity
+    assert lc.reap_once() == []
+    p.last_activity_wall = time.time() - 100
+    assert lc.reap_once() == ["slow"]
+    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    assert env.backend.pid("slow") is None and p.state is State.ASLEEP
+
+
 # --- the project table ---------------------------------------------------------------------------
 
 
