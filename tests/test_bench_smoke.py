@@ -1,0 +1,79 @@
+"""Each benchmark scenario runs once in its tiny smoke configuration, so the suite cannot rot.
+
+Benchmarks are not tests: nothing here looks at how fast anything was, only that every scenario
+ran against real nginx, wrk, the Go load generator and ``wakegate serve``, and wrote well-formed
+results (numbers present, finite, positive where a quantity cannot be negative).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.scenarios import SCENARIOS
+
+ROOT = Path(__file__).resolve().parent.parent
+# Differences (system - direct, with - without scraping) may come out below zero on a noisy machine;
+# memory growth during a transfer may be nil.
+SIGNED_METRICS = ("added",)
+NON_NEGATIVE_METRICS = ("growth",)
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=540, check=False)
+    log = done.stdout[-6000:] + done.stderr[-6000:]
+    assert (out / "latest.json").exists(), f"no latest.json; output:\n{log}"
+    return json.loads((out / "latest.json").read_text()), out, log
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_scenario_produced_results(smoke: tuple[dict[str, Any], Path, str], name: str) -> None:
+    doc, _, log = smoke
+    scenario = doc["scenarios"].get(name)
+    assert scenario is not None, f"{name} missing from latest.json"
+    assert scenario["error"] is None, f"{name} failed: {scenario['error']}\n{log}"
+    rows = scenario["rows"]
+    assert rows, f"{name} produced no rows"
+    for row in rows:
+        label = f"{name}/{row['system']}/{row['metric']}"
+        assert row["values"], label
+        for key in ("median", "min", "max"):
+            assert isinstance(row[key], int | float) and math.isfinite(row[key]), f"{label}: {key}={row[key]!r}"
+        assert row["min"] <= row["median"] <= row["max"], label
+        if any(s in row["metric"] for s in NON_NEGATIVE_METRICS):
+            assert row["min"] >= 0, f"{label}: {row['values']}"
+        elif not any(s in row["metric"] for s in SIGNED_METRICS):
+            assert row["min"] > 0, f"{label}: {row['values']}"
+        if row["target"] is not None:
+            assert row["target"]["text"] and isinstance(row["target"]["met"], bool), label
+
+
+@pytest.mark.timeout(600)
+def test_every_system_measured(smoke: tuple[dict[str, Any], Path, str]) -> None:
+    doc, _, log = smoke
+    systems = {row["system"] for s in ("throughput", "latency", "streaming") for row in doc["scenarios"][s]["rows"]}
+    assert systems == {"direct", "nginx", "wakegate"}, log
+    for name in ("throughput", "streaming"):
+        ratios = [r["vs_nginx"] for r in doc["scenarios"][name]["rows"] if r["system"] == "wakegate"
+                  and r["metric"].endswith(("requests/s", "throughput"))]
+        assert ratios and all(x > 0 for x in ratios), f"{name}: wakegate not compared with nginx"
+
+
+@pytest.mark.timeout(600)
+def test_report_files(smoke: tuple[dict[str, Any], Path, str]) -> None:
+    doc, out, _ = smoke
+    assert doc["machine"]["cpu"] and doc["machine"]["nginx"] and doc["config"]["smoke"] is True
+    table = (out / "latest.md").read_text()
+    assert "| Scenario | System |" in table and "wakegate" in table
+    for chart in ("throughput.png", "latency.png"):
+        assert (out / chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", chart
