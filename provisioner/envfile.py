@@ -26,7 +26,7 @@ MAX_REPORTED = 10
 
 _KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _EXPORT_RE = re.compile(r"export\s+")
-_TRAILING_COMMENT_RE = re.compile(r"\s+#.*$|\s+$")
+_INLINE_COMMENT_RE = re.compile(r"\s#")
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", '"': '"', "\\": "\\"}
 
 #: Names the kubelet or the dynamic loader owns; setting them breaks or subverts the container.
@@ -94,7 +94,7 @@ _SECRET_PARTS = (
     "CONNECTIONSTRING", "AUTHTOKEN", "ACCESSTOKEN", "BEARER",
 )
 _SECRET_VALUES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@"), "a URL with a password"),
+    (re.compile(r"://[^/\s:@]*:[^/\s@]+@"), "a URL with a password"),
     (re.compile(r"(?i)(?:^|;)\s*(?:password|pwd|accountkey|sharedaccesskey|sharedaccesssignature|clientsecret)"
                 r"\s*=\s*[^;\s]"), "a connection string with a password or key"),
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a PEM private key"),
@@ -167,8 +167,9 @@ def _parse_value(rest: str) -> tuple[str, str | None]:
             out.append(ch)
             i += 1
         value, after = "".join(out), rest[i + 1:]
-    else:
-        return _TRAILING_COMMENT_RE.sub("", rest), None
+    else:  # linear-time scans only: values may be ~1 MiB
+        comment = _INLINE_COMMENT_RE.search(rest)
+        return (rest[:comment.start()] if comment else rest).rstrip(), None
     if after.strip() and not re.match(r"\s+#", after):
         return "", "unexpected text after the closing quote"
     return value, None

@@ -1,0 +1,428 @@
+"""Rendering: schema-valid objects (kubernetes-validate, strict) with every security property asserted."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from provisioner import labels as L
+from provisioner.render import (
+    BLOCKED_IPV4,
+    DEFAULT_DENY_POLICY,
+    DNS_EGRESS_POLICY,
+    GATEWAY_INGRESS_POLICY,
+    INTERNET_EGRESS_POLICY,
+    config_checksum,
+    find,
+    from_yaml,
+    pod_for_dry_run,
+    render,
+    to_yaml,
+)
+from provisioner.spec import ProjectSpec, Quota, Resources, Storage
+
+K8S_VERSION = kubernetes_validate.latest_version()
+IMAGE = "wakegate.test/echo:1"
+SECRET_VALUE = "s3cr3t-Value-that-must-not-leak"
+CLIENT_ID = "12345678-1234-1234-1234-123456789abc"
+
+Obj = dict[str, Any]
+
+
+def make(**kw: Any) -> ProjectSpec:
+    kw.setdefault("name", "demo")
+    kw.setdefault("image", IMAGE)
+    return ProjectSpec(**kw)
+
+
+BASIC = make()
+FULL = make(config=(("LOG_LEVEL", "debug"), ("GREETING", "hi\nthere")), secret=(("DB_PASSWORD", SECRET_VALUE),),
+            storage=Storage("5Gi", "/data", "managed-csi"), allow_internet=True, runtime_class="kata-vm-isolation",
+            workload_identity_client_id=CLIENT_ID, readiness_path="/healthz", idle_timeout_s=900,
+            hold_timeout_s=2.5, strategy="page", port=8080, run_as_user=1001, run_as_group=1002,
+            quota=Quota(pods=6, limits_cpu="4"))
+SPECS = {"basic": BASIC, "full": FULL}
+
+
+def objects(spec: ProjectSpec = BASIC) -> list[Obj]:
+    return render(spec)
+
+
+def deployment(spec: ProjectSpec = BASIC) -> Obj:
+    return find(objects(spec), "Deployment")
+
+
+def pod_spec(spec: ProjectSpec = BASIC) -> Obj:
+    spec_: Obj = deployment(spec)["spec"]["template"]["spec"]
+    return spec_
+
+
+def container(spec: ProjectSpec = BASIC) -> Obj:
+    c: Obj = pod_spec(spec)["containers"][0]
+    return c
+
+
+def policy(spec: ProjectSpec, name: str) -> Obj:
+    return find(objects(spec), "NetworkPolicy", name)["spec"]
+
+
+# --- schema and shape -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", SPECS)
+def test_every_object_validates_strictly(which: str) -> None:
+    objs = objects(SPECS[which])
+    for obj in [*objs, pod_for_dry_run(find(objs, "Deployment"))]:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("which", SPECS)
+def test_yaml_round_trip_validates(which: str) -> None:
+    objs = from_yaml(to_yaml(objects(SPECS[which])))
+    assert objs == objects(SPECS[which])
+    for obj in objs:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+
+
+def test_schema_validation_would_catch_a_typo() -> None:
+    broken = deployment()
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContex"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_apply_order_and_inventory() -> None:
+    kinds = [(o["kind"], o["metadata"]["name"]) for o in objects(BASIC)]
+    assert kinds == [
+        ("Namespace", "wg-demo"),
+        ("ServiceAccount", "default"), ("ServiceAccount", "demo"), ("ServiceAccount", "demo-bot"),
+        ("ResourceQuota", "wakegate-quota"), ("LimitRange", "wakegate-limits"),
+        ("NetworkPolicy", DEFAULT_DENY_POLICY), ("NetworkPolicy", GATEWAY_INGRESS_POLICY),
+        ("NetworkPolicy", DNS_EGRESS_POLICY),
+        ("Role", "demo-ops"), ("RoleBinding", "demo-ops"), ("Role", L.GATEWAY_ROLE), ("RoleBinding", L.GATEWAY_ROLE),
+        ("ConfigMap", "demo-env"), ("Secret", "demo-env"),
+        ("Deployment", "demo"), ("Service", "demo"),
+    ]
+    full = [(o["kind"], o["metadata"]["name"]) for o in objects(FULL)]
+    assert ("NetworkPolicy", INTERNET_EGRESS_POLICY) in full
+    assert full.index(("PersistentVolumeClaim", "demo-data")) < full.index(("Deployment", "demo"))
+
+
+@pytest.mark.parametrize("which", SPECS)
+def test_every_object_is_labelled_and_namespaced(which: str) -> None:
+    spec = SPECS[which]
+    for obj in objects(spec):
+        meta = obj["metadata"]
+        assert meta["labels"][L.MANAGED_BY_LABEL] == L.MANAGED_BY
+        assert meta["labels"][L.PROJECT_LABEL] == spec.name
+        if obj["kind"] != "Namespace":
+            assert meta["namespace"] == spec.namespace
+
+
+def test_rendering_is_deterministic() -> None:
+    assert to_yaml(render(FULL)) == to_yaml(render(make(**{f: getattr(FULL, f) for f in FULL.__dataclass_fields__})))
+    assert to_yaml(objects(FULL)).startswith("---\napiVersion: v1\nkind: Namespace\n")
+
+
+# --- namespace -----------------------------------------------------------------------------------
+
+
+def test_namespace_pod_security_restricted_and_pinned() -> None:
+    ns_labels = objects(BASIC)[0]["metadata"]["labels"]
+    for mode in ("enforce", "audit", "warn"):
+        assert ns_labels[f"pod-security.kubernetes.io/{mode}"] == "restricted"
+        assert ns_labels[f"pod-security.kubernetes.io/{mode}-version"] == BASIC.pod_security_version
+    assert BASIC.pod_security_version.startswith("v1.")
+
+
+# --- quota and limits ----------------------------------------------------------------------------
+
+
+def test_quota() -> None:
+    hard = find(objects(BASIC), "ResourceQuota")["spec"]["hard"]
+    for key in ("requests.cpu", "limits.cpu", "requests.memory", "limits.memory", "requests.ephemeral-storage",
+                "limits.ephemeral-storage", "pods", "configmaps", "secrets", "services", "count/deployments.apps"):
+        assert key in hard
+    assert hard["services.loadbalancers"] == "0"
+    assert hard["services.nodeports"] == "0"
+    assert hard["persistentvolumeclaims"] == "0" and hard["requests.storage"] == "0"
+    assert int(hard["pods"]) >= 2  # room for the surge pod of a rolling update
+    full = find(objects(FULL), "ResourceQuota")["spec"]["hard"]
+    assert full["persistentvolumeclaims"] == "1" and full["requests.storage"] == "5Gi"
+    assert full["limits.cpu"] == "4" and full["pods"] == "6"
+
+
+def test_limit_range_defaults_and_max() -> None:
+    spec = make(resources=Resources(cpu_request="100m", cpu_limit="500m", memory_request="64Mi",
+                                    memory_limit="128Mi"))
+    (item,) = find(objects(spec), "LimitRange")["spec"]["limits"]
+    assert item["type"] == "Container"
+    assert item["default"] == item["max"] == {"cpu": "500m", "memory": "128Mi", "ephemeral-storage": "1Gi"}
+    assert item["defaultRequest"] == {"cpu": "100m", "memory": "64Mi", "ephemeral-storage": "64Mi"}
+    pvc_limit = find(objects(FULL), "LimitRange")["spec"]["limits"][1]
+    assert pvc_limit == {"type": "PersistentVolumeClaim", "max": {"storage": "5Gi"}}
+
+
+# --- network policies ------------------------------------------------------------------------------
+
+
+def test_default_deny_both_ways() -> None:
+    deny = policy(BASIC, DEFAULT_DENY_POLICY)
+    assert deny == {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}
+
+
+def test_ingress_only_from_gateway_pods_on_the_app_port() -> None:
+    spec = make(gateway_namespace="edge", port=8080)
+    allow = policy(spec, GATEWAY_INGRESS_POLICY)
+    assert allow["policyTypes"] == ["Ingress"]
+    assert allow["podSelector"] == {"matchLabels": L.selector_labels("demo")}
+    (rule,) = allow["ingress"]
+    (peer,) = rule["from"]  # one peer: namespace AND pod selector
+    assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}},
+                    "podSelector": {"matchLabels": L.GATEWAY_POD_LABELS}}
+    assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
+    ingress_rules = [p for p in objects(spec) if p["kind"] == "NetworkPolicy" and p["spec"].get("ingress")]
+    assert len(ingress_rules) == 1
+
+
+def test_egress_to_cluster_dns_only() -> None:
+    dns = policy(BASIC, DNS_EGRESS_POLICY)
+    assert dns["policyTypes"] == ["Egress"]
+    (rule,) = dns["egress"]
+    (peer,) = rule["to"]
+    assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}
+    assert peer["podSelector"] == {"matchLabels": {"k8s-app": "kube-dns"}}
+    assert rule["ports"] == [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+    names = [o["metadata"]["name"] for o in objects(BASIC) if o["kind"] == "NetworkPolicy"]
+    assert INTERNET_EGRESS_POLICY not in names
+
+
+def test_internet_egress_excludes_private_and_metadata_ranges() -> None:
+    internet = policy(FULL, INTERNET_EGRESS_POLICY)
+    assert internet["policyTypes"] == ["Egress"]
+    (rule,) = internet["egress"]
+    assert "ports" not in rule
+    v4, v6 = (peer["ipBlock"] for peer in rule["to"])
+    assert v4["cidr"] == "0.0.0.0/0" and v6["cidr"] == "::/0"
+    for cidr in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "168.63.129.16/32",
+                 "100.64.0.0/10", "127.0.0.0/8"):
+        assert cidr in v4["except"]
+    assert set(v4["except"]) == set(BLOCKED_IPV4)
+    for cidr in ("fc00::/7", "fe80::/10", "::ffff:0:0/96"):
+        assert cidr in v6["except"]
+
+
+# --- service accounts and RBAC -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", SPECS)
+def test_no_service_account_mounts_a_token(which: str) -> None:
+    accounts = [o for o in objects(SPECS[which]) if o["kind"] == "ServiceAccount"]
+    assert {a["metadata"]["name"] for a in accounts} == {"default", "demo", "demo-bot"}
+    assert all(a["automountServiceAccountToken"] is False for a in accounts)
+    assert pod_spec(SPECS[which])["automountServiceAccountToken"] is False
+    assert pod_spec(SPECS[which])["serviceAccountName"] == "demo"
+
+
+def test_workload_identity() -> None:
+    sa = find(objects(FULL), "ServiceAccount", "demo")
+    assert sa["metadata"]["annotations"] == {"azure.workload.identity/client-id": CLIENT_ID}
+    assert deployment(FULL)["spec"]["template"]["metadata"]["labels"]["azure.workload.identity/use"] == "true"
+    assert "annotations" not in find(objects(BASIC), "ServiceAccount", "demo")["metadata"]
+    assert "azure.workload.identity/use" not in deployment(BASIC)["spec"]["template"]["metadata"]["labels"]
+
+
+def _rules(role: Obj) -> list[Obj]:
+    rules: list[Obj] = role["rules"]
+    return rules
+
+
+@pytest.mark.parametrize("role_name", ["demo-ops", L.GATEWAY_ROLE])
+def test_roles_have_no_wildcards_or_escalation(role_name: str) -> None:
+    role = find(objects(BASIC), "Role", role_name)
+    for rule in _rules(role):
+        for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert "*" not in rule.get(key, [])
+        assert not {"escalate", "bind", "impersonate", "deletecollection"} & set(rule["verbs"])
+        assert not {"roles", "rolebindings", "clusterroles", "clusterrolebindings", "serviceaccounts/token",
+                    "namespaces", "resourcequotas", "limitranges", "networkpolicies"} & set(rule["resources"])
+
+
+def test_automation_role_matches_the_recipe() -> None:
+    granted = {(g, r) for rule in _rules(find(objects(BASIC), "Role", "demo-ops"))
+               for g in rule["apiGroups"] for r in rule["resources"]}
+    assert granted == {("apps", "deployments"), ("apps", "statefulsets"), ("", "services"), ("", "configmaps"),
+                       ("", "secrets"), ("", "pods"), ("networking.k8s.io", "ingresses"), ("", "pods/log")}
+    binding = find(objects(BASIC), "RoleBinding", "demo-ops")
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-ops"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-bot", "namespace": "wg-demo"}]
+
+
+def test_gateway_role_is_exactly_what_the_gateway_needs() -> None:
+    rules = _rules(find(objects(BASIC), "Role", L.GATEWAY_ROLE))
+    flat = {(g, r, tuple(rule.get("resourceNames", ())), v)
+            for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+    assert flat == {
+        ("apps", "deployments", (), "get"), ("apps", "deployments", (), "list"), ("apps", "deployments", (), "watch"),
+        ("apps", "deployments", ("demo",), "patch"),
+        ("apps", "deployments/scale", ("demo",), "get"), ("apps", "deployments/scale", ("demo",), "patch"),
+        ("apps", "deployments/scale", ("demo",), "update"),
+        ("discovery.k8s.io", "endpointslices", (), "get"), ("discovery.k8s.io", "endpointslices", (), "list"),
+        ("discovery.k8s.io", "endpointslices", (), "watch"),
+        ("", "pods", (), "get"), ("", "pods", (), "list"), ("", "pods", (), "watch"),
+        ("", "events", (), "get"), ("", "events", (), "list"), ("", "events", (), "watch"),
+    }
+    binding = find(objects(make(gateway_namespace="edge")), "RoleBinding", L.GATEWAY_ROLE)
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wakegate", "namespace": "edge"}]
+    assert binding["roleRef"]["name"] == L.GATEWAY_ROLE
+
+
+# --- configuration -----------------------------------------------------------------------------------
+
+
+def test_config_map_and_secret() -> None:
+    cm = find(objects(FULL), "ConfigMap")
+    assert cm["data"] == {"GREETING": "hi\nthere", "LOG_LEVEL": "debug"}
+    secret = find(objects(FULL), "Secret")
+    assert secret["type"] == "Opaque"
+    assert "stringData" not in secret
+    assert base64.b64decode(secret["data"]["DB_PASSWORD"]).decode() == SECRET_VALUE
+    assert find(objects(BASIC), "ConfigMap")["data"] == {}
+    assert find(objects(BASIC), "Secret")["data"] == {}
+    refs = container(FULL)["envFrom"]
+    assert refs == [{"configMapRef": {"name": "demo-env"}}, {"secretRef": {"name": "demo-env"}}]
+
+
+def test_secret_values_appear_only_in_the_secret() -> None:
+    encoded = base64.b64encode(SECRET_VALUE.encode()).decode()
+    for obj in objects(FULL):
+        text = to_yaml([obj])
+        assert SECRET_VALUE not in text
+        if obj["kind"] != "Secret":
+            assert encoded not in text
+
+
+def test_checksum_restarts_the_app_on_config_change_only() -> None:
+    def checksum(spec: ProjectSpec) -> str:
+        value: str = deployment(spec)["spec"]["template"]["metadata"]["annotations"][L.CONFIG_CHECKSUM_ANNOTATION]
+        return value
+
+    base = checksum(make(config=(("A", "1"),), secret=(("S", "x"),)))
+    assert base == config_checksum(make(config=(("A", "1"),), secret=(("S", "x"),)))
+    assert base.startswith("sha256:") and len(base) == len("sha256:") + 64
+    assert checksum(make(config=(("A", "1"),), secret=(("S", "x"),), image="other:2")) == base
+    assert checksum(make(config=(("A", "2"),), secret=(("S", "x"),))) != base
+    assert checksum(make(config=(("A", "1"),), secret=(("S", "y"),))) != base
+    # the split between ConfigMap and Secret matters
+    assert checksum(make(config=(("A", "1"), ("B", "x")))) != checksum(make(config=(("A", "1"),),
+                                                                           secret=(("B", "x"),)))
+
+
+# --- the deployment ----------------------------------------------------------------------------------
+
+
+def test_deployment_starts_stopped_with_gateway_contract() -> None:
+    d = deployment(FULL)
+    assert d["metadata"]["name"] == "demo" and d["metadata"]["namespace"] == "wg-demo"
+    assert d["spec"]["replicas"] == 0
+    assert d["spec"]["selector"] == {"matchLabels": L.selector_labels("demo")}
+    template_labels = d["spec"]["template"]["metadata"]["labels"]
+    assert L.selector_labels("demo").items() <= template_labels.items()
+    assert template_labels[L.PROJECT_LABEL] == "demo"
+    assert d["metadata"]["annotations"] == {L.IDLE_TIMEOUT_ANNOTATION: "900", L.HOLD_TIMEOUT_ANNOTATION: "2.5",
+                                            L.STRATEGY_ANNOTATION: "page"}
+    assert L.LAST_ACTIVITY_ANNOTATION not in d["metadata"]["annotations"]  # the gateway owns it
+    assert "annotations" not in deployment(BASIC)["metadata"]
+
+
+@pytest.mark.parametrize("which", SPECS)
+def test_pod_template_satisfies_restricted(which: str) -> None:
+    spec = SPECS[which]
+    pod = pod_spec(spec)
+    psc = pod["securityContext"]
+    assert psc["runAsNonRoot"] is True
+    assert psc["runAsUser"] == spec.run_as_user and psc["runAsUser"] > 0
+    assert psc["runAsGroup"] == spec.run_as_group
+    assert psc["fsGroup"] == spec.effective_fs_group
+    assert psc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["enableServiceLinks"] is False
+    for key in ("hostNetwork", "hostPID", "hostIPC", "hostUsers", "initContainers", "ephemeralContainers"):
+        assert key not in pod
+    (c,) = pod["containers"]
+    csc = c["securityContext"]
+    assert csc["allowPrivilegeEscalation"] is False
+    assert csc["capabilities"] == {"drop": ["ALL"]}
+    assert csc["privileged"] is False
+    assert csc["readOnlyRootFilesystem"] is True
+    assert csc["runAsNonRoot"] is True and csc["runAsUser"] == spec.run_as_user
+    assert csc["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert "hostPort" not in c["ports"][0]
+    for volume in pod["volumes"]:
+        assert set(volume) - {"name"} <= {"emptyDir", "persistentVolumeClaim"}  # no hostPath
+    assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+    assert {"name": "tmp", "emptyDir": {"sizeLimit": spec.resources.tmp_size}} in pod["volumes"]
+
+
+def test_container_resources_ports_and_probes() -> None:
+    c = container(FULL)
+    assert c["name"] == L.CONTAINER_NAME and c["image"] == IMAGE
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    r = FULL.resources
+    assert c["resources"] == {
+        "requests": {"cpu": r.cpu_request, "memory": r.memory_request,
+                     "ephemeral-storage": r.ephemeral_storage_request},
+        "limits": {"cpu": r.cpu_limit, "memory": r.memory_limit, "ephemeral-storage": r.ephemeral_storage_limit},
+    }
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container(BASIC)["readinessProbe"]["tcpSocket"] == {"port": "http"}
+    assert container(BASIC)["ports"][0]["containerPort"] == 3001
+
+
+def test_storage_volume_and_recreate_strategy() -> None:
+    pvc = find(objects(FULL), "PersistentVolumeClaim")
+    assert pvc["metadata"]["name"] == "demo-data"
+    assert pvc["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}},
+                           "storageClassName": "managed-csi"}
+    assert {"name": "data", "mountPath": "/data"} in container(FULL)["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "demo-data"}} in pod_spec(FULL)["volumes"]
+    assert pod_spec(FULL)["securityContext"]["fsGroupChangePolicy"] == "OnRootMismatch"
+    assert deployment(FULL)["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment(BASIC)["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    no_class = make(storage=Storage("1Gi", "/work"))
+    assert "storageClassName" not in find(objects(no_class), "PersistentVolumeClaim")["spec"]
+
+
+def test_runtime_class() -> None:
+    assert pod_spec(FULL)["runtimeClassName"] == "kata-vm-isolation"
+    assert "runtimeClassName" not in pod_spec(BASIC)
+
+
+# --- service and dry-run pod -------------------------------------------------------------------------
+
+
+def test_service() -> None:
+    svc = find(objects(BASIC), "Service")
+    assert svc["metadata"]["name"] == "demo"
+    assert svc["spec"] == {"type": "ClusterIP", "selector": L.selector_labels("demo"),
+                           "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}
+
+
+def test_pod_for_dry_run() -> None:
+    d = deployment(FULL)
+    pod = pod_for_dry_run(d)
+    assert pod["metadata"]["generateName"] == "demo-dry-run-"
+    assert pod["metadata"]["namespace"] == "wg-demo"
+    assert pod["metadata"]["labels"] == d["spec"]["template"]["metadata"]["labels"]
+    assert pod["spec"] == d["spec"]["template"]["spec"]
+    pod["spec"]["containers"][0]["image"] = "changed"
+    assert container(FULL)["image"] == IMAGE  # a copy
+
+
+def test_contract_helpers() -> None:
+    assert L.namespace_for("demo") == "wg-demo"
+    assert L.app_label_selector("demo") == "app.kubernetes.io/component=app,wakegate.io/project=demo"
+    assert L.MANAGED_SELECTOR == "app.kubernetes.io/managed-by=wakegate"
