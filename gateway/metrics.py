@@ -15,7 +15,9 @@ proxied requests for more than a fraction of a millisecond at a time.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Iterator
+import collections
+from collections.abc import Iterable, Iterator, Sequence
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -23,7 +25,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from gateway.lifecycle import Lifecycle
+    from gateway.lifecycle import Lifecycle, Project
 
 # Text exposition format 0.0.4: what we write for the per-project series, and what every
 # Prometheus version scrapes.
@@ -39,8 +41,11 @@ WAKEUP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0
 WAKE_RESULTS = ("ready", "timeout", "failed")
 HELD_REJECT_REASONS = ("overflow", "timeout")
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
-# Per-project lines formatted between two yields to the event loop.
+# Per-project lines formatted, or projects counted by state, between two yields to the event loop.
 RENDER_SLICE = 500
+COUNT_SLICE = 1000
+PROJECT_STATES = ("asleep", "waking", "ready", "failed")
+_get_state = attrgetter("state")
 
 PROJECT_REQUESTS = "wakegate_project_requests"
 PROJECT_WAKEUPS = "wakegate_project_wakeups"
@@ -74,6 +79,8 @@ class Metrics:
         self.inflight = 0
         self.project_requests: dict[str, int] = {}
         self.project_wakeups: dict[str, int] = {}
+        # Projects by state counted by render() ahead of the exposition (None: count when collected).
+        self._state_counts: dict[str, int] | None = None
 
         # Everything but the per-project series: rendered in one go (bounded size).
         self.core_registry = core = CollectorRegistry(auto_describe=True)
@@ -188,9 +195,20 @@ class Metrics:
     async def render(self) -> bytes:
         """The ``/metrics`` body, yielding to the event loop between slices of per-project lines."""
         parts = []
-        for collector in self._core_collectors:  # one family at a time: histograms take ~1 ms each
-            parts.append(generate_latest(_Only(collector)))
-            await asyncio.sleep(0)
+        if self.lifecycle is not None:
+            projects = list(self.lifecycle.projects.values())
+            counts: collections.Counter[str] = collections.Counter()
+            for start in range(0, len(projects), COUNT_SLICE):
+                if start:
+                    await asyncio.sleep(0)
+                counts.update(count_states(projects[start:start + COUNT_SLICE]))
+            self._state_counts = dict(counts)
+        try:
+            for collector in self._core_collectors:  # one family at a time: histograms take ~1 ms each
+                parts.append(generate_latest(_Only(collector)))
+                await asyncio.sleep(0)
+        finally:
+            self._state_counts = None
         for family, table in ((PROJECT_REQUESTS, self.project_requests), (PROJECT_WAKEUPS, self.project_wakeups)):
             items = list(table.items())  # a snapshot: the loop may change the dict between slices
             parts.append(f"# HELP {family}_total {_PROJECT_HELP[family]}\n# TYPE {family}_total counter\n".encode())
@@ -202,6 +220,21 @@ class Metrics:
                     for name, n in items[start:start + RENDER_SLICE]
                 ).encode())
         return b"".join(parts)
+
+
+def count_states(projects: Sequence[Project]) -> dict[str, int]:
+    """Projects by state name, like ``Lifecycle.count_by_state`` but ~3x faster: the states are
+    counted by identity in C (hashing an enum member runs Python code)."""
+    by_id = collections.Counter(map(id, map(_get_state, projects)))
+    out: dict[str, int] = {}
+    if by_id:
+        from gateway.lifecycle import State
+
+        for state in State:
+            n = by_id.get(id(state))
+            if n:
+                out[state.value] = n
+    return out
 
 
 class _Only:
@@ -228,8 +261,10 @@ class _LiveCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         m = self._m
         states = GaugeMetricFamily("wakegate_projects", "Known projects, by state.", labels=["state"])
-        counts = m.lifecycle.count_by_state() if m.lifecycle is not None else {}
-        for state in ("asleep", "waking", "ready", "failed"):
+        counts = m._state_counts
+        if counts is None:
+            counts = count_states(list(m.lifecycle.projects.values())) if m.lifecycle is not None else {}
+        for state in PROJECT_STATES:
             states.add_metric([state], counts.get(state, 0))
         yield states
         yield GaugeMetricFamily("wakegate_held_requests", "Requests waiting for their project to wake.", m.held)
