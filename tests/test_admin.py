@@ -21,7 +21,7 @@ from gateway.backends.base import ProjectInfo, ProjectSettings
 from gateway.config import ConfigError, HostPort, Settings
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
-from tests.ops_support import ScriptedBackend
+from tests.ops_support import GatewayProcess, ScriptedBackend, write_projects
 
 Client = TestClient[aiohttp.web.Request, aiohttp.web.Application]
 MakeClient = Callable[..., Awaitable[Client]]
@@ -391,3 +391,22 @@ async def test_cli_unreachable_admin_api() -> None:
     assert code == 1 and out == ""
     assert err.count("\n") == 1
     assert f"cannot reach the admin API at http://127.0.0.1:{port}" in err
+
+
+async def test_admin_api_is_not_reachable_through_the_public_listener(tmp_path: Path) -> None:
+    gw = await GatewayProcess.start(write_projects(tmp_path, {"alpha": {}}))
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            for path in ("/api/v1/projects", "/metrics", "/readyz"):
+                # Without a project host: refused by routing, nothing woken, no admin answer.
+                async with http.get(gw.url + path) as resp:
+                    assert resp.status == 404
+                    assert "projects" not in await resp.text()
+                # With a project host: the project answers, not the admin API.
+                async with http.get(gw.url + path, headers={"Host": "alpha.localhost"}) as resp:
+                    assert resp.status == 200
+                    assert f"real content of alpha</h1><p>path {path}" in await resp.text()
+            async with http.get(gw.admin_url + "/api/v1/projects") as resp:
+                assert (await resp.json())["count"] == 1
+    finally:
+        await gw.kill()

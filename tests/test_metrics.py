@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import Settings
 from gateway.lifecycle import HoldRejected, Lifecycle, State
-from gateway.metrics import REQUEST_BUCKETS_S, Metrics, code_class
+from gateway.metrics import REQUEST_BUCKETS_S, Metrics, code_class, count_states
 from tests.ops_support import GatewayProcess, ScriptedBackend, write_projects
 
 SETTINGS = Settings(domain="test.example", hold_timeout_s=5.0, idle_timeout_s=60.0, reap_interval_s=3600.0)
@@ -320,3 +320,13 @@ async def test_scraped_values_after_a_cold_wake_requests_and_a_reap(tmp_path: Pa
     assert value(s, "wakegate_held_requests") == 0
     assert value(s, "wakegate_inflight_requests") == 0
     assert value(s, "wakegate_held_rejected_total", reason="timeout") == 0
+
+
+async def test_count_states_agrees_with_the_lifecycle(rig: Rig) -> None:
+    lc = rig.lifecycle
+    assert await lc.wait_ready(lc.projects["alpha"], 5)
+    with pytest.raises(HoldRejected):
+        await lc.hold(lc.projects["beta"])
+    expected = {k: v for k, v in lc.count_by_state().items() if v}
+    assert count_states(list(lc.projects.values())) == expected == {"ready": 1, "failed": 1, "asleep": 1}
+    assert count_states([]) == {}
