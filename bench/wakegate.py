@@ -101,3 +101,17 @@ def metric(text: str, name: str, labels: Mapping[str, str] | None = None) -> flo
     if not found:
         raise BenchError(f"/metrics has no {name}{labels or ''}")
     return total
+
+
+COUNTERS = ("wakegate_scale_operations_total", "wakegate_wakeups_total", "wakegate_upstream_errors_total",
+            "wakegate_held_rejected_total", "wakegate_requests_total")
+
+
+def counters(text: str, names: tuple[str, ...] = COUNTERS) -> dict[str, float]:
+    """The non-zero samples of the named families, keyed ``name{labels}`` (for the raw results)."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m is not None and m.group(1) in names and float(m.group(3)) != 0:
+            out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
+    return out
