@@ -88,7 +88,7 @@ def load_projects_file(path: Path) -> dict[str, LocalProject]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ProjectsFileError(f"{path}: not valid YAML: {exc}") from None
+        raise ProjectsFileError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_projects(doc, path)
 
 

@@ -1,0 +1,217 @@
+"""The ``wakegate`` command: flags, errors (one line, exit 2), ``demo`` and ``python -m gateway``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway import __version__
+from gateway.cli import build_parser, demo_settings, main
+from gateway.config import HostPort
+from gateway.demo import PROJECTS_FILE
+
+WAIT_S = 30.0
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in list(os.environ):
+        if key.startswith("WAKEGATE_"):
+            monkeypatch.delenv(key)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_")}
+    env.update(extra)
+    return env
+
+
+def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (["serve"], {}, "wakegate: --projects: the local backend needs a projects file"),
+        (["serve", "--projects", "p.yaml", "--idle-timeout", "0"], {}, "wakegate: --idle-timeout: "),
+        (["serve", "--projects", "p.yaml", "--listen", "8080"], {}, "wakegate: --listen: expected HOST:PORT"),
+        (["serve", "--projects", "p.yaml", "--backend", "docker"], {}, "wakegate: --backend: expected one of"),
+        (["serve", "--projects", "p.yaml"], {"WAKEGATE_HOLD_TIMEOUT": "soon"}, "wakegate: WAKEGATE_HOLD_TIMEOUT: "),
+        (["serve"], {"WAKEGATE_MAX_HELD_PER_PROJECT": "-3", "WAKEGATE_PROJECTS": "p.yaml"},
+         "wakegate: WAKEGATE_MAX_HELD_PER_PROJECT: "),
+        (["demo", "--domain", "bad domain"], {}, "wakegate: --domain: "),
+    ],
+)
+def test_config_errors_are_one_line_and_exit_2(argv: list[str], env: dict[str, str], expected: str,
+                                                capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, err = run_main(argv, capsys)
+    assert code == 2
+    assert err.startswith(expected)
+    assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read the projects file"),
+        ("projects: {web: {command: []}}\n", "project 'web': command: must not be empty"),
+        ("projects: {web: [unclosed\n", "not valid YAML"),
+        ("projects: {Web: {command: [x]}}\n", "project 'Web': invalid project name"),
+    ],
+)
+def test_projects_file_errors_exit_2_before_anything_starts(tmp_path: Path, content: str | None, expected: str,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "projects.yaml"
+    if content is not None:
+        path.write_text(content)
+    code, err = run_main(["serve", "--projects", str(path), "--listen", "127.0.0.1:0"], capsys)
+    assert code == 2
+    assert err.startswith(f"wakegate: {path}: ")
+    assert expected in err
+    assert err.count("\n") == 1
+
+
+def test_unknown_flag_is_an_argparse_error(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--no-such-flag"])
+    assert exc.value.code == 2
+    assert "--no-such-flag" in capsys.readouterr().err
+
+
+def test_serve_help_lists_every_flag_and_its_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for flag, env in [("--backend", "WAKEGATE_BACKEND"), ("--projects", "WAKEGATE_PROJECTS"),
+                      ("--domain", "WAKEGATE_DOMAIN"), ("--listen", "WAKEGATE_LISTEN"),
+                      ("--admin-listen", "WAKEGATE_ADMIN_LISTEN"), ("--idle-timeout", "WAKEGATE_IDLE_TIMEOUT"),
+                      ("--hold-timeout", "WAKEGATE_HOLD_TIMEOUT"),
+                      ("--max-held-per-project", "WAKEGATE_MAX_HELD_PER_PROJECT"),
+                      ("--reap-interval", "WAKEGATE_REAP_INTERVAL")]:
+        assert flag in out and env in out
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.strip() == f"wakegate {__version__}"
+
+
+def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main([])
+    assert exc.value.code == 2
+    assert "COMMAND" in capsys.readouterr().err
+
+
+def test_project_group_has_every_action(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        build_parser().parse_args(["project", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for action in ("render", "create", "status", "list", "delete", "activate", "deactivate"):
+        assert re.search(rf"^\s+{action}\s", out, re.MULTILINE), action
+
+
+def test_project_without_an_action(capsys: pytest.CaptureFixture[str]) -> None:
+    code, err = run_main(["project"], capsys)
+    assert code == 2
+    assert "wakegate: project: choose an action" in err
+
+
+def test_demo_settings() -> None:
+    s = demo_settings()
+    assert s.backend == "local"
+    assert s.projects_file == PROJECTS_FILE
+    assert s.domain == "localhost"
+    assert s.listen == HostPort("127.0.0.1", 8080)
+    assert s.admin_listen == HostPort("127.0.0.1", 9090)
+    assert s.idle_timeout_s == 30
+
+
+def test_python_dash_m_gateway() -> None:
+    out = subprocess.run([sys.executable, "-m", "gateway", "--help"], capture_output=True, text=True,
+                         timeout=WAIT_S, env=clean_env(), check=False)
+    assert out.returncode == 0
+    assert "serve" in out.stdout and "demo" in out.stdout and "project" in out.stdout
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).parent / "wakegate"
+    out = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=WAIT_S,
+                         env=clean_env(), check=False)
+    assert out.returncode == 0 and out.stdout.strip() == f"wakegate {__version__}"
+
+
+def test_missing_c_extensions_fail_loudly() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--projects", str(PROJECTS_FILE), "--listen", "127.0.0.1:0",
+         "--admin-listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=WAIT_S, env=clean_env(AIOHTTP_NO_EXTENSIONS="1"), check=False,
+    )
+    assert out.returncode == 1
+    assert "wakegate: compiled extensions are missing: aiohttp" in out.stderr
+
+
+def test_port_in_use_exits_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, "-m", "gateway", "serve", "--projects", str(PROJECTS_FILE),
+             "--listen", f"127.0.0.1:{port}", "--admin-listen", "127.0.0.1:0"],
+            capture_output=True, text=True, timeout=WAIT_S, env=clean_env(), check=False,
+        )
+    assert out.returncode == 1
+    assert f"wakegate: --listen: cannot listen on 127.0.0.1:{port}" in out.stderr
+
+
+async def test_demo_prints_what_to_try_serves_hello_and_stops_on_ctrl_c() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gateway", "demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=clean_env(),
+    )
+    assert proc.stdout is not None
+    try:
+        text = ""
+        async with asyncio.timeout(WAIT_S):
+            while "Ctrl-C stops" not in text:
+                line = await proc.stdout.readline()
+                assert line, f"the demo exited early: {text!r}"
+                text += line.decode()
+        match = re.search(r"curl http://hello\.localhost:(\d+)/", text)
+        assert match, text
+        port = int(match.group(1))
+        admin = re.search(r"curl (http://127\.0\.0\.1:\d+)/metrics", text)
+        assert admin, text
+        assert "chat.localhost" in text and "slow.localhost" in text
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
+            async with session.get(f"http://127.0.0.1:{port}/", headers={"Host": "hello.localhost"}) as resp:
+                assert resp.status == 200
+                assert "Hello from a project that was asleep" in await resp.text()
+            async with session.get(f"{admin.group(1)}/metrics") as resp:
+                assert resp.status == 200
+                assert "wakegate_" in await resp.text()
+        proc.send_signal(signal.SIGINT)
+        assert await asyncio.wait_for(proc.wait(), WAIT_S) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
