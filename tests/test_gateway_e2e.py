@@ -156,6 +156,25 @@ async def test_failed_boot_answers_502_with_the_stderr_tail(gateway: Any, tmp_pa
     assert gw.backend.spawn_count["broken"] == 2
 
 
+async def test_hold_timeout_and_overflow_answers(gateway: Any, tmp_path: Path) -> None:
+    path = projects_file(tmp_path, slow={"command": ["{python}", f"{DEMO}/slow.py"], "env": {"BOOT_DELAY_S": "600"},
+                                         "hold_timeout_s": 5})
+    gw = await gateway(path, max_held_per_project=2)
+
+    async def get() -> tuple[int, str, str | None]:
+        async with gw.session.get(gw.url + "/", headers=gw.headers("slow")) as resp:
+            return resp.status, await resp.text(), resp.headers.get("Retry-After")
+
+    results = sorted(await asyncio.gather(*(get() for _ in range(5))))
+    assert [status for status, _, _ in results] == [503, 503, 503, 504, 504]
+    for _, body, retry_after in results[:3]:
+        assert "project slow is starting and too many requests are already waiting" in body
+        assert retry_after is not None and int(retry_after) >= 1
+    for _, body, _ in results[3:]:
+        assert "project slow is not ready after 5s" in body
+    assert gw.backend.spawn_count["slow"] == 1
+
+
 async def test_websocket_open_past_the_idle_timeout_keeps_the_project_awake(gateway: Any) -> None:
     gw = await gateway(idle_timeout_s=0.5, reap_interval_s=0.1)
     assert (await gw.get("hello"))[0] == 200  # a control project, idle from now on
@@ -278,7 +297,7 @@ async def read_events(stream: asyncio.StreamReader, until: str, seen: list[dict[
                 return record
 
 
-async def test_wakegate_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+async def test_wakegate_serve_process_reloads_on_sighup_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     path = projects_file(tmp_path)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "--projects", str(path), "--domain", DOMAIN,
@@ -300,6 +319,17 @@ async def test_wakegate_serve_process_stops_cleanly_on_sigterm(tmp_path: Path) -
         started = await read_events(proc.stderr, "project_started", seen)
         project_pid = started["pid"]
         assert not gone(project_pid)
+        # SIGHUP reloads the projects file: a new project is served without a restart.
+        projects_file(tmp_path, extra={"command": ["{python}", f"{DEMO}/hello.py"], "env": {"GREETING": "new"}})
+        proc.send_signal(signal.SIGHUP)
+        reloaded = await read_events(proc.stderr, "projects_reloaded", seen)
+        assert reloaded["projects"] == 3
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session,
+            session.get(f"http://127.0.0.1:{port}/", headers={"Host": f"extra.{DOMAIN}"}) as resp,
+        ):
+            assert resp.status == 200
+            assert "new" in await resp.text()
         proc.send_signal(signal.SIGTERM)
         await read_events(proc.stderr, "stopped", seen)
         await asyncio.wait_for(proc.stderr.read(), WAIT_S)
