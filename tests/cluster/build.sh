@@ -17,6 +17,16 @@ out="$cache_root/k8s-$k8s_version"
 pins="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)"
 bins=(kube-apiserver kube-controller-manager kubectl etcd)
 
+# Tools the harness uses at run time: openssl (PKI), ip (netns, veth, bridge), nsenter and setpriv.
+missing=()
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+{ command -v nsenter && command -v setpriv; } >/dev/null 2>&1 || missing+=(util-linux)
+if ((${#missing[@]})); then
+  echo "cluster-build: installing ${missing[*]}"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
 built() {
   [[ "$(cat "$out/.pins" 2>/dev/null)" == "$pins" ]] || return 1
   local b
@@ -56,7 +66,6 @@ trap 'rm -rf "$staging"' EXIT
 start=$SECONDS
 echo "cluster-build: building Kubernetes $k8s_version and etcd into $out ($(go version | cut -d' ' -f3), -p $jobs)"
 cd "$mod"
-go mod download
 ldflags="-s -w"
 ldflags+=" -X k8s.io/component-base/version.gitVersion=$k8s_version"
 ldflags+=" -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"

@@ -27,12 +27,13 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -44,6 +45,7 @@ BUILD_SCRIPT = HERE / "build.sh"
 GO_MOD = HERE / "k8sbuild" / "go.mod"
 SYSTEM_KUBECTL = Path("/usr/bin/kubectl")
 START_TIMEOUT = 120.0
+T = TypeVar("T")
 
 
 class ClusterError(RuntimeError):
@@ -578,9 +580,10 @@ class Cluster:
 
     # -- talking to it --
 
-    def _ssl(self) -> ssl.SSLContext:
+    def _ssl(self, client_cert: bool = True) -> ssl.SSLContext:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
-        ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
+        if client_cert:
+            ctx.load_cert_chain(str(self.pki / "admin.crt"), str(self.pki / "admin.key"))
         return ctx
 
     def request(
@@ -592,15 +595,21 @@ class Cluster:
         content_type: str = "application/json",
         raw: bool = False,
         timeout: float = 10.0,
+        token: str | None = None,
     ) -> Any:
-        """An admin API request; returns the decoded JSON (bytes if ``raw``), raises ApiStatusError."""
+        """An API request as admin (or with a bearer ``token``).
+
+        Returns the decoded JSON (bytes if ``raw``); raises ApiStatusError on a non-2xx answer.
+        """
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.server + path, data=data, method=method)
         req.add_header("Accept", "application/json")
+        if token is not None:
+            req.add_header("Authorization", f"Bearer {token}")
         if data is not None:
             req.add_header("Content-Type", content_type)
         try:
-            with urllib.request.urlopen(req, context=self._ssl(), timeout=timeout) as resp:
+            with urllib.request.urlopen(req, context=self._ssl(token is None), timeout=timeout) as resp:
                 payload: bytes = resp.read()
         except urllib.error.HTTPError as exc:
             text = exc.read()
@@ -614,11 +623,19 @@ class Cluster:
         return json.loads(payload) if payload else {}
 
     def kubectl(
-        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60.0
+        self,
+        *args: str,
+        check: bool = True,
+        input: str | None = None,
+        timeout: float = 60.0,
+        kubeconfig: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
-        """Run ``kubectl --kubeconfig <admin> ARGS`` (the kubectl built with the server, if any)."""
+        """Run ``kubectl --kubeconfig <admin> ARGS`` (the kubectl built with the server, if any).
+
+        ``kubeconfig`` replaces the admin one, e.g. with :meth:`serviceaccount_kubeconfig`'s.
+        """
         proc = subprocess.run(
-            [str(self.kubectl_path), f"--kubeconfig={self.kubeconfig}", *args],
+            [str(self.kubectl_path), f"--kubeconfig={kubeconfig or self.kubeconfig}", *args],
             input=input,
             capture_output=True,
             text=True,
@@ -627,6 +644,61 @@ class Cluster:
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, proc.args, proc.stdout, proc.stderr)
         return proc
+
+    def watch_until(
+        self,
+        collection: str,
+        predicate: Callable[[list[dict[str, Any]]], T | None],
+        timeout: float = 60.0,
+        **selectors: str,
+    ) -> T:
+        """List ``collection`` (an API path such as ``/api/v1/namespaces/x/pods``), then watch it.
+
+        ``predicate`` gets the current items after the list and after every event until it returns
+        something other than None, which is returned. ``selectors``: ``labelSelector``,
+        ``fieldSelector``. TimeoutError (with the last items) after ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        query = urllib.parse.urlencode(selectors)
+        listing = self.request("GET", f"{collection}?{query}")
+        items = {i["metadata"]["uid"]: i for i in listing.get("items", [])}
+        rv = listing["metadata"]["resourceVersion"]
+        while True:
+            result = predicate(list(items.values()))
+            if result is not None:
+                return result
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = [i["metadata"]["name"] for i in items.values()]
+                raise TimeoutError(f"timed out after {timeout:.0f}s watching {collection}; items: {names}")
+            params = {**selectors, "watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
+            params["timeoutSeconds"] = str(max(1, int(remaining)))
+            req = urllib.request.Request(f"{self.server}{collection}?{urllib.parse.urlencode(params)}")
+            try:
+                with urllib.request.urlopen(req, context=self._ssl(), timeout=remaining + 5) as resp:
+                    for line in resp:
+                        event = json.loads(line)
+                        obj = event["object"]
+                        if event["type"] == "ERROR":
+                            if obj.get("code") == 410:  # resourceVersion too old: list again
+                                return self.watch_until(
+                                    collection, predicate, max(1.0, deadline - time.monotonic()), **selectors
+                                )
+                            raise ApiStatusError(int(obj.get("code", 500)), obj)
+                        rv = obj["metadata"]["resourceVersion"]
+                        if event["type"] == "DELETED":
+                            items.pop(obj["metadata"]["uid"], None)
+                        elif event["type"] in ("ADDED", "MODIFIED"):
+                            items[obj["metadata"]["uid"]] = obj
+                        else:
+                            continue
+                        result = predicate(list(items.values()))
+                        if result is not None:
+                            return result
+            except (TimeoutError, urllib.error.URLError, ConnectionError):
+                if time.monotonic() > deadline:
+                    continue  # reported by the check at the top
+                time.sleep(0.2)
 
     def serviceaccount_token(self, namespace: str, name: str, expiration_seconds: int = 86400) -> str:
         """A bound token for the ServiceAccount (TokenRequest API)."""

@@ -29,7 +29,10 @@ class Image:
 def _echo(mode: str, image: str) -> Image:
     # -I: ignore PYTHON* variables and the user site, so the app only sees the pod's environment.
     # -B: the app runs as an unprivileged uid and must not try to write bytecode.
-    return Image(argv=(sys.executable, "-I", "-B", _ECHO, "--mode", mode, "--image", image))
+    return Image(
+        argv=(sys.executable, "-I", "-B", _ECHO, "--mode", mode, "--image", image),
+        env=(("LANG", "C.UTF-8"),),  # like the python base images (and no locale coercion)
+    )
 
 
 IMAGES: dict[str, Image] = {
