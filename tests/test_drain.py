@@ -43,7 +43,7 @@ async def test_sigterm_lets_a_slow_response_finish(gateway: GatewayProcess) -> N
     async with aiohttp.ClientSession(timeout=timeout) as http, aiohttp.ClientSession(timeout=timeout) as admin:
         # Wake the project (a held request), and learn its process id.
         async with http.get(gateway.url + "/", headers=host) as resp:
-            assert resp.status == 200
+            assert resp.status == 200, gateway.text()[-3000:]
             assert "real content of slowpoke" in await resp.text()
         async with admin.get(gateway.admin_url + "/api/v1/projects/slowpoke") as resp:
             info = await resp.json()
