@@ -14,6 +14,7 @@ on the hot path of every request.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from http import HTTPStatus
 
 Header = tuple[bytes, bytes]
 
@@ -45,15 +46,30 @@ _EMPTY: frozenset[bytes] = frozenset()
 REASONS: dict[int, bytes] = {
     100: b"Continue",
     101: b"Switching Protocols",
+    102: b"Processing",
+    103: b"Early Hints",
     200: b"OK",
+    201: b"Created",
+    202: b"Accepted",
     204: b"No Content",
+    206: b"Partial Content",
+    301: b"Moved Permanently",
+    302: b"Found",
+    303: b"See Other",
+    307: b"Temporary Redirect",
+    308: b"Permanent Redirect",
     304: b"Not Modified",
     400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
+    409: b"Conflict",
     413: b"Content Too Large",
     414: b"URI Too Long",
+    422: b"Unprocessable Content",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     501: b"Not Implemented",
@@ -176,6 +192,113 @@ def request_head(
     return b"".join(parts)
 
 
+# --- the forwarder's one-pass request parse ---------------------------------------------------------
+#
+# While llhttp reports a request's fields one by one, the forwarder classifies each lower-cased name
+# with this table and serialises the fields it keeps at once, so a request head is walked only once.
+# ``request_suffix`` then adds the proxy's own fields. The result equals :func:`request_head`.
+
+F_DROP = 1  # hop-by-hop: never forwarded
+F_HOST = 2
+F_CONNECTION = 3
+F_UPGRADE = 4
+F_EXPECT = 5
+F_REQUEST_ID = 6
+F_USER_AGENT = 7
+F_TE = 8
+F_LENGTH = 9
+F_XFF = 10
+F_XFP = 11
+F_XFH = 12
+F_ROUTE = 13
+
+# Classes whose fields are forwarded as received (the others are dropped or rewritten).
+KEPT_CLASSES = frozenset({F_HOST, F_EXPECT, F_REQUEST_ID, F_USER_AGENT, F_LENGTH, F_ROUTE})
+
+REQUEST_FIELDS: dict[bytes, int] = {
+    **{name: F_DROP for name in HOP_BY_HOP},
+    b"host": F_HOST,
+    b"connection": F_CONNECTION,
+    b"upgrade": F_UPGRADE,
+    b"expect": F_EXPECT,
+    b"x-request-id": F_REQUEST_ID,
+    b"user-agent": F_USER_AGENT,
+    b"transfer-encoding": F_TE,
+    b"content-length": F_LENGTH,
+    b"x-forwarded-for": F_XFF,
+    b"x-forwarded-proto": F_XFP,
+    b"x-forwarded-host": F_XFH,
+}
+
+
+def request_fields_table(route_header: str | None) -> dict[bytes, int]:
+    """:data:`REQUEST_FIELDS` plus the ``--route-header`` field (kept, and read for routing)."""
+    table = dict(REQUEST_FIELDS)
+    if route_header:
+        name = route_header.lower().encode("latin-1")
+        if name in table:
+            raise ValueError(f"--route-header cannot be {route_header!r}: the proxy handles that field itself")
+        table[name] = F_ROUTE
+    return table
+
+
+def listed_tokens(connection_value: bytes) -> frozenset[bytes]:
+    """Tokens of a ``Connection`` value that name fields beyond the fixed hop-by-hop set."""
+    tokens = {t.strip().lower() for t in connection_value.split(b",")}
+    tokens -= HOP_BY_HOP
+    tokens.discard(b"close")
+    tokens.discard(b"")
+    return frozenset(tokens)
+
+
+def kept_parts(headers: Sequence[Header], table: dict[bytes, int], tokens: frozenset[bytes]) -> list[bytes]:
+    """The serialised fields a request keeps (slow path: ``Connection`` lists extra fields)."""
+    parts: list[bytes] = []
+    for name, value in headers:
+        lname = name.lower()
+        if lname in tokens:
+            continue
+        cls = table.get(lname)
+        if cls is None or cls in KEPT_CLASSES:
+            parts += (name, b": ", value, b"\r\n")
+    return parts
+
+
+def request_suffix(
+    *,
+    client_ip: bytes,
+    scheme: bytes,
+    xff: bytes | None,
+    xfp: bytes | None,
+    xfh: bytes | None,
+    host: bytes | None,
+    trust_forwarded: bool,
+    extra: Sequence[Header] = (),
+    upgrade: bytes | None = None,
+    chunked: bool = False,
+) -> bytes:
+    """The fields the proxy adds after a request's kept fields, and the blank line. ``xff`` is the
+    incoming ``X-Forwarded-For`` (lines joined with ``", "``); ``xfp``/``xfh`` the first incoming
+    ``X-Forwarded-Proto``/``-Host``, used only when ``trust_forwarded``."""
+    client = xff + b", " + client_ip if xff else client_ip
+    if not trust_forwarded or xfp is None:
+        xfp = scheme
+    if not trust_forwarded or xfh is None:
+        xfh = host
+    if xfh is not None:
+        out = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: 1.1 wakegate\r\n" % (
+            client, xfp, xfh)
+    else:
+        out = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: 1.1 wakegate\r\n" % (client, xfp)
+    for name, value in extra:
+        out += name + b": " + value + b"\r\n"
+    if upgrade is not None:
+        out += b"Connection: upgrade\r\nUpgrade: " + upgrade + b"\r\n"
+    if chunked:
+        out += b"Transfer-Encoding: chunked\r\n"
+    return out + b"\r\n"
+
+
 # Response framing chosen by the forwarder.
 FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304): fields pass through, nothing is added
 FRAME_LENGTH = 1  # upstream's Content-Length passes through
@@ -231,6 +354,85 @@ def response_head(
         append(b"Transfer-Encoding: chunked\r\n")
     append(b"\r\n")
     return b"".join(parts)
+
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
+_STATUS_LINES: dict[int, bytes] = {code: b"HTTP/1.1 %d %s\r\n" % (code, reason) for code, reason in REASONS.items()}
+
+
+def status_line(status: int) -> bytes:
+    """``HTTP/1.1 <status> <standard reason>\\r\\n`` (upstream reason phrases are not relayed)."""
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _reason(status))
+    return line
+
+
+def _reason(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def relay_response_head(
+    status: int,
+    headers: Sequence[Header],
+    *,
+    no_body: bool,
+    http11: bool,
+    close: bool,
+    extra: Sequence[Header] = (),
+) -> tuple[bytes, int, bool]:
+    """The client's head for an upstream response, in one pass, with the framing the forwarder
+    must use: ``(head, framing, upstream_chunked)``.
+
+    ``no_body``: a HEAD request or a 204/304 (fields pass through; nothing is added). Otherwise a
+    ``Content-Length`` passes through; without one the body is chunked for HTTP/1.1 clients and
+    close-delimited for HTTP/1.0 ones. ``close`` adds ``Connection: close`` (always for
+    close-delimited bodies).
+    """
+    parts = [status_line(status)]
+    length = chunked = False
+    connection: bytes | None = None
+    for name, value in headers:
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname == b"transfer-encoding":
+                chunked = True
+            elif lname == b"connection":
+                connection = value if connection is None else connection + b"," + value
+            continue
+        if lname == _CONTENT_LENGTH:
+            length = True
+        parts += (name, b": ", value, b"\r\n")
+    if connection is not None and connection.lower() not in _PLAIN_CONNECTION:
+        tokens = listed_tokens(connection)
+        if tokens:
+            parts = [parts[0]]
+            for name, value in headers:
+                lname = name.lower()
+                if lname not in HOP_BY_HOP and lname not in tokens:
+                    parts += (name, b": ", value, b"\r\n")
+    if no_body:
+        framing = FRAME_NONE
+    elif length:
+        framing = FRAME_LENGTH
+    elif http11:
+        framing = FRAME_CHUNKED
+    else:
+        framing = FRAME_CLOSE
+        close = True
+    parts.append(b"Via: 1.1 wakegate\r\n")
+    for name, value in extra:
+        parts += (name, b": ", value, b"\r\n")
+    if close:
+        parts.append(b"Connection: close\r\n")
+    if framing == FRAME_CHUNKED:
+        parts.append(b"Transfer-Encoding: chunked\r\n\r\n")
+    else:
+        parts.append(b"\r\n")
+    return b"".join(parts), framing, chunked
 
 
 def simple_response(

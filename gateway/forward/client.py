@@ -1,0 +1,936 @@
+"""Client connections: HTTP/1.1 parsing (llhttp), exchanges, flow control, WebSocket tunnels.
+
+One :class:`ClientConnection` per accepted socket parses requests with llhttp and turns each into
+an :class:`Exchange`. Exchanges of one connection are served strictly in order (pipelining): the
+next one starts when the previous response is complete. A :class:`Handler` (the public server)
+decides what to do with each exchange — answer it locally (:meth:`Exchange.respond`) or forward it to
+an endpoint (:meth:`Exchange.forward`), synchronously on the warm path or later from a task.
+
+Bodies are never buffered beyond one socket read: the client is not read while its request waits
+for an upstream connection, nor while the upstream socket's write buffer is full, and the upstream
+is not read while the client's write buffer is full.
+
+The warm path runs once per request, so it is written for few Python calls: each field is
+classified and serialised in ``on_header`` (one walk over the head), and the handler forwards
+without leaving the parser's callbacks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import httptools
+
+from gateway import logs
+from gateway.backends.base import Endpoint
+from gateway.forward.upstream import UpstreamConnection, UpstreamPool
+from gateway.headers import (
+    F_CONNECTION,
+    F_EXPECT,
+    F_HOST,
+    F_LENGTH,
+    F_REQUEST_ID,
+    F_ROUTE,
+    F_TE,
+    F_UPGRADE,
+    F_USER_AGENT,
+    F_XFF,
+    F_XFH,
+    F_XFP,
+    FRAME_NONE,
+    REASONS,
+    kept_parts,
+    listed_tokens,
+    request_fields_table,
+    request_suffix,
+    response_head,
+    simple_response,
+    strip_hop_by_hop,
+)
+
+HttpParserError: type[Exception] = httptools.HttpParserError
+HttpParserUpgrade: type[Exception] = httptools.HttpParserUpgrade
+
+MAX_REQUEST_TARGET_BYTES = 8192
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 128
+
+# Body modes of a request.
+BODY_BUFFER = 0  # waiting for an upstream connection; the client is not read meanwhile
+BODY_STREAM = 1  # written straight to the upstream connection
+BODY_DISCARD = 2  # the response is already complete; the rest of the body is read and dropped
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+_CRLF = b"\r\n"
+_LAST_CHUNK = b"0\r\n\r\n"
+_KEPT_SPECIAL = frozenset({F_HOST, F_EXPECT, F_REQUEST_ID, F_USER_AGENT, F_LENGTH, F_ROUTE})
+
+log = logging.getLogger(__name__)
+
+
+class _LimitExceeded(Exception):
+    pass
+
+
+class Handler(Protocol):
+    """What the client side asks of the server policy. All calls happen on the event loop."""
+
+    def handle(self, ex: Exchange) -> None:
+        """A request head is complete: answer it or forward it (now or later)."""
+
+    def upstream_failed(self, ex: Exchange, reason: str, message: str) -> None:
+        """Forwarding failed before any response byte reached the client (``reason``: refused,
+        timeout, reset, protocol). Answer, or forward again (:attr:`Exchange.replayable` says
+        whether the request may be sent again)."""
+
+    def finished(self, ex: Exchange) -> None:
+        """The exchange is over: response complete, tunnel closed, or aborted."""
+
+
+class Exchange:
+    """One request and its response on a client connection.
+
+    Request fields the gateway needs are extracted while parsing (``host``, ``route_value``,
+    ``request_id``, ``user_agent``, ``upgrade``); :meth:`header` finds any other. ``project``,
+    ``name``, ``tracked``, ``proxied`` and ``request_id_out`` belong to the handler.
+    """
+
+    __slots__ = (
+        "attempts",
+        "body_mode",
+        "buffered",
+        "chunked",
+        "close_after",
+        "conn",
+        "connection",
+        "endpoint",
+        "error",
+        "expect_continue",
+        "extra_up",
+        "finished",
+        "got_continue",
+        "has_body",
+        "head_sent",
+        "headers",
+        "host",
+        "http11",
+        "is_head",
+        "keep_alive",
+        "method",
+        "name",
+        "parts",
+        "project",
+        "proxied",
+        "request_done",
+        "request_id",
+        "response_extra",
+        "reused",
+        "route_value",
+        "started",
+        "status",
+        "target",
+        "task",
+        "te",
+        "tracked",
+        "upgrade",
+        "upstream",
+        "user_agent",
+        "xff",
+        "xfh",
+        "xfp",
+    )
+
+    def __init__(self, conn: ClientConnection) -> None:
+        self.conn = conn
+        self.method = b""
+        self.target = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.parts: list[bytes] = [b""]  # [request line] + kept fields, serialised
+        self.host: bytes | None = None
+        self.route_value: bytes | None = None
+        self.request_id: bytes | None = None
+        self.user_agent: bytes | None = None
+        self.connection: bytes | None = None
+        self.te: bytes | None = None
+        self.upgrade: bytes | None = None
+        self.xff: bytes | None = None
+        self.xfp: bytes | None = None
+        self.xfh: bytes | None = None
+        self.expect_continue = False
+        self.got_continue = False
+        self.http11 = True
+        self.keep_alive = True
+        self.is_head = False
+        self.has_body = False
+        self.chunked = False
+        self.body_mode = BODY_BUFFER
+        self.buffered: list[bytes] | None = None
+        self.request_done = False
+        self.upstream: UpstreamConnection | None = None
+        self.endpoint: Endpoint | None = None
+        self.reused = False
+        self.attempts = 0
+        self.head_sent = False
+        self.status = 0
+        self.close_after = False
+        self.finished = False
+        self.error: str | None = None
+        self.task: asyncio.Task[Any] | None = None
+        self.started = 0.0
+        self.extra_up: Sequence[tuple[bytes, bytes]] = ()
+        self.response_extra: Sequence[tuple[bytes, bytes]] = ()
+        self.project: Any = None
+        self.name: str | None = None
+        self.tracked = False
+        self.proxied = False
+
+    # --- what handlers read ------------------------------------------------------------------------
+
+    @property
+    def client_ip(self) -> bytes:
+        return self.conn.ip
+
+    @property
+    def replayable(self) -> bool:
+        """Whether the request may be sent upstream again: nothing of its body was consumed, and
+        either it is idempotent or it failed on a reused keep-alive connection (which the
+        upstream closed before reading it)."""
+        return not self.has_body and (self.reused or self.method in _IDEMPOTENT)
+
+    def header(self, name: bytes) -> bytes | None:
+        """The first value of field ``name`` (lower-case), or ``None``; scans the fields."""
+        for n, v in self.headers:
+            if len(n) == len(name) and n.lower() == name:
+                return v
+        return None
+
+    def upstream_head(self) -> bytes:
+        """The request head sent upstream (rules: :mod:`gateway.headers`)."""
+        conn = self.conn
+        parts = self.parts
+        parts[0] = self.method + b" " + self.target + b" HTTP/1.1\r\n"
+        if self.xff is None and self.upgrade is None and not self.chunked and self.xfh is None and self.xfp is None:
+            # The common case: the proxy's fields depend only on the connection and the Host.
+            host = self.host
+            if host is not conn.suffix_host and host != conn.suffix_host:
+                conn.suffix_host = host
+                conn.suffix = request_suffix(
+                    client_ip=conn.ip, scheme=conn.listener.scheme, xff=None, xfp=None, xfh=None, host=host,
+                    trust_forwarded=False,
+                )[:-2]
+            suffix = conn.suffix
+            for name, value in self.extra_up:
+                suffix += name + b": " + value + b"\r\n"
+            parts.append(suffix + b"\r\n")
+        else:
+            listener = conn.listener
+            parts.append(
+                request_suffix(
+                    client_ip=conn.ip,
+                    scheme=listener.scheme,
+                    xff=self.xff,
+                    xfp=self.xfp,
+                    xfh=self.xfh,
+                    host=self.host,
+                    trust_forwarded=listener.trust_forwarded,
+                    extra=self.extra_up,
+                    upgrade=self.upgrade,
+                    chunked=self.chunked,
+                )
+            )
+        head = b"".join(parts)
+        parts.pop()
+        return head
+
+    # --- answers -----------------------------------------------------------------------------------
+
+    def respond(
+        self,
+        status: int,
+        body: bytes,
+        content_type: bytes = b"text/plain; charset=utf-8",
+        extra: Sequence[tuple[bytes, bytes]] = (),
+        close: bool = False,
+    ) -> None:
+        """Answer the request from the gateway itself (errors, waiting page, status JSON)."""
+        if self.finished or self.head_sent:
+            return
+        conn = self.conn
+        if not self.request_done:
+            if self.expect_continue or self.upgrade is not None:
+                close = True  # the client may never send the body it announced
+            else:
+                self._discard_body()
+        close = close or not self.keep_alive or conn.listener.draining or conn.closing
+        self.status = status
+        self.head_sent = True
+        self.close_after = close
+        if conn.transport is not None and not conn.closed:
+            conn.transport.write(
+                simple_response(status, body, content_type=content_type, extra=extra, close=close,
+                                head_only=self.is_head)
+            )
+        self._finish()
+
+    def forward(self, endpoint: Endpoint, fresh: bool = False) -> None:
+        """Send the request to ``endpoint`` over a pooled connection (or a new one; always a new one
+        when ``fresh``) and relay the response. Failures before the response starts come back as
+        :meth:`Handler.upstream_failed`."""
+        if self.finished:
+            return
+        self.endpoint = endpoint
+        self.attempts += 1
+        conn = self.conn
+        if self.upgrade is None and not fresh:
+            up = conn.listener.pool.acquire(endpoint)
+            if up is not None:
+                self._attach(up, True)
+                return
+        self.task = conn.listener.loop.create_task(self._connect(endpoint))
+
+    async def _connect(self, endpoint: Endpoint) -> None:
+        listener = self.conn.listener
+        pool = listener.pool
+        try:
+            async with asyncio.timeout(listener.connect_timeout_s):
+                _, up = await listener.loop.create_connection(
+                    lambda: UpstreamConnection(pool, endpoint), endpoint.host, endpoint.port
+                )
+        except TimeoutError:
+            self._connect_failed("timeout", f"connecting to the project timed out after "
+                                 f"{listener.connect_timeout_s:g}s")
+            return
+        except OSError as exc:
+            self._connect_failed("refused", f"the project refused the connection ({exc.strerror or exc})")
+            return
+        if self.finished:
+            up.abort()
+            return
+        self.task = None
+        self._attach(up, False)
+
+    def _connect_failed(self, reason: str, message: str) -> None:
+        self.task = None
+        if not self.finished:
+            self.conn.listener.handler.upstream_failed(self, reason, message)
+
+    def _attach(self, up: UpstreamConnection, reused: bool) -> None:
+        conn = self.conn
+        self.upstream = up
+        self.reused = reused
+        up.start(self, self.upstream_head())
+        if conn.write_paused:
+            up.pause_reading()
+        if self.upgrade is not None:
+            return  # bytes after the head wait for the 101 (start_tunnel)
+        buffered = self.buffered
+        transport = up.transport
+        assert transport is not None
+        if buffered:
+            self.buffered = None
+            if self.chunked:
+                for chunk in buffered:
+                    transport.writelines((b"%x\r\n" % len(chunk), chunk, _CRLF))
+            else:
+                transport.writelines(buffered)
+        if self.request_done:
+            if self.chunked:
+                transport.write(_LAST_CHUNK)
+        else:
+            self.body_mode = BODY_STREAM
+            conn.sync_reading()
+
+    def _discard_body(self) -> None:
+        self.buffered = None
+        self.body_mode = BODY_DISCARD
+        self.conn.sync_reading()
+
+    # --- called by the upstream connection ---------------------------------------------------------
+
+    def relay_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Pass a 1xx (e.g. 100 Continue, 103 Early Hints) on to an HTTP/1.1 client."""
+        if status == 100:
+            self.got_continue = True
+        conn = self.conn
+        if self.http11 and not self.head_sent and conn.transport is not None and not conn.closed:
+            parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Informational"))]
+            for name, value in strip_hop_by_hop(headers):
+                parts += (name, b": ", value, _CRLF)
+            parts.append(_CRLF)
+            conn.transport.write(b"".join(parts))
+
+    def response_starts(self, status: int) -> bool:
+        """The final response head is about to be written; returns whether to close afterwards."""
+        conn = self.conn
+        self.status = status
+        self.head_sent = True
+        close = (
+            not self.keep_alive
+            or conn.closing
+            or self.upgrade is not None
+            or (self.expect_continue and not self.got_continue and not self.request_done)
+        )
+        self.close_after = close
+        return close
+
+    def response_complete(self) -> None:
+        """The upstream response has been relayed completely."""
+        self.upstream = None
+        if not self.request_done:
+            self._discard_body()
+        self.finished = True
+        if self.task is not None:
+            self._cancel_task()
+        self.conn.exchange_finished(self)
+
+    def upstream_failed(self, reason: str, message: str) -> None:
+        """The upstream failed before the response head reached the client."""
+        up = self.upstream
+        self.upstream = None
+        if up is not None and not up.closed:
+            up.abort()
+        if not self.finished:
+            self.conn.listener.handler.upstream_failed(self, reason, message)
+
+    def upstream_broken(self) -> None:
+        """The upstream failed mid-response: abort the client so a truncated body never looks
+        complete."""
+        self.upstream = None
+        self.error = "mid_body"
+        conn = self.conn
+        if conn.transport is not None:
+            conn.transport.abort()
+        self._finish()
+
+    def tunnel_open(self, status: int, headers: list[tuple[bytes, bytes]], upgrade: bytes, tail: bytes) -> None:
+        """Upstream switched protocols: relay its 101 and splice bytes both ways from now on."""
+        conn = self.conn
+        self.status = status
+        self.head_sent = True
+        self.close_after = True
+        if conn.transport is None or conn.closed:
+            self.abort("client_gone")
+            return
+        conn.transport.write(
+            response_head(status, REASONS[101], headers, framing=FRAME_NONE, upgrade=upgrade,
+                          extra=self.response_extra)
+        )
+        if tail:
+            conn.transport.write(tail)
+        conn.start_tunnel(self)
+
+    def tunnel_closed(self) -> None:
+        """One side of the tunnel closed: close the other one (after flushing) and finish."""
+        up = self.upstream
+        self.upstream = None
+        if up is not None and not up.closed:
+            up.closed = True
+            up.exchange = None
+            if up.transport is not None:
+                up.transport.close()
+        conn = self.conn
+        if conn.transport is not None and not conn.closed:
+            conn.transport.close()
+        self._finish()
+
+    # --- ending ------------------------------------------------------------------------------------
+
+    def abort(self, error: str) -> None:
+        """End the exchange now (client gone, gateway closing): drop the upstream connection."""
+        if self.finished:
+            return
+        self.error = error
+        up = self.upstream
+        self.upstream = None
+        if up is not None:
+            up.abort()
+        self.close_after = True
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        if self.task is not None:
+            self._cancel_task()
+        self.conn.exchange_finished(self)
+
+    def _cancel_task(self) -> None:
+        task = self.task
+        self.task = None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client socket: parses requests and serves their exchanges in order."""
+
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.handler = listener.handler
+        self.parser: Any = httptools.HttpRequestParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.ip = b""
+        self.current: Exchange | None = None  # being answered
+        self.parsing: Exchange | None = None  # whose head or body is being parsed
+        self.queue: collections.deque[Exchange] = collections.deque()
+        self.closed = False  # connection_lost happened (or the transport was given up)
+        self.closing = False  # no exchange after the current one
+        self.write_paused = False
+        self._reading = True
+        self._upstream_bp = False
+        self._in_head = False
+        self._head_bytes = 0
+        self._fields = listener.fields
+        self._error_status = 0
+        self._upgraded = False
+        self._upgrade_tail: list[bytes] = []
+        self._tunnel: Exchange | None = None
+        self.since = listener.now
+        # The proxy's own request fields for the last Host seen on this connection.
+        self.suffix_host: bytes | bool | None = False
+        self.suffix = b""
+
+    # --- asyncio.Protocol --------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.ip = str(peer[0]).encode() if isinstance(peer, tuple) and peer else b"unknown"
+        listener = self.listener
+        listener.connections.add(self)
+        self.since = listener.now
+        if listener.draining:
+            self.closing = True
+
+    def data_received(self, data: bytes) -> None:
+        if self._tunnel is not None:
+            up = self._tunnel.upstream
+            if up is not None and up.transport is not None:
+                up.transport.write(data)
+            return
+        if self._upgraded:
+            self._upgrade_tail.append(data)
+            self._set_reading(False)
+            return
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded = True
+            tail = data[exc.args[0]:]
+            if tail:
+                self._upgrade_tail.append(tail)
+        except HttpParserError as exc:
+            self._parse_error(exc)
+            return
+        if self._in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self._error_status = 431
+                self._parse_error(None)
+                return
+        if self.current is None and self.queue:
+            self._start_next()
+        if self.parsing is not None or self.queue or not self._reading or self._upstream_bp:
+            self.sync_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.listener.connections.discard(self)
+        ex = self.current
+        if ex is not None and not ex.finished:
+            if self._tunnel is ex:
+                ex.tunnel_closed()
+            else:
+                ex.abort("client_gone")
+        self.queue.clear()
+        self.parsing = None
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        ex = self.current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        ex = self.current
+        if ex is not None and ex.upstream is not None:
+            ex.upstream.resume_reading()
+
+    # --- llhttp callbacks --------------------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self.parsing = Exchange(self)
+        self._in_head = True
+        self._head_bytes = 0
+        self.since = self.listener.now
+
+    def on_url(self, url: bytes) -> None:
+        ex = self.parsing
+        assert ex is not None
+        ex.target += url
+        if len(ex.target) > MAX_REQUEST_TARGET_BYTES:
+            self._error_status = 414
+            raise _LimitExceeded
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # trailers of a chunked body are dropped
+        ex = self.parsing
+        assert ex is not None
+        ex.headers.append((name, value))
+        cls = self._fields.get(name.lower())
+        if cls is None:
+            ex.parts += (name, b": ", value, _CRLF)
+            return
+        if cls in _KEPT_SPECIAL:
+            ex.parts += (name, b": ", value, _CRLF)
+            if cls == F_HOST:
+                if ex.host is None:
+                    ex.host = value
+            elif cls == F_USER_AGENT:
+                ex.user_agent = value
+            elif cls == F_LENGTH:
+                ex.has_body = value != b"0"
+            elif cls == F_REQUEST_ID:
+                ex.request_id = value
+            elif cls == F_EXPECT:
+                ex.expect_continue = value.lower() == b"100-continue"
+            elif cls == F_ROUTE:
+                ex.route_value = value
+        elif cls == F_CONNECTION:
+            ex.connection = value if ex.connection is None else ex.connection + b"," + value
+        elif cls == F_XFF:
+            if value:
+                ex.xff = value if ex.xff is None else ex.xff + b", " + value
+        elif cls == F_UPGRADE:
+            ex.upgrade = value
+        elif cls == F_TE:
+            ex.te = value if ex.te is None else ex.te + b"," + value
+        elif cls == F_XFP:
+            if ex.xfp is None:
+                ex.xfp = value
+        elif cls == F_XFH and ex.xfh is None:
+            ex.xfh = value
+        # otherwise F_DROP: hop-by-hop, not forwarded
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        ex = self.parsing
+        assert ex is not None
+        parser = self.parser
+        ex.method = method = parser.get_method()
+        ex.is_head = method == b"HEAD"
+        ex.keep_alive = parser.should_keep_alive()
+        if ex.te is not None:
+            ex.chunked = ex.has_body = True
+        if ex.upgrade is not None and not parser.should_upgrade():
+            ex.upgrade = None
+        if ex.connection is not None:
+            tokens = listed_tokens(ex.connection)
+            if tokens:
+                ex.parts[1:] = kept_parts(ex.headers, self._fields, tokens)
+        ex.started = self.listener.clock()
+        self.queue.append(ex)
+
+    def on_body(self, body: bytes) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        mode = ex.body_mode
+        if mode == BODY_STREAM:
+            up = ex.upstream
+            if up is not None and up.transport is not None:
+                if ex.chunked:
+                    up.transport.writelines((b"%x\r\n" % len(body), body, _CRLF))
+                else:
+                    up.transport.write(body)
+        elif mode == BODY_BUFFER:
+            if ex.buffered is None:
+                ex.buffered = [body]
+            else:
+                ex.buffered.append(body)
+
+    def on_message_complete(self) -> None:
+        ex = self.parsing
+        if ex is None:
+            return
+        self.parsing = None
+        ex.request_done = True
+        if ex.body_mode == BODY_STREAM and ex.chunked:
+            up = ex.upstream
+            if up is not None and up.transport is not None:
+                up.transport.write(_LAST_CHUNK)
+
+    # --- exchanges ---------------------------------------------------------------------------------
+
+    def _start_next(self) -> None:
+        ex = self.queue.popleft()
+        self.current = ex
+        self.listener.in_flight += 1
+        # The cheap test first: HTTP/1.1 without Connection nor Transfer-Encoding needs no checks.
+        if ex.connection is not None or ex.te is not None or not ex.keep_alive or ex.method == b"CONNECT" \
+                or len(ex.headers) > MAX_HEADER_COUNT:
+            error = _request_error(ex, self.parser.get_http_version())
+            if error is not None:
+                ex.respond(error[0], error[1], close=True)
+                return
+        if self.closing:
+            ex.keep_alive = False
+        try:
+            self.handler.handle(ex)
+        except Exception:
+            log.exception("request handler failed")
+            if not ex.head_sent:
+                ex.respond(500, b"internal error in the gateway\n", close=True)
+            else:
+                ex.abort("handler_error")
+
+    def exchange_finished(self, ex: Exchange) -> None:
+        """Called once per exchange; starts the next pipelined one or closes the connection."""
+        listener = self.listener
+        listener.in_flight -= 1
+        if self.current is ex:
+            self.current = None
+        try:
+            self.handler.finished(ex)
+        except Exception:
+            log.exception("request finished hook failed")
+        if listener.drain_waiter is not None and listener.in_flight == 0:
+            listener.wake_drain()
+        if self.closed:
+            return
+        if ex.close_after or self._upgraded:
+            self.closing = True
+            self.queue.clear()
+            if ex.error is None and self.transport is not None:
+                self.transport.close()
+            return
+        self.since = listener.now
+        if self.queue:
+            self._start_next()
+        self.sync_reading()
+
+    def sync_reading(self) -> None:
+        """Read from the client only when the data has somewhere to go."""
+        if self._tunnel is not None:
+            want = not self._upstream_bp
+        elif self._upgraded:
+            want = False
+        else:
+            # A body waiting for its upstream connection stays in the socket (TCP backpressure).
+            parsing = self.parsing
+            want = not (
+                self.queue
+                or self._upstream_bp
+                or (parsing is not None and not self._in_head and parsing.body_mode == BODY_BUFFER)
+            )
+        if want != self._reading:
+            self._set_reading(want)
+
+    def _set_reading(self, want: bool) -> None:
+        if want != self._reading and self.transport is not None and not self.closed:
+            self._reading = want
+            if want:
+                self.transport.resume_reading()
+            else:
+                self.transport.pause_reading()
+
+    def set_upstream_backpressure(self, on: bool) -> None:
+        self._upstream_bp = on
+        self.sync_reading()
+
+    def start_tunnel(self, ex: Exchange) -> None:
+        self._tunnel = ex
+        tail = b"".join(self._upgrade_tail)
+        self._upgrade_tail = []
+        up = ex.upstream
+        if tail and up is not None and up.transport is not None:
+            up.transport.write(tail)
+        self.sync_reading()
+
+    def _parse_error(self, exc: Exception | None) -> None:
+        status = self._error_status or 400
+        if status == 414:
+            message = b"request target too long (limit %d bytes)\n" % MAX_REQUEST_TARGET_BYTES
+        elif status == 431:
+            message = b"request header fields too large (limit %d bytes, %d fields)\n" % (
+                MAX_HEAD_BYTES, MAX_HEADER_COUNT)
+        else:
+            detail = str(exc) if exc is not None else "malformed request"
+            message = b"invalid HTTP request: " + detail.encode("ascii", "replace") + b"\n"
+        logs.event("bad_request", logging.DEBUG, status=status)
+        self.closing = True
+        self.queue.clear()
+        self.parsing = None
+        self._in_head = False
+        transport = self.transport
+        cur = self.current
+        if cur is not None and not cur.finished and cur.head_sent:
+            # A response is already on its way: the connection cannot carry an error any more.
+            cur.abort("bad_request")
+            if transport is not None:
+                transport.abort()
+            return
+        if transport is not None and not self.closed:
+            transport.write(simple_response(status, message, close=True))
+        if cur is not None and not cur.finished:
+            # The request being served turned out malformed mid-body.
+            cur.status = status
+            cur.head_sent = True
+            cur.abort("bad_request")
+        if transport is not None:
+            transport.close()
+
+    def idle_check(self, now: float) -> None:
+        """Close the connection if it has been idle (keep-alive) or slow to send a head too long."""
+        if self.closed or self.current is not None or self.queue or self._tunnel is not None:
+            return
+        listener = self.listener
+        if self._in_head:
+            if now - self.since > listener.header_timeout_s:
+                self.closing = True
+                if self.transport is not None:
+                    self.transport.write(simple_response(408, b"timed out reading the request head\n", close=True))
+                    self.transport.close()
+        elif self.parsing is None and (now - self.since > listener.keepalive_timeout_s or listener.draining):
+            self.close()
+
+    def close(self) -> None:
+        """Close gracefully (pending writes are flushed)."""
+        self.closing = True
+        if self.transport is not None and not self.closed:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection and everything in flight on it."""
+        ex = self.current
+        if ex is not None and not ex.finished:
+            ex.abort("gateway_closing")
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+
+def _request_error(ex: Exchange, version: str) -> tuple[int, bytes] | None:
+    """What llhttp lets through but the proxy must refuse: other HTTP versions, non-chunked
+    transfer codings (the body would reach the project still encoded), CONNECT, too many fields."""
+    if version == "1.0":
+        ex.http11 = False
+        ex.keep_alive = False  # HTTP/1.0 keep-alive is not worth its framing rules
+    elif version != "1.1":
+        ex.http11 = False
+        ex.keep_alive = False
+        return 505, b"HTTP version not supported (use HTTP/1.1)\n"
+    if len(ex.headers) > MAX_HEADER_COUNT:
+        return 431, b"too many header fields (limit %d)\n" % MAX_HEADER_COUNT
+    if ex.te is not None:
+        codings = [c.strip().lower() for c in ex.te.split(b",")]
+        if codings != [b"chunked"]:
+            return 501, b"unsupported transfer coding (only chunked is accepted)\n"
+    if ex.method == b"CONNECT":
+        return 405, b"CONNECT is not supported\n"
+    return None
+
+
+class Listener:
+    """The public socket: client connections, the upstream pool, timeouts and drain."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        scheme: bytes = b"http",
+        trust_forwarded: bool = False,
+        connect_timeout_s: float = 5.0,
+        keepalive_timeout_s: float = 75.0,
+        header_timeout_s: float = 30.0,
+        route_header: str | None = None,
+        pool: UpstreamPool | None = None,
+    ) -> None:
+        self.handler = handler
+        self.scheme = scheme
+        self.trust_forwarded = trust_forwarded
+        self.connect_timeout_s = connect_timeout_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.header_timeout_s = header_timeout_s
+        self.pool = pool or UpstreamPool()
+        self.fields = request_fields_table(route_header)
+        self.connections: set[ClientConnection] = set()
+        self.in_flight = 0
+        self.draining = False
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.clock = time.monotonic  # for durations (uvloop's loop.time() has millisecond steps)
+        self.now = self.loop.time()
+        self.port: int | None = None
+        self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.TimerHandle | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        """Bind and start accepting."""
+        self._server = await self.loop.create_server(
+            lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    def _sweep(self) -> None:
+        self.now = now = self.loop.time()
+        self.pool.sweep(now)
+        for conn in list(self.connections):
+            conn.idle_check(now)
+        self._sweeper = self.loop.call_later(1.0, self._sweep)
+
+    async def stop_accepting(self) -> None:
+        """Stop accepting connections; idle keep-alive connections close, busy ones after their
+        current exchange."""
+        self.draining = True
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.closing = True
+            if conn.current is None and conn.parsing is None and not conn.queue:
+                conn.close()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no exchange is in flight; False when ``timeout_s`` passes first."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self.in_flight > 0:
+                    self.drain_waiter = self.loop.create_future()
+                    await self.drain_waiter
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self.drain_waiter = None
+
+    def wake_drain(self) -> None:
+        waiter = self.drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def close(self) -> None:
+        """Abort every connection and close the pool."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        self.connections.clear()
+        self.pool.close()
+
+    async def wait_closed(self) -> None:
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()

@@ -1,0 +1,329 @@
+"""The public listener: route → lifecycle → forward.
+
+Per request: the Host (or ``--route-header``) names a project (400/404 otherwise, never waking
+anything); a warm project's request is forwarded at once, without leaving the parser's callback; a
+cold one is parked in :meth:`Lifecycle.hold` before its body is read, then forwarded with
+``X-Wakegate-Cold-Start``. Browsers may get the waiting page instead; probes and uptime bots
+(ignore rules) never wake a project nor count as activity. A refused connection drops the endpoint
+and holds again, which is how a request racing a scale-down is still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Coroutine
+from typing import Any, Protocol
+
+from gateway import logs, waiting_page
+from gateway.backends.base import Endpoint
+from gateway.config import Settings
+from gateway.forward.client import Exchange, Listener
+from gateway.ignore import IgnoreRules
+from gateway.lifecycle import HoldRejected, Lifecycle, Project, State
+from gateway.routing import RouteError, Router
+
+# Forwarding attempts per request (refused endpoints, stale keep-alive connections) before 502.
+MAX_ATTEMPTS = 5
+_UA_CACHE_SIZE = 2048
+_ROUTE_CACHE_SIZE = 4096
+
+_TEXT = b"text/plain; charset=utf-8"
+_JSON = b"application/json"
+
+
+class RequestObserver(Protocol):
+    """Data-path hooks for metrics. Every method must be cheap and must not raise."""
+
+    def request_finished(self, project: str | None, status: int, duration_s: float) -> None:
+        """A response is complete or failed (status 499: the client went away before it)."""
+
+    def upstream_error(self, reason: str) -> None:
+        """``refused``, ``timeout``, ``reset``, ``protocol`` (before a response) or ``mid_body``."""
+
+    def inflight_changed(self, delta: int) -> None:
+        """Requests being proxied (not held) went up or down by ``delta``."""
+
+
+class NullRequestObserver:
+    """Observer that records nothing."""
+
+    def request_finished(self, project: str | None, status: int, duration_s: float) -> None:
+        pass
+
+    def upstream_error(self, reason: str) -> None:
+        pass
+
+    def inflight_changed(self, delta: int) -> None:
+        pass
+
+
+def _header_pairs(headers: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items() if k.lower() != "content-type")
+
+
+class PublicServer:
+    """The public HTTP listener. ``start`` binds ``settings.listen`` (port 0 → :attr:`port`)."""
+
+    def __init__(self, settings: Settings, lifecycle: Lifecycle, router: Router,
+                 observer: RequestObserver | None = None) -> None:
+        self.settings = settings
+        self.lifecycle = lifecycle
+        self.router = router
+        self.observer: RequestObserver = observer or NullRequestObserver()
+        self.port: int | None = None
+        self._listener: Listener | None = None
+        self._rules = IgnoreRules(settings.ignore_paths, settings.ignore_user_agents)
+        self._check_paths = bool(settings.ignore_paths)
+        self._check_ua = bool(settings.ignore_user_agents)
+        self._ua_cache: dict[bytes, bool] = {}
+        self._route_header = settings.route_header is not None
+        self._access_log = settings.access_log
+        self._page_headers = _header_pairs(waiting_page.page_response_headers())
+        self._status_path = waiting_page.STATUS_PATH.encode()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._routes: dict[bytes | None, str | RouteError] = {}
+        self._rid_prefix = logs.new_request_id().rsplit("-", 1)[0].encode() + b"-"
+        self._rid_counter = itertools.count(1)
+        self._clock = time.monotonic
+
+    # --- listener lifecycle ----------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered (held, proxied, streaming, or tunnelled)."""
+        return self._listener.in_flight if self._listener is not None else 0
+
+    async def start(self) -> None:
+        """Bind the public listener (raises ``OSError`` when the address is taken)."""
+        s = self.settings
+        listener = Listener(
+            self,
+            scheme=b"http",
+            trust_forwarded=s.trust_forwarded,
+            connect_timeout_s=s.upstream_connect_timeout_s,
+            route_header=s.route_header,
+        )
+        await listener.start(s.listen.host, s.listen.port)
+        self._listener = listener
+        self.port = listener.port
+
+    async def stop_accepting(self) -> None:
+        """Close the listening socket; keep-alive connections close after their current request."""
+        if self._listener is not None:
+            await self._listener.stop_accepting()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight; False when ``timeout_s`` passed first."""
+        if self._listener is None:
+            return True
+        return await self._listener.drain(timeout_s)
+
+    def close(self) -> None:
+        """Abort whatever is still open (connections, tunnels, idle upstream connections)."""
+        if self._listener is not None:
+            self._listener.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+    @property
+    def listener(self) -> Listener | None:
+        """The protocol-level listener (tests read its upstream pool)."""
+        return self._listener
+
+    # --- Handler: the per-request policy ---------------------------------------------------------
+
+    def handle(self, ex: Exchange) -> None:
+        route_value = ex.route_value
+        # Route-header values and Host values share the cache; a NUL keeps them apart.
+        key = ex.host if route_value is None or not self._route_header else b"\0" + route_value
+        result = self._routes.get(key) or self._route(ex, key)
+        if isinstance(result, RouteError):
+            ex.respond(result.status, result.message.encode("utf-8", "replace") + b"\n")
+            return
+        ex.name = name = result
+        if ex.request_id is None:
+            ex.request_id = rid = b"%s%08x" % (self._rid_prefix, next(self._rid_counter))
+            ex.extra_up = ((b"X-Request-Id", rid),)
+        p = self.lifecycle.projects.get(name)
+        if p is None:
+            self._spawn(ex, self._resolve(ex, name))
+            return
+        ex.project = p
+        if ex.target.startswith(b"/__wakegate/") and ex.target.split(b"?", 1)[0] == self._status_path:
+            self._status(ex, p)
+            return
+        ep = p.pick()
+        if (ex.user_agent is not None or self._check_paths) and self._ignored(ex):
+            if ep is None:
+                ex.respond(503, f"project {p.name} is asleep; this request does not wake it\n".encode(),
+                           extra=((b"Retry-After", b"5"),))
+            else:
+                self._forward(ex, ep, False)
+            return
+        if ep is not None:
+            # The warm path: count the request, forward it.
+            ex.tracked = ex.proxied = True
+            self.lifecycle.begin(p)
+            self.observer.inflight_changed(1)
+            ex.forward(ep)
+            return
+        self._cold(ex, p)
+
+    def _route(self, ex: Exchange, key: bytes | None) -> str | RouteError:
+        try:
+            if self._route_header and ex.route_value is not None:
+                result: str | RouteError = self.router.route(None, ex.route_value.decode("latin-1"))
+            else:
+                result = self.router.route(key.decode("latin-1") if key is not None else None)
+        except RouteError as exc:
+            result = exc
+        if len(self._routes) >= _ROUTE_CACHE_SIZE:
+            self._routes.clear()
+        self._routes[key] = result
+        return result
+
+    async def _resolve(self, ex: Exchange, name: str) -> None:
+        p = await self.lifecycle.resolve(name)
+        if p is None:
+            ex.respond(404, f"no project named {name}\n".encode())
+            return
+        ex.task = None
+        ex.project = p
+        if ex.target.startswith(b"/__wakegate/") and ex.target.split(b"?", 1)[0] == self._status_path:
+            self._status(ex, p)
+            return
+        ep = p.pick()
+        ignored = self._ignored(ex)
+        if ignored and ep is None:
+            ex.respond(503, f"project {p.name} is asleep; this request does not wake it\n".encode(),
+                       extra=((b"Retry-After", b"5"),))
+        elif ep is not None:
+            self._forward(ex, ep, not ignored)
+        else:
+            self._cold(ex, p)
+
+    def _cold(self, ex: Exchange, p: Project) -> None:
+        """No ready endpoint: the waiting page for browsers, else hold until the project is ready."""
+        if waiting_page.wants_page(ex.method.decode("latin-1"), _text(ex.header(b"accept")),
+                                   _text(ex.header(b"sec-fetch-mode")), p.strategy):
+            self.lifecycle.wake(p)
+            elapsed = time.monotonic() - p.wake_started_mono if p.wake_started_mono is not None else 0.0
+            ex.respond(waiting_page.PAGE_STATUS,
+                       waiting_page.render_page(p.name, p.state.value, elapsed, p.hold_timeout_s),
+                       content_type=b"text/html; charset=utf-8", extra=self._page_headers)
+            return
+        self._spawn(ex, self._hold(ex, p))
+
+    def _forward(self, ex: Exchange, ep: Endpoint, track: bool, fresh: bool = False) -> None:
+        if track and not ex.tracked:
+            ex.tracked = True
+            self.lifecycle.begin(ex.project)
+        if not ex.proxied:
+            ex.proxied = True
+            self.observer.inflight_changed(1)
+        ex.forward(ep, fresh)
+
+    async def _hold(self, ex: Exchange, p: Project) -> None:
+        if ex.request_id is not None:
+            logs.request_id_var.set(ex.request_id.decode("latin-1"))
+        try:
+            held = await self.lifecycle.hold(p)
+        except HoldRejected as exc:
+            extra = ((b"Retry-After", str(exc.retry_after_s).encode()),) if exc.retry_after_s else ()
+            ex.respond(exc.status, exc.message.encode("utf-8", "replace") + b"\n", extra=extra)
+            return
+        ex.task = None  # the exchange owns its own tasks from here on
+        ex.response_extra = ((b"X-Wakegate-Cold-Start", b"%.3f" % held.held_s),)
+        self._forward(ex, held.endpoint, True)
+
+    def _status(self, ex: Exchange, p: Project) -> None:
+        ready = p.state is State.READY and bool(p.endpoints)
+        ex.respond(200, waiting_page.render_status(p.name, p.state.value, ready), content_type=_JSON)
+
+    def _ignored(self, ex: Exchange) -> bool:
+        if self._check_paths and self._rules.matches(ex.target.decode("latin-1"), None):
+            return True
+        ua = ex.user_agent
+        if ua is None or not self._check_ua:
+            return False
+        hit = self._ua_cache.get(ua)
+        if hit is None:
+            hit = self._rules.matches("", ua.decode("latin-1"))
+            if len(self._ua_cache) >= _UA_CACHE_SIZE:
+                self._ua_cache.clear()
+            self._ua_cache[ua] = hit
+        return hit
+
+    def upstream_failed(self, ex: Exchange, reason: str, message: str) -> None:
+        p: Project | None = ex.project
+        self.observer.upstream_error(reason)
+        logs.event("upstream_error", logging.WARNING, project=ex.name, request_id=_rid(ex), reason=reason,
+                   endpoint=str(ex.endpoint), attempt=ex.attempts)
+        connect_failed = reason in ("refused", "timeout")
+        if p is not None and ex.attempts < MAX_ATTEMPTS and (connect_failed or (reason == "reset" and ex.replayable)):
+            if connect_failed and ex.endpoint is not None:
+                self.lifecycle.endpoint_failed(p, ex.endpoint, reason)
+            ep = p.pick()
+            if ep is not None:
+                ex.forward(ep, not connect_failed)
+            elif not ex.tracked:
+                ex.respond(503, f"project {p.name} is asleep; this request does not wake it\n".encode(),
+                           extra=((b"Retry-After", b"5"),))
+            else:
+                self._spawn(ex, self._hold(ex, p))
+            return
+        status = 504 if reason == "timeout" else 502
+        ex.respond(status, f"project {ex.name}: {message}\n".encode("utf-8", "replace"))
+
+    def finished(self, ex: Exchange) -> None:
+        if ex.tracked:
+            self.lifecycle.end(ex.project)
+        if ex.proxied:
+            self.observer.inflight_changed(-1)
+        duration = self._clock() - ex.started
+        status = ex.status if ex.head_sent else 499
+        self.observer.request_finished(ex.name, status, duration)
+        if ex.error is not None:
+            self._finished_badly(ex)
+        if self._access_log:
+            logs.event("access", project=ex.name, request_id=_rid(ex), method=ex.method.decode("latin-1"),
+                       path=logs.safe_path(ex.target), status=status, duration_ms=round(duration * 1000, 2),
+                       cold_start_s=float(ex.response_extra[0][1]) if ex.response_extra else None,
+                       error=ex.error)
+
+    def _finished_badly(self, ex: Exchange) -> None:
+        if ex.error == "mid_body":
+            self.observer.upstream_error("mid_body")
+            logs.event("upstream_error", logging.WARNING, project=ex.name, request_id=_rid(ex), reason="mid_body")
+
+    # --- helpers ---------------------------------------------------------------------------------
+
+    def _spawn(self, ex: Exchange, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        ex.task = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t: self._task_done(ex, t))
+
+    def _task_done(self, ex: Exchange, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            logging.getLogger(__name__).error("request task failed", exc_info=exc)
+            if not ex.finished:
+                if ex.head_sent:
+                    ex.abort("handler_error")
+                else:
+                    ex.respond(500, b"internal error in the gateway\n", close=True)
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _rid(ex: Exchange) -> str | None:
+    return logs.request_id(ex.request_id) if ex.request_id is not None else None
