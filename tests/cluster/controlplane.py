@@ -25,6 +25,7 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -45,6 +46,9 @@ BUILD_SCRIPT = HERE / "build.sh"
 GO_MOD = HERE / "k8sbuild" / "go.mod"
 SYSTEM_KUBECTL = Path("/usr/bin/kubectl")
 START_TIMEOUT = 120.0
+# Seconds between SIGTERM and SIGKILL. kube-apiserver stops listening at once on SIGTERM but can
+# take a minute to drain long-running requests; nothing here needs that drain.
+STOP_GRACE = {"node-agent": 10.0, "controller-manager": 5.0, "apiserver": 2.0, "etcd": 5.0}
 T = TypeVar("T")
 
 
@@ -191,7 +195,7 @@ class Component:
     log: Path
     pid: int = 0
     start_time: int = 0
-    env: dict[str, str] | None = None
+    env: dict[str, str] | None = field(default=None, repr=False)
     cwd: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -224,7 +228,8 @@ class Component:
         self.pid = proc.pid
         self.start_time = netalloc.proc_start_time(proc.pid) or 0
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def stop(self) -> None:
+        timeout = STOP_GRACE.get(self.name, 5.0)
         if not self.alive():
             self.pid = 0
             return
@@ -280,6 +285,9 @@ class Cluster:
     node_names: list[str]
     components: dict[str, Component] = field(default_factory=dict)
     detached: bool = False
+
+    def __repr__(self) -> str:
+        return f"Cluster(server={self.server!r}, pod_cidr={self.pod_cidr!r}, state_dir='{self.state_dir}')"
 
     # -- derived attributes --
 
@@ -366,7 +374,10 @@ class Cluster:
 
     def _launch(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         comp = Component(name, argv, self.logs_dir / f"{name}.log", env=env, cwd=cwd)
-        comp.launch(tie_to_parent=not self.detached)
+        # The parent-death signal fires when the *thread* that forked exits: only tie components to
+        # the main thread (a worker thread may exit while the cluster is still in use).
+        main_thread = threading.current_thread() is threading.main_thread()
+        comp.launch(tie_to_parent=not self.detached and main_thread)
         self.components[name] = comp
         self._save()
 
@@ -519,7 +530,7 @@ class Cluster:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def stop_apiserver(self) -> None:
-        """Stop only kube-apiserver (etcd, controllers and the node agent keep running)."""
+        """Stop only kube-apiserver (SIGTERM, SIGKILL after 2 s); everything else keeps running."""
         self.components["apiserver"].stop()
 
     def start_apiserver(self) -> None:

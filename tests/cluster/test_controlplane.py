@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import json
 import os
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -12,6 +14,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.cluster.controlplane import ApiStatusError, Cluster
@@ -310,3 +313,30 @@ def test_kubectl_is_usable_with_the_admin_kubeconfig(cluster: Cluster) -> None:
     items = json.loads(nodes.stdout)["items"]
     assert [n["metadata"]["name"] for n in items] == cluster.node_names
     assert items[0]["spec"]["podCIDR"] == cluster.pod_cidr
+
+
+async def test_echo_image_streams_sse_and_echoes_websockets(cluster: Cluster, namespace: str) -> None:
+    create_pod(cluster, namespace, pod_manifest("stream", echo_container()))
+    pod = await asyncio.to_thread(wait_pod, cluster, namespace, "stream", is_ready)
+    base = f"http://{pod['status']['podIP']}:3001"
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http:
+        async with http.get(f"{base}/events?interval=0.01&count=3") as resp:
+            assert resp.headers["Content-Type"].startswith("text/event-stream")
+            assert await resp.text() == "data: 0\n\ndata: 1\n\ndata: 2\n\n"
+        async with http.ws_connect(f"{base}/ws") as ws:
+            await ws.send_str("hello")
+            assert (await ws.receive()).data == "hello"
+            await ws.send_bytes(b"\x00\x01")
+            assert (await ws.receive()).data == b"\x00\x01"
+            await ws.close(code=4001)
+            assert ws.close_code == 4001
+
+
+def test_slow_image_is_ready_only_after_boot_seconds(cluster: Cluster, namespace: str) -> None:
+    container = echo_container(image="wakegate.test/slow:1", env=[{"name": "BOOT_SECONDS", "value": "1.5"}])
+    create_pod(cluster, namespace, pod_manifest("slow", container))
+    running = wait_pod(cluster, namespace, "slow", lambda p: p.get("status", {}).get("phase") == "Running")
+    started = time.monotonic()
+    assert not is_ready(running)
+    wait_pod(cluster, namespace, "slow", is_ready)
+    assert time.monotonic() - started >= 1.0

@@ -66,15 +66,17 @@ async def events(request: web.Request) -> web.StreamResponse:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(autoclose=False)
     await ws.prepare(request)
-    async for msg in ws:
+    while True:  # not `async for`: it stops before yielding the CLOSE message and its code
+        msg = await ws.receive()
         if msg.type == WSMsgType.TEXT:
             await ws.send_str(msg.data)
         elif msg.type == WSMsgType.BINARY:
             await ws.send_bytes(msg.data)
         elif msg.type == WSMsgType.CLOSE:
-            await ws.close(code=ws.close_code or WSCloseCode.OK)
-            break
-    return ws
+            await ws.close(code=int(msg.data or WSCloseCode.OK))
+            return ws
+        elif msg.type in (WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            return ws
 
 
 def make_app(image: str) -> web.Application:
