@@ -449,6 +449,15 @@ class Container:
         self.changed()
 
     async def run(self) -> None:
+        try:
+            await self._run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a harness bug must show up on the pod, not vanish in a task
+            log.exception("pod %s/%s container %s failed", self.pod.namespace, self.pod.name, self.name)
+            self._set_waiting("CreateContainerError", f"node agent error: {exc!r}")
+
+    async def _run(self) -> None:
         backoff = CRASH_BACKOFF_BASE
         restart_policy = self.pod.spec.get("restartPolicy", "Always")
         while not self._stop.is_set():
@@ -1155,6 +1164,12 @@ class Agent:
             worker.start()
         worker.update(pod)
 
+    def _handle_logged(self, kind: str, pod: Obj) -> None:
+        try:
+            self.handle(kind, pod)
+        except Exception:
+            log.exception("cannot handle %s of pod %s", kind, pod.get("metadata", {}).get("name"))
+
     async def run(self) -> None:
         await self.check_privilege_drop()
         await self.register_nodes()
@@ -1174,7 +1189,7 @@ class Agent:
                 seen = set()
                 for pod in listing.get("items", []):
                     seen.add(pod["metadata"]["uid"])
-                    self.handle("ADDED", pod)
+                    self._handle_logged("ADDED", pod)
                 for uid in set(self.workers) - seen:
                     worker = self.workers[uid]
                     self.forget(uid)
@@ -1190,7 +1205,7 @@ class Agent:
                         raise ApiError(int(obj.get("code", 500)), obj)
                     rv = obj["metadata"]["resourceVersion"]
                     if kind != "BOOKMARK":
-                        self.handle(kind, obj)
+                        self._handle_logged(kind, obj)
             except ApiError as exc:
                 if exc.status == 410:
                     rv = ""
