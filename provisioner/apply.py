@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import copy
 import os
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -374,9 +375,21 @@ def _record(report: ApplyReport, obj: Obj, outcome: str) -> None:
         describe(obj))
 
 
-async def dry_run_pod(kube: Kube, deploy: Obj, *, timeout_s: float = 30.0) -> None:
-    """Dry-run a Pod from the Deployment's template; refusals (Pod Security, quota) exit 2."""
+_RESOURCE_REFUSAL = re.compile(r"(maximum|minimum) \S+ usage per (Container|Pod)|limit to request ratio|"
+                               r"exceeded quota|must specify")
+
+
+async def dry_run_pod(kube: Kube, deploy: Obj, *, timeout_s: float = 30.0, limits_changing: bool = False) -> None:
+    """Dry-run a Pod from the Deployment's template; refusals (Pod Security, limits, quota) exit 2.
+
+    With ``limits_changing`` (this run also changes the ResourceQuota or LimitRange, which are applied
+    before the Deployment), a refusal by the *current* limits is not final: the Pod is dry-run again
+    without resources, so Pod Security and everything else are still checked. A refusal by the quota
+    alone is only a warning: quota admission runs last, and the dry-run pod is one more than the
+    project will run.
+    """
     pod = pod_for_dry_run(deploy)
+    name = deploy["metadata"]["name"]
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -387,12 +400,24 @@ async def dry_run_pod(kube: Kube, deploy: Obj, *, timeout_s: float = 30.0) -> No
             if "status unknown for quota" in str(exc) and time.monotonic() < deadline:
                 await asyncio.sleep(POLL_INTERVAL_S)
                 continue
-            raise _refused(exc, f"the pod template of Deployment {deploy['metadata']['name']} was refused "
-                                "(server-side dry run)") from None
+            if "exceeded quota" in str(exc):
+                # ResourceQuota admits last: everything else (Pod Security, limits) has passed. Running or
+                # terminating pods use the quota right now; the dry-run pod would be one more.
+                kube.warnings.append(f"the quota has no room for another pod right now (running or terminating "
+                                     f"pods use it), so only Pod Security and limits were checked: "
+                                     f"{str(exc).split(': ', 1)[-1]}")
+                return
+            if limits_changing and _RESOURCE_REFUSAL.search(str(exc)):
+                limits_changing = False
+                for container in pod["spec"].get("containers") or []:
+                    container.pop("resources", None)
+                continue
+            raise _refused(exc, f"the pod template of Deployment {name} was refused (server-side dry run)") from None
 
 
 async def _validate(kube: Kube, objs: list[Obj], *, timeout_s: float, report: ApplyReport | None = None) -> None:
     """Server-side dry run of every object, then of a Pod from the Deployment's template."""
+    limits_changing = False
     for obj in objs:
         try:
             outcome = await _apply_one(kube, obj, dry_run=True)
@@ -400,7 +425,9 @@ async def _validate(kube: Kube, objs: list[Obj], *, timeout_s: float, report: Ap
             raise _refused(exc, f"{describe(obj)} was refused (server-side dry run)") from None
         if report is not None:
             _record(report, obj, outcome)
-    await dry_run_pod(kube, find(objs, "Deployment"), timeout_s=timeout_s)
+        if obj["kind"] in ("ResourceQuota", "LimitRange") and outcome != "unchanged":
+            limits_changing = True
+    await dry_run_pod(kube, find(objs, "Deployment"), timeout_s=timeout_s, limits_changing=limits_changing)
 
 
 def _identity(objs: list[Obj]) -> tuple[str, str]:

@@ -35,7 +35,7 @@ WORKLOAD_IDENTITY_USE_LABEL = "azure.workload.identity/use"
 #: at 169.254.169.254), and Azure's host/platform address 168.63.129.16.
 BLOCKED_IPV4 = ("0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "168.63.129.16/32",
                 "169.254.0.0/16", "172.16.0.0/12", "192.168.0.0/16")
-BLOCKED_IPV6 = ("::ffff:0:0/96", "fc00::/7", "fe80::/10")
+BLOCKED_IPV6 = ("fc00::/7", "fe80::/10")
 #: CoreDNS (AKS and kubeadm) runs in kube-system with this label.
 DNS_NAMESPACE = "kube-system"
 DNS_POD_LABELS = {"k8s-app": "kube-dns"}
