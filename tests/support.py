@@ -227,10 +227,11 @@ class Gateway:
 @contextlib.asynccontextmanager
 async def running_gateway(backend: TableBackend, observer: RequestObserver | None = None,
                           **overrides: Any) -> AsyncIterator[Gateway]:
-    """Lifecycle + PublicServer for ``backend`` on 127.0.0.1:0 (reaper effectively off)."""
+    """Lifecycle + PublicServer for ``backend`` on 127.0.0.1:0 (reaper effectively off). A
+    :class:`Watch` given as ``observer`` also observes the lifecycle."""
     base = Settings(domain=DOMAIN, listen=HostPort("127.0.0.1", 0), reap_interval_s=3600.0, hold_timeout_s=10.0)
     settings = dataclasses.replace(base, **overrides)
-    lifecycle = Lifecycle(backend, settings)
+    lifecycle = Lifecycle(backend, settings, observer=observer if isinstance(observer, Watch) else None)
     await lifecycle.start()
     server = PublicServer(settings, lifecycle, Router(settings.domain), observer=observer)
     await server.start()
@@ -437,3 +438,181 @@ def build_request(method: str, path: str, project: str | None = "app", headers: 
     if body is not None and "content-length" not in given and "transfer-encoding" not in given:
         lines.append(f"Content-Length: {len(body)}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (body or b"")
+
+
+# --- a recording raw upstream ---------------------------------------------------------------------
+
+
+@dataclass
+class SeenRequest:
+    """A request as the upstream parsed it (llhttp)."""
+
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    chunked: bool
+    connection: int  # which accepted connection (1-based) carried it
+
+    def all(self, name: str) -> list[bytes]:
+        return [v for n, v in self.headers if n.decode().lower() == name.lower()]
+
+    def one(self, name: str) -> bytes | None:
+        values = self.all(name)
+        assert len(values) <= 1, (name, values)
+        return values[0] if values else None
+
+
+Responder = Callable[[SeenRequest, asyncio.StreamWriter], Awaitable[None]]
+
+
+def simple_bytes(status: int = 200, body: bytes = b"ok", headers: Mapping[str, str] | None = None) -> bytes:
+    """A complete HTTP/1.1 response with Content-Length."""
+    lines = [f"HTTP/1.1 {status} X"]
+    for k, v in (headers or {}).items():
+        lines.append(f"{k}: {v}")
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def reply_ok(seen: SeenRequest, writer: asyncio.StreamWriter) -> None:
+    """Default responder: 200 whose body names the method and target."""
+    writer.write(simple_bytes(200, seen.method + b" " + seen.target))
+
+
+class _RequestSink:
+    def __init__(self) -> None:
+        self.parser: Any = httptools.HttpRequestParser(self)
+        self.done: list[SeenRequest] = []
+        self.cur: SeenRequest | None = None
+        self.in_head = False
+        self.connection = 0
+        self.upgrade_tail: bytes | None = None
+
+    def on_message_begin(self) -> None:
+        self.cur = SeenRequest(b"", b"", [], b"", False, self.connection)
+        self.in_head = True
+
+    def on_url(self, url: bytes) -> None:
+        assert self.cur is not None
+        self.cur.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.in_head and self.cur is not None:
+            self.cur.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self.cur is not None
+        self.in_head = False
+        self.cur.method = self.parser.get_method()
+        self.cur.chunked = any(n.lower() == b"transfer-encoding" for n, _ in self.cur.headers)
+
+    def on_body(self, body: bytes) -> None:
+        assert self.cur is not None
+        self.cur.body += body
+
+    def on_message_complete(self) -> None:
+        assert self.cur is not None
+        self.done.append(self.cur)
+        self.cur = None
+
+
+class RecordingUpstream(RawUpstream):
+    """A raw HTTP/1.1 server that records every request it parses and answers with ``responder``
+    (which writes the response bytes itself, so it can stall, stream, or break the connection).
+    Requests of one connection are answered in order; ``on_request`` fires as each is parsed."""
+
+    def __init__(self, responder: Responder = reply_ok) -> None:
+        super().__init__(self._serve)
+        self.responder = responder
+        self.seen: list[SeenRequest] = []
+        self.arrived = asyncio.Condition()
+
+    async def wait_seen(self, count: int) -> list[SeenRequest]:
+        """Wait until ``count`` requests have arrived in all."""
+        async with asyncio.timeout(STEP_TIMEOUT_S), self.arrived:
+            await self.arrived.wait_for(lambda: len(self.seen) >= count)
+        return self.seen
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sink = _RequestSink()
+        sink.connection = self.accepts
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                return
+            try:
+                sink.parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                pass
+            except httptools.HttpParserError:
+                writer.write(simple_bytes(400, b"upstream: bad request"))
+                await writer.drain()
+                return
+            while sink.done:
+                seen = sink.done.pop(0)
+                self.seen.append(seen)
+                async with self.arrived:
+                    self.arrived.notify_all()
+                await self.responder(seen, writer)
+                await writer.drain()
+
+
+class Watch:
+    """A RequestObserver and LifecycleObserver that records what happens and lets a test await a
+    condition on it (woken by every callback, never polled)."""
+
+    def __init__(self) -> None:
+        self.finished: list[tuple[str | None, int]] = []
+        self.errors: list[str] = []
+        self.inflight = 0
+        self.held = 0
+        self.rejected: list[str] = []
+        self.wakes: list[tuple[str, str]] = []
+        self._event = asyncio.Event()
+
+    def _changed(self) -> None:
+        self._event.set()
+
+    async def until(self, predicate: Callable[[], bool], limit_s: float = STEP_TIMEOUT_S) -> None:
+        """Wait until ``predicate()`` holds."""
+        async with asyncio.timeout(limit_s):
+            while not predicate():
+                self._event.clear()
+                await self._event.wait()
+
+    # RequestObserver
+    def request_finished(self, project: str | None, status: int, duration_s: float) -> None:
+        assert duration_s >= 0
+        self.finished.append((project, status))
+        self._changed()
+
+    def upstream_error(self, reason: str) -> None:
+        self.errors.append(reason)
+        self._changed()
+
+    def inflight_changed(self, delta: int) -> None:
+        self.inflight += delta
+        self._changed()
+
+    # LifecycleObserver
+    def wake_started(self, project: str) -> None:
+        self._changed()
+
+    def wake_finished(self, project: str, result: str, duration_s: float) -> None:
+        self.wakes.append((project, result))
+        self._changed()
+
+    def held_changed(self, delta: int) -> None:
+        self.held += delta
+        self._changed()
+
+    def held_rejected(self, reason: str) -> None:
+        self.rejected.append(reason)
+        self._changed()
+
+    def scale_operation(self, direction: str, ok: bool) -> None:
+        self._changed()
+
+    def project_removed(self, project: str) -> None:
+        self._changed()

@@ -487,6 +487,7 @@ class ClientConnection(asyncio.Protocol):
         self._upstream_bp = False
         self._in_head = False
         self._head_bytes = 0
+        self._chunk_len = 0
         self._fields = listener.fields
         self._error_status = 0
         self._upgraded = False
@@ -519,6 +520,7 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade_tail.append(data)
             self._set_reading(False)
             return
+        self._chunk_len = len(data)
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -625,6 +627,9 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         ex = self.parsing
         assert ex is not None
+        if self._head_bytes + self._chunk_len > MAX_HEAD_BYTES and _head_size(ex) > MAX_HEAD_BYTES:
+            self._error_status = 431
+            raise _LimitExceeded
         parser = self.parser
         ex.method = method = parser.get_method()
         ex.is_head = method == b"HEAD"
@@ -817,6 +822,10 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.abort()
         self.closed = True
+
+
+def _head_size(ex: Exchange) -> int:
+    return len(ex.target) + sum(len(n) + len(v) + 4 for n, v in ex.headers)
 
 
 def _request_error(ex: Exchange, version: str) -> tuple[int, bytes] | None:
