@@ -325,13 +325,12 @@ def _without_replicas(deploy: Obj) -> Obj:
     return body
 
 
-async def _apply_deployment(kube: Kube, deploy: Obj, *, dry_run: bool) -> tuple[Obj | None, Obj]:
+async def _apply_deployment(kube: Kube, deploy: Obj, current: Obj | None, *, dry_run: bool) -> Obj:
     """Apply the Deployment; ``spec.replicas`` only at creation (see module docstring)."""
-    current = await kube.get(object_path(deploy))
     if current is None:
         created = await kube.apply(deploy, dry_run=dry_run)  # replicas: 0 as rendered
         if dry_run:
-            return None, created
+            return created
         current = created
     if not dry_run and not _replicas_owned_elsewhere(current):
         claim = {"apiVersion": deploy["apiVersion"], "kind": deploy["kind"],
@@ -342,7 +341,7 @@ async def _apply_deployment(kube: Kube, deploy: Obj, *, dry_run: bool) -> tuple[
         except KubeError as exc:
             if exc.status != 409:  # 409: someone scaled it meanwhile; then they own the count
                 raise
-    return current, await kube.apply(_without_replicas(deploy), dry_run=dry_run)
+    return await kube.apply(_without_replicas(deploy), dry_run=dry_run)
 
 
 def _comparable(obj: Obj) -> Obj:
@@ -358,12 +357,18 @@ def _changed(before: Obj, after: Obj, *, dry_run: bool) -> bool:
     return bool(before.get("metadata", {}).get("resourceVersion") != after.get("metadata", {}).get("resourceVersion"))
 
 
-async def _apply_one(kube: Kube, obj: Obj, *, dry_run: bool) -> str:
-    """Apply one object; return ``created``, ``configured`` or ``unchanged``."""
+async def _apply_one(kube: Kube, obj: Obj, *, dry_run: bool, seen: dict[str, Obj | None]) -> str:
+    """Apply one object; return ``created``, ``configured`` or ``unchanged``.
+
+    ``seen`` carries each object's state from the dry run to the real apply, so it is read once.
+    """
+    key = describe(obj)
+    before = seen.pop(key) if key in seen and not dry_run else await kube.get(object_path(obj))
+    if dry_run:
+        seen[key] = before
     if obj["kind"] == "Deployment":
-        before, after = await _apply_deployment(kube, obj, dry_run=dry_run)
+        after = await _apply_deployment(kube, obj, before, dry_run=dry_run)
     else:
-        before = await kube.get(object_path(obj))
         after = await kube.apply(obj, dry_run=dry_run)
     if before is None:
         return "created"
@@ -415,12 +420,13 @@ async def dry_run_pod(kube: Kube, deploy: Obj, *, timeout_s: float = 30.0, limit
             raise _refused(exc, f"the pod template of Deployment {name} was refused (server-side dry run)") from None
 
 
-async def _validate(kube: Kube, objs: list[Obj], *, timeout_s: float, report: ApplyReport | None = None) -> None:
+async def _validate(kube: Kube, objs: list[Obj], *, timeout_s: float, report: ApplyReport | None = None,
+                    seen: dict[str, Obj | None] | None = None) -> None:
     """Server-side dry run of every object, then of a Pod from the Deployment's template."""
     limits_changing = False
     for obj in objs:
         try:
-            outcome = await _apply_one(kube, obj, dry_run=True)
+            outcome = await _apply_one(kube, obj, dry_run=True, seen={} if seen is None else seen)
         except KubeError as exc:
             raise _refused(exc, f"{describe(obj)} was refused (server-side dry run)") from None
         if report is not None:
@@ -465,23 +471,24 @@ async def create_project(kube: Kube, objs: list[Obj], *, dry_run: bool = False,
         report.warnings += kube.warnings
         return report
 
+    seen: dict[str, Obj | None] = {}
     if existing is None:
         # A Pod can be dry-run only in an existing namespace whose ServiceAccounts exist.
         for obj in objs:
             if obj["kind"] in ("Namespace", "ServiceAccount"):
                 await kube.apply(obj)
         try:
-            await _validate(kube, objs, timeout_s=wait_timeout_s)
+            await _validate(kube, objs, timeout_s=wait_timeout_s, seen=seen)
         except ProvisionError:
             # Undo: the namespace did not exist before this run, so nothing must stay behind.
             with contextlib.suppress(ProvisionError):
                 await kube.delete(TYPES["Namespace"].object_path(namespace))
             raise
     else:
-        await _validate(kube, objs, timeout_s=wait_timeout_s)
+        await _validate(kube, objs, timeout_s=wait_timeout_s, seen=seen)
 
     for obj in objs:
-        outcome = await _apply_one(kube, obj, dry_run=False)
+        outcome = await _apply_one(kube, obj, dry_run=False, seen=seen)
         _record(report, obj, "created" if existing is None else outcome)
     report.pruned = await prune(kube, objs, namespace, project)
     report.warnings += kube.warnings
