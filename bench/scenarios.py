@@ -479,7 +479,8 @@ def projects(ctx: Context) -> ScenarioResult:
 
 
 async def _touch_projects(port: int, hosts: list[str], concurrency: int = 32) -> dict[int, int]:
-    """One GET to each host (their wakes fail at once); returns status counts."""
+    """One GET to each host as a Kubernetes probe would send it (the default ignore rules answer it
+    without waking the project); returns status counts."""
     sem = asyncio.Semaphore(concurrency)
     counts: dict[int, int] = {}
 
@@ -487,7 +488,8 @@ async def _touch_projects(port: int, hosts: list[str], concurrency: int = 32) ->
         async with sem:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             try:
-                writer.write(f"GET / HTTP/1.1\r\nHost: {h}\r\nConnection: close\r\n\r\n".encode())
+                writer.write(f"GET /healthz HTTP/1.1\r\nHost: {h}\r\nUser-Agent: kube-probe/1.30\r\n"
+                             "Connection: close\r\n\r\n".encode())
                 status_line = await asyncio.wait_for(reader.readline(), 60)
                 status = int(status_line.split()[1]) if len(status_line.split()) > 1 else 0
                 counts[status] = counts.get(status, 0) + 1
@@ -505,14 +507,14 @@ def metrics_scrape(ctx: Context) -> ScenarioResult:
     d = ctx.dir("metrics_scrape")
     m = cfg.metrics_projects
     table = {"warm": {"command": nginx.project_command(d / "project", ctx.layout)},
-             **_sleeping(ctx, m - 1, ["/bin/false"], "gone-")}
+             **_sleeping(ctx, m - 1, ["/bin/false"], "asleep-")}
     p99: dict[str, list[float]] = {"without": [], "with": []}
     scrape_ms: list[float] = []
     with ExitStack() as stack:
         gw = _start_gateway(ctx, stack, d, table, max_held=max(1000, m), warm="warm")
-        # One request to every other project: each wake fails at once (/bin/false), which gives every
-        # project its per-project series, as a gateway that has seen traffic for all of them has.
-        statuses = asyncio.run(_touch_projects(gw.port, [wakegate.host(f"gone-{i}") for i in range(m - 1)]))
+        # One request to every other project, so each has its per-project series, as on a gateway that
+        # has seen traffic for all of them. They stay asleep: probes never wake a project.
+        statuses = asyncio.run(_touch_projects(gw.port, [wakegate.host(f"asleep-{i}") for i in range(m - 1)]))
         res.raw["populate_statuses"] = statuses
         series = sum(1 for line in gw.metrics().splitlines() if line.startswith("wakegate_project_"))
         res.raw["per_project_series"] = series
