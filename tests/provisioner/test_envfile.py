@@ -10,13 +10,13 @@ from provisioner.envfile import MAX_FILE_BYTES, EnvFileError, load_env_file, par
 from provisioner.errors import SpecError
 
 
-def items(text: str | bytes, **kw: bool) -> dict[str, str]:
-    return dict(parse_env(text, **kw).items())
+def items(text: str | bytes, *, secret: bool = False) -> dict[str, str]:
+    return dict(parse_env(text, secret=secret).items())
 
 
-def problems(text: str | bytes, **kw: bool) -> list[str]:
+def problems(text: str | bytes, *, secret: bool = False) -> list[str]:
     with pytest.raises(EnvFileError) as info:
-        parse_env(text, **kw)
+        parse_env(text, secret=secret)
     assert "\n" not in str(info.value)
     return info.value.problems
 

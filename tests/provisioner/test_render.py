@@ -66,7 +66,8 @@ def container(spec: ProjectSpec = BASIC) -> Obj:
 
 
 def policy(spec: ProjectSpec, name: str) -> Obj:
-    return find(objects(spec), "NetworkPolicy", name)["spec"]
+    body: Obj = find(objects(spec), "NetworkPolicy", name)["spec"]
+    return body
 
 
 # --- schema and shape -------------------------------------------------------------------------------
