@@ -41,8 +41,9 @@ from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import labels as L
-from .errors import ProvisionError
+from .errors import ProvisionError, SpecError
 from .render import Obj, find, pod_for_dry_run
+from .spec import parse_quantity
 
 REQUEST_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.5
@@ -468,6 +469,7 @@ async def create_project(kube: Kube, objs: list[Obj], *, dry_run: bool = False,
                                    "Namespace; the other objects are checked when they are created")
         else:
             await _validate(kube, objs, timeout_s=wait_timeout_s, report=report)
+            report.pruned = await prune(kube, objs, namespace, project, dry_run=True)
         report.warnings += kube.warnings
         return report
 
@@ -514,6 +516,13 @@ async def prune(kube: Kube, objs: list[Obj], namespace: str, project: str, *, dr
     return pruned
 
 
+def _same_quantity(a: str, b: str) -> bool:
+    try:
+        return parse_quantity(str(a)) == parse_quantity(str(b))
+    except SpecError:
+        return str(a) == str(b)
+
+
 async def wait_ready(kube: Kube, objs: list[Obj], *, timeout_s: float) -> None:
     """Wait until the quota is computed and the Deployment controller has seen the current spec."""
     deploy = find(objs, "Deployment")
@@ -522,8 +531,10 @@ async def wait_ready(kube: Kube, objs: list[Obj], *, timeout_s: float) -> None:
     async def settled() -> bool:
         for quota in quotas:
             current = await kube.get(object_path(quota))
+            # Quota admission enforces status.hard: wait until the controller copied the new sizes there.
             hard = (current or {}).get("status", {}).get("hard") or {}
-            if set(hard) != set(quota["spec"]["hard"]):
+            if set(hard) != set(quota["spec"]["hard"]) or any(
+                    not _same_quantity(hard[key], value) for key, value in quota["spec"]["hard"].items()):
                 return False
         current = await kube.get(object_path(deploy))
         if current is None:

@@ -298,8 +298,14 @@ def test_dry_run_creates_nothing(cluster: Cluster, project: str) -> None:
     assert code == 0, err
     assert f"configured: Deployment/{project}" in err and f"created: NetworkPolicy/{INTERNET_EGRESS_POLICY}" in err
     assert resource_versions(cluster, objs) == before
-    assert get(cluster, f"/apis/networking.k8s.io/v1/namespaces/wg-{project}/networkpolicies/"
-                        f"{INTERNET_EGRESS_POLICY}") is None
+    policy_path = f"/apis/networking.k8s.io/v1/namespaces/wg-{project}/networkpolicies/{INTERNET_EGRESS_POLICY}"
+    assert get(cluster, policy_path) is None
+
+    assert create(cluster, project, "--allow-internet")[0] == 0
+    code, out, err = create(cluster, project, "--dry-run")
+    assert code == 0, err
+    assert f"1 pruned (NetworkPolicy/{INTERNET_EGRESS_POLICY})" in err
+    assert get(cluster, policy_path) is not None
 
 
 # --- bad input ----------------------------------------------------------------------------------------
