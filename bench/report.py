@@ -154,8 +154,8 @@ def charts(results: Sequence[ScenarioResult], out_dir: Path, subtitle: str) -> l
     panels: list[tuple[list[Row], str, str]] = []
     if "throughput" in by_name:
         t = by_name["throughput"]
-        panels.append(([r for r in t.rows if r.metric == "requests/s"], "Warm throughput (wrk, 50 conns, 1 KiB)",
-                       "requests/s"))
+        panels.append(([r for r in t.rows if r.metric == "requests/s"],
+                       f"Warm throughput (wrk, {t.raw.get('connections', '?')} connections, 1 KiB)", "requests/s"))
         panels.append(([r for r in t.rows if r.metric == "requests per CPU-second"],
                        "Requests per CPU-second of the proxy", "req/CPU-s"))
     if "streaming" in by_name:
@@ -176,20 +176,21 @@ def charts(results: Sequence[ScenarioResult], out_dir: Path, subtitle: str) -> l
     if "latency" in by_name:
         lat = by_name["latency"]
         systems = [s for s in ("direct", "nginx", "wakegate") if lat.find(s, "p50") is not None]
-        fig, axes = plt.subplots(1, 2, figsize=(10, 4.2), squeeze=False)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), squeeze=False)
         ax = axes[0][0]
-        width = 0.38
-        for j, pct in enumerate(("p50", "p99")):
-            rows = [lat.find(s, pct) for s in systems]
-            present = [r for r in rows if r is not None]
-            xs = [i + (j - 0.5) * width for i in range(len(present))]
+        pcts = [p for p in ("p50", "p90", "p99", "p99.9") if lat.find("direct", p) is not None]
+        width = 0.8 / len(pcts)
+        shades = (0.35, 0.55, 0.8, 1.0)
+        for j, pct in enumerate(pcts):
+            present = [r for r in (lat.find(s, pct) for s in systems) if r is not None]
+            xs = [i + (j - (len(pcts) - 1) / 2) * width for i in range(len(present))]
             ax.bar(xs, [r.median for r in present], width,
                    yerr=[[r.median - r.min for r in present], [r.max - r.median for r in present]],
-                   color=[SYSTEM_COLORS.get(r.system, "#999") for r in present], alpha=0.55 + 0.45 * j,
-                   capsize=3, label=pct)
+                   color=[SYSTEM_COLORS.get(r.system, "#999") for r in present], alpha=shades[j], capsize=2)
             for x, r in zip(xs, present, strict=True):
-                ax.annotate(f"{pct}\n{_fmt(r.median)}", (x, r.median), ha="center", va="bottom", fontsize=7,
+                ax.annotate(f"{pct}\n{_fmt(r.median)}", (x, r.median), ha="center", va="bottom", fontsize=6,
                             xytext=(0, 2), textcoords="offset points")
+        ax.set_yscale("log")
         ax.set_xticks(range(len(systems)), systems)
         rate = lat.raw.get("rate")
         ax.set_title(f"Latency at a fixed rate ({_fmt(rate) if rate else '?'} req/s, open loop)", fontsize=10)

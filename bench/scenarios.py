@@ -152,6 +152,7 @@ def throughput(ctx: Context) -> ScenarioResult:
                     used = s.proc.cpu_s(s.with_children) - before
                     per_cpu[s.name].append(report["requests"] / max(used, 1e-6))
                 res.raw.setdefault(s.name, []).append(report)
+    res.raw["connections"] = cfg.connections
     for name, values in rps.items():
         res.add(name, "requests/s", "req/s", values)
     for name, values in per_cpu.items():
@@ -171,6 +172,8 @@ def throughput(ctx: Context) -> ScenarioResult:
 
 
 # --- 2. added latency at a fixed rate -------------------------------------------------------------
+
+PERCENTILES = ("p50", "p90", "p99", "p99_9")
 
 
 def latency(ctx: Context) -> ScenarioResult:
@@ -200,11 +203,11 @@ def latency(ctx: Context) -> ScenarioResult:
                 if out["unsent"] or out["rate"] < 0.95 * rate:
                     res.notes.append(f"{s.name} did not keep up with {rate:,} req/s (answered {out['rate']:,.0f}/s, "
                                      f"{out['unsent']:,} never sent): its latency includes the queue.")
-                for pct in ("p50", "p99"):
+                for pct in PERCENTILES:
                     p.setdefault((s.name, pct), []).append(out["latency_ms"][pct])
                 res.raw.setdefault(s.name, []).append(out)
     for (name, pct), values in p.items():
-        res.add(name, pct, "ms", values)
+        res.add(name, pct.replace("_", "."), "ms", values)
     for name in ("nginx", "wakegate"):
         for pct in ("p50", "p99"):
             if (name, pct) in p:
