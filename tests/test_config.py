@@ -43,7 +43,6 @@ GOOD: dict[str, tuple[str, object]] = {
     "--namespace-selector": ("wakegate.dev/project", "wakegate.dev/project"),
     "--gateway-namespace": ("gw", "gw"),
     "--activity-write-interval": ("9", 9.0),
-    "--trust-forwarded": ("true", True),
     "--replica-id": ("gw-1", "gw-1"),
     "--leader-lease": ("20", 20.0),
 }
@@ -71,7 +70,6 @@ BAD: dict[str, list[str]] = {
     "--upstream-connect-timeout": ["0"],
     "--stop-grace": ["0"],
     "--activity-write-interval": ["0"],
-    "--trust-forwarded": ["sometimes"],
     "--leader-lease": ["0", "-2"],
 }
 
