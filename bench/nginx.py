@@ -6,7 +6,7 @@ import shlex
 import shutil
 from pathlib import Path
 
-from bench.procs import BenchError, Layout, Proc, port_open, spawn, wait_until
+from bench.procs import BenchError, Layout, Proc, spawn, wait_until
 
 BODY_1K = "x" * 1023 + "\n"  # exactly 1,024 bytes
 
@@ -98,7 +98,7 @@ def start(name: str, conf: Path, port: int, log_dir: Path, cores: tuple[int, ...
     proc = spawn(name, [nginx_binary(), "-e", str(conf.parent / "error.log"), "-c", str(conf), "-g",
                         "daemon off;"], log_dir, cores)
     try:
-        wait_until(lambda: (proc.check_alive(), port_open(port))[1], 10, f"{name} on port {port}")
+        wait_until(lambda: proc.listening(port), 10, f"{name} on port {port}")
     except BaseException:
         proc.stop()
         raise

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+import psutil  # type: ignore[import-untyped]
 
 
 class BenchError(RuntimeError):
@@ -87,6 +87,11 @@ class Proc:
     def check_alive(self) -> None:
         if not self.alive():
             raise BenchError(f"{self.name} exited with status {self.popen.returncode}; log:\n{self.tail()}")
+
+    def listening(self, *ports: int) -> bool:
+        """Whether every port accepts connections; raises if the process has exited meanwhile."""
+        self.check_alive()
+        return all(port_open(p) for p in ports)
 
     def tail(self, lines: int = 30) -> str:
         try:

@@ -92,6 +92,10 @@ def _fmt(value: float) -> str:
     return f"{value:.3f}"
 
 
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def markdown(results: Sequence[ScenarioResult], meta: dict[str, Any]) -> str:
     """The table the README shows: one line per measured quantity, target and verdict where one applies."""
     m = meta["machine"]
@@ -111,11 +115,10 @@ def markdown(results: Sequence[ScenarioResult], meta: dict[str, Any]) -> str:
             lines.append(f"| {res.title} | — | **did not run**: {res.error.splitlines()[0][:200]} | | | | | | |")
             continue
         for r in res.rows:
-            ratio = lambda x: f"{x:.2f}" if x is not None else ""  # noqa: E731
             met = "" if r.target is None else ("yes" if r.target.met else "**no**")
             lines.append(
                 f"| {res.title} | {r.system} | {r.metric} | {_fmt(r.median)} {r.unit} | "
-                f"{_fmt(r.min)} .. {_fmt(r.max)} | {ratio(r.vs_nginx)} | {ratio(r.vs_direct)} | "
+                f"{_fmt(r.min)} .. {_fmt(r.max)} | {_ratio(r.vs_nginx)} | {_ratio(r.vs_direct)} | "
                 f"{r.target.text if r.target else ''} | {met} |"
             )
     notes = [(res.title, n) for res in results for n in res.notes]

@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / "latest.json", doc)
     table = report.markdown(results, doc)
     (out / "latest.md").write_text(table)
-    subtitle = f"{doc['machine']['cpu']}, {doc['machine']['cores_usable']} cores, {doc['started']}"  # type: ignore[index]
+    subtitle = f"{doc['machine']['cpu']}, {doc['machine']['cores_usable']} cores, {doc['started']}"
     report.charts(results, out, subtitle)
     print(table)
     print(f"bench: wrote {out}/latest.json, latest.md and charts in {meta['seconds']} s", flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import nginx, wakegate
-from bench.procs import BenchError, Layout, Proc, free_port, port_open, spawn, wait_until
+from bench.procs import BenchError, Layout, Proc, free_port, spawn, wait_until
 from bench.report import ScenarioResult, Target
 from bench.tools import Loadgen, wrk
 
@@ -402,8 +402,11 @@ def herd(ctx: Context) -> ScenarioResult:
             ups_before = wakegate.metric(gw.metrics(), "wakegate_scale_operations_total", {"direction": "up"})
             base = gw.proc.rss_bytes()
             at_hold: list[int] = []
-            out = _held_burst(ctx, gw, name, n, release, d,
-                              on_held=lambda gw=gw, at_hold=at_hold: at_hold.append(gw.proc.rss_bytes()))
+
+            def note_rss(gw: wakegate.Gateway = gw, at_hold: list[int] = at_hold) -> None:
+                at_hold.append(gw.proc.rss_bytes())
+
+            out = _held_burst(ctx, gw, name, n, release, d, on_held=note_rss)
             text = gw.metrics()
             ups = wakegate.metric(text, "wakegate_scale_operations_total", {"direction": "up"}) - ups_before
             res.raw.setdefault("counters", []).append(wakegate.counters(text))
@@ -559,7 +562,7 @@ def streaming(ctx: Context) -> ScenarioResult:
         up_port, px_port = free_port(), free_port()
         up = _owned(stack, spawn("stream-upstream", ctx.loadgen.serve_argv(listen=f"127.0.0.1:{up_port}"),
                                  ctx.logs, lay.upstream))
-        wait_until(lambda: (up.check_alive(), port_open(up_port))[1], 10, "the streaming upstream")
+        wait_until(lambda: up.listening(up_port), 10, "the streaming upstream")
         proxy = _owned(stack, nginx.start("nginx-stream", nginx.proxy_config(d / "proxy", px_port, up_port), px_port,
                                           ctx.logs, lay.proxy))
         systems = [System("direct", up_port, wakegate.host("stream")),

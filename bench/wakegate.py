@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from bench.procs import BenchError, Layout, Proc, free_port, port_open, spawn, wait_until
+from bench.procs import BenchError, Layout, Proc, free_port, spawn, wait_until
 
 DOMAIN = "bench.local"
 
@@ -76,7 +76,7 @@ def start(work_dir: Path, projects_file: Path, layout: Layout, log_dir: Path, *,
             "--log-format", "json", *(extra or [])]
     proc = spawn(name, argv, log_dir, layout.proxy)
     try:
-        wait_until(lambda: (proc.check_alive(), port_open(port) and port_open(admin_port))[1], timeout_s,
+        wait_until(lambda: proc.listening(port, admin_port), timeout_s,
                    f"{name} listening on {port} and {admin_port}", 0.05)
     except BaseException:
         proc.stop()
