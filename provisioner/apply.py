@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import json
 import os
 import re
 import time
@@ -238,8 +239,6 @@ class Kube:
 
 
 def _api_error(method: str, path: str, exc: ApiException) -> KubeError:
-    import json
-
     status = int(exc.status or 0)
     message, reason = "", str(exc.reason or "")
     try:
