@@ -88,6 +88,21 @@ class AppUpstream(Upstream):
             self._runner = None
 
 
+class StaticUpstream(Upstream):
+    """A project whose process runs elsewhere (another process, or a fixed address)."""
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._server = True  # "listening": TableBackend reports it without starting anything
+
+    async def start(self) -> Endpoint:
+        assert self.endpoint is not None
+        return self.endpoint
+
+    async def stop(self) -> None:
+        pass
+
+
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
