@@ -127,6 +127,7 @@ class Exchange:
         "parts",
         "project",
         "proxied",
+        "refusal",
         "request_done",
         "request_id",
         "response_extra",
@@ -189,6 +190,7 @@ class Exchange:
         self.name: str | None = None
         self.tracked = False
         self.proxied = False
+        self.refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
 
     # --- what handlers read ------------------------------------------------------------------------
 
@@ -490,6 +492,8 @@ class ClientConnection(asyncio.Protocol):
         self._chunk_len = 0
         self._fields = listener.fields
         self._error_status = 0
+        self._error_message = b""
+        self._eof = False  # the client half-closed: answer what was asked, then close
         self._upgraded = False
         self._upgrade_tail: list[bytes] = []
         self._tunnel: Exchange | None = None
@@ -554,6 +558,25 @@ class ClientConnection(asyncio.Protocol):
         self.queue.clear()
         self.parsing = None
 
+    def eof_received(self) -> bool:
+        """The client half-closed: finish the requests it completed, then close."""
+        self._eof = True
+        tunnel = self._tunnel
+        if tunnel is not None:
+            up = tunnel.upstream
+            if up is not None and up.transport is not None and up.transport.can_write_eof():
+                up.transport.write_eof()
+                return True
+            return False
+        parsing = self.parsing
+        if parsing is not None:
+            if self._in_head:
+                self.parsing = None  # a partial head can never complete: forget it
+                self._in_head = False
+            elif parsing.body_mode != BODY_DISCARD:
+                return False  # a body can never complete: close, which aborts its exchange
+        return self.current is not None or bool(self.queue)
+
     def pause_writing(self) -> None:
         self.write_paused = True
         ex = self.current
@@ -595,8 +618,11 @@ class ClientConnection(asyncio.Protocol):
         if cls in _KEPT_SPECIAL:
             ex.parts += (name, b": ", value, _CRLF)
             if cls == F_HOST:
-                if ex.host is None:
-                    ex.host = value
+                if ex.host is not None:
+                    self._error_status = 400
+                    self._error_message = b"more than one Host header field\n"
+                    raise _LimitExceeded
+                ex.host = value
             elif cls == F_USER_AGENT:
                 ex.user_agent = value
             elif cls == F_LENGTH:
@@ -642,6 +668,11 @@ class ClientConnection(asyncio.Protocol):
             tokens = listed_tokens(ex.connection)
             if tokens:
                 ex.parts[1:] = kept_parts(ex.headers, self._fields, tokens)
+        # HTTP/1.1 without Connection or Transfer-Encoding needs no further checks. (The version
+        # must be read now: with pipelining the parser moves on before the exchange starts.)
+        if ex.connection is not None or ex.te is not None or not ex.keep_alive or method == b"CONNECT" \
+                or len(ex.headers) > MAX_HEADER_COUNT:
+            ex.refusal = _request_error(ex, parser.get_http_version())
         ex.started = self.listener.clock()
         self.queue.append(ex)
 
@@ -680,13 +711,9 @@ class ClientConnection(asyncio.Protocol):
         ex = self.queue.popleft()
         self.current = ex
         self.listener.in_flight += 1
-        # The cheap test first: HTTP/1.1 without Connection nor Transfer-Encoding needs no checks.
-        if ex.connection is not None or ex.te is not None or not ex.keep_alive or ex.method == b"CONNECT" \
-                or len(ex.headers) > MAX_HEADER_COUNT:
-            error = _request_error(ex, self.parser.get_http_version())
-            if error is not None:
-                ex.respond(error[0], error[1], close=True)
-                return
+        if ex.refusal is not None:
+            ex.respond(ex.refusal[0], ex.refusal[1], close=True)
+            return
         if self.closing:
             ex.keep_alive = False
         try:
@@ -712,7 +739,7 @@ class ClientConnection(asyncio.Protocol):
             listener.wake_drain()
         if self.closed:
             return
-        if ex.close_after or self._upgraded:
+        if ex.close_after or self._upgraded or (self._eof and not self.queue):
             self.closing = True
             self.queue.clear()
             if ex.error is None and self.transport is not None:
@@ -763,7 +790,9 @@ class ClientConnection(asyncio.Protocol):
 
     def _parse_error(self, exc: Exception | None) -> None:
         status = self._error_status or 400
-        if status == 414:
+        if self._error_message:
+            message = self._error_message
+        elif status == 414:
             message = b"request target too long (limit %d bytes)\n" % MAX_REQUEST_TARGET_BYTES
         elif status == 431:
             message = b"request header fields too large (limit %d bytes, %d fields)\n" % (

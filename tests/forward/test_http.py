@@ -435,3 +435,28 @@ async def test_status_path_answers_without_waking() -> None:
         assert r.status == 200
         assert json.loads(r.body) == {"project": "app", "state": "asleep", "ready": False}
     assert backend.scale_calls == 0
+
+
+async def test_a_half_closed_client_still_gets_its_pipelined_answers() -> None:
+    up = RecordingUpstream()
+    async with running_gateway(gw_backend(up)) as gw, gw.client() as c:
+        await c.send(build_request("GET", "/1") + build_request("GET", "/2"))
+        assert c.writer is not None
+        c.writer.write_eof()
+        raw = await c.read_until_closed()
+    assert raw.count(b"HTTP/1.1 200") == 2
+    assert raw.endswith(b"GET /2")
+    assert [s.target for s in up.seen] == [b"/1", b"/2"]
+
+
+async def test_http10_pipelining_is_cut_after_the_first_answer() -> None:
+    """The version is read per request: a pipelined HTTP/1.1 request after an HTTP/1.0 one must
+    not make the first look like HTTP/1.1 (found by the differential test)."""
+    up = RecordingUpstream()
+    async with running_gateway(gw_backend(up)) as gw, gw.client() as c:
+        await c.send(f"GET /a HTTP/1.0\r\nHost: {HOST}\r\nConnection: keep-alive\r\n\r\n".encode()
+                     + build_request("GET", "/b"))
+        raw = await c.read_until_closed()
+    assert raw.count(b"HTTP/1.1 200") == 1
+    assert b"Connection: close" in raw
+    assert [s.target for s in up.seen] == [b"/a"]
