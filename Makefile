@@ -49,7 +49,7 @@ cluster-up: $(STAMP) cluster-build
 cluster-down: $(STAMP)
 	$(PY) -m tests.cluster.controlplane down
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps cluster-build  ## Benchmarks vs nginx and direct (bench/README.md); writes bench/results/
 	$(PY) -m bench.run
 
 clean:

@@ -65,15 +65,21 @@ class Gateway:
             return int(exc.code)
 
 
-def start(work_dir: Path, projects_file: Path, layout: Layout, log_dir: Path, *, name: str = "wakegate",
-          max_held: int = 1000, extra: list[str] | None = None, timeout_s: float = 120) -> Gateway:
-    """Start the gateway pinned to the proxy core and wait until its public listener accepts."""
+def start(projects_file: Path | None, layout: Layout, log_dir: Path, *, name: str = "wakegate",
+          max_held: int = 1000, backend: list[str] | None = None, timeout_s: float = 120) -> Gateway:
+    """Start the gateway pinned to the proxy core and wait until its public listener accepts.
+
+    The local backend with ``projects_file``, or whatever ``backend`` flags say (Kubernetes)."""
     port, admin_port = free_port(), free_port()
-    argv = [*wakegate_binary(), "serve", "--backend", "local", "--projects", str(projects_file),
-            "--domain", DOMAIN, "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+    if backend is None:
+        if projects_file is None:
+            raise BenchError("the local backend needs a projects file")
+        backend = ["--backend", "local", "--projects", str(projects_file)]
+    argv = [*wakegate_binary(), "serve", *backend, "--domain", DOMAIN,
+            "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
             "--idle-timeout", "3600", "--hold-timeout", "300", "--reap-interval", "60",
             "--max-held-per-project", str(max_held), "--max-held-total", str(max_held),
-            "--log-format", "json", *(extra or [])]
+            "--log-format", "json"]
     proc = spawn(name, argv, log_dir, layout.proxy)
     try:
         wait_until(lambda: proc.listening(port, admin_port), timeout_s,

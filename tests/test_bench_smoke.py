@@ -25,19 +25,37 @@ SIGNED_METRICS = ("added",)
 NON_NEGATIVE_METRICS = ("growth",)
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
-    out = tmp_path_factory.mktemp("bench")
-    done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=540, check=False)
+# Starts its own control plane: run with the other tests that need one (``-m cluster``).
+KUBERNETES = "cold_start_k8s"
+LOCAL = [name for name in SCENARIOS if name != KUBERNETES]
+
+
+def run_smoke(out: Path, names: list[str]) -> tuple[dict[str, Any], Path, str]:
+    done = subprocess.run([sys.executable, "-m", "bench.run", "--smoke", "--only", ",".join(names), "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=540, check=False)
     log = done.stdout[-6000:] + done.stderr[-6000:]
     assert (out / "latest.json").exists(), f"no latest.json; output:\n{log}"
     return json.loads((out / "latest.json").read_text()), out, log
 
 
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any], Path, str]:
+    return run_smoke(tmp_path_factory.mktemp("bench"), LOCAL)
+
+
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", list(SCENARIOS))
+@pytest.mark.parametrize("name", LOCAL)
 def test_scenario_produced_results(smoke: tuple[dict[str, Any], Path, str], name: str) -> None:
+    check_scenario(smoke, name)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_kubernetes_cold_start_scenario(tmp_path: Path) -> None:
+    check_scenario(run_smoke(tmp_path, [KUBERNETES]), KUBERNETES)
+
+
+def check_scenario(smoke: tuple[dict[str, Any], Path, str], name: str) -> None:
     doc, _, log = smoke
     scenario = doc["scenarios"].get(name)
     assert scenario is not None, f"{name} missing from latest.json"
