@@ -493,7 +493,6 @@ class ClientConnection(asyncio.Protocol):
         self._fields = listener.fields
         self._error_status = 0
         self._error_message = b""
-        self._eof = False  # the client half-closed: answer what was asked, then close
         self._upgraded = False
         self._upgrade_tail: list[bytes] = []
         self._tunnel: Exchange | None = None
@@ -557,25 +556,6 @@ class ClientConnection(asyncio.Protocol):
                 ex.abort("client_gone")
         self.queue.clear()
         self.parsing = None
-
-    def eof_received(self) -> bool:
-        """The client half-closed: finish the requests it completed, then close."""
-        self._eof = True
-        tunnel = self._tunnel
-        if tunnel is not None:
-            up = tunnel.upstream
-            if up is not None and up.transport is not None and up.transport.can_write_eof():
-                up.transport.write_eof()
-                return True
-            return False
-        parsing = self.parsing
-        if parsing is not None:
-            if self._in_head:
-                self.parsing = None  # a partial head can never complete: forget it
-                self._in_head = False
-            elif parsing.body_mode != BODY_DISCARD:
-                return False  # a body can never complete: close, which aborts its exchange
-        return self.current is not None or bool(self.queue)
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -739,7 +719,7 @@ class ClientConnection(asyncio.Protocol):
             listener.wake_drain()
         if self.closed:
             return
-        if ex.close_after or self._upgraded or (self._eof and not self.queue):
+        if ex.close_after or self._upgraded:
             self.closing = True
             self.queue.clear()
             if ex.error is None and self.transport is not None:

@@ -437,16 +437,23 @@ async def test_status_path_answers_without_waking() -> None:
     assert backend.scale_calls == 0
 
 
-async def test_a_half_closed_client_still_gets_its_pipelined_answers() -> None:
-    up = RecordingUpstream()
+async def test_a_client_closing_its_side_abandons_its_request() -> None:
+    """Like nginx, a FIN from the client means it is gone (HTTP/1.1 clients do not half-close)."""
+    release = asyncio.Event()
+
+    async def slow(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        await release.wait()
+        w.write(simple_bytes(200, b"late"))
+
+    up = RecordingUpstream(slow)
     async with running_gateway(gw_backend(up)) as gw, gw.client() as c:
-        await c.send(build_request("GET", "/1") + build_request("GET", "/2"))
+        await c.send(build_request("GET", "/1"))
+        await up.wait_seen(1)
         assert c.writer is not None
         c.writer.write_eof()
-        raw = await c.read_until_closed()
-    assert raw.count(b"HTTP/1.1 200") == 2
-    assert raw.endswith(b"GET /2")
-    assert [s.target for s in up.seen] == [b"/1", b"/2"]
+        assert await c.read_until_closed() == b""
+        release.set()
+        assert gw.server.in_flight == 0
 
 
 async def test_http10_pipelining_is_cut_after_the_first_answer() -> None:
