@@ -141,7 +141,9 @@ class Proc:
                 child.kill()
 
 
-def _pin(cores: tuple[int, ...]) -> Callable[[], None]:
+def pinned(cores: tuple[int, ...]) -> Callable[[], None]:
+    """A ``preexec_fn`` pinning the child to ``cores`` (nothing when empty)."""
+
     def pre() -> None:
         if cores:
             os.sched_setaffinity(0, set(cores))
@@ -155,7 +157,7 @@ def spawn(name: str, argv: Sequence[str], log_dir: Path, cores: tuple[int, ...] 
     log = log_dir / f"{name}.log"
     with log.open("ab") as out:
         popen = subprocess.Popen(list(argv), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 env={**os.environ, **(env or {})}, preexec_fn=_pin(cores),
+                                 env={**os.environ, **(env or {})}, preexec_fn=pinned(cores),
                                  start_new_session=True)
     return Proc(name, popen, log)
 
@@ -173,7 +175,7 @@ def running(procs: list[Proc]) -> Iterator[list[Proc]]:
 def run_json(argv: Sequence[str], cores: tuple[int, ...] = (), timeout_s: float = 600.0) -> str:
     """Run a client to completion and return its stdout; a failure raises with its stderr."""
     try:
-        done = subprocess.run(list(argv), capture_output=True, timeout=timeout_s, preexec_fn=_pin(cores),
+        done = subprocess.run(list(argv), capture_output=True, timeout=timeout_s, preexec_fn=pinned(cores),
                               check=False)
     except subprocess.TimeoutExpired as exc:
         raise BenchError(f"{Path(argv[0]).name} {argv[1] if len(argv) > 1 else ''}: no result after "

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import nginx, wakegate
-from bench.procs import BenchError, Layout, Proc, free_port, spawn, wait_until
+from bench.procs import BenchError, Layout, Proc, free_port, pinned, spawn, wait_until
 from bench.report import ScenarioResult, Target
 from bench.tools import Loadgen, wrk
 
@@ -250,7 +250,7 @@ def _held_burst(ctx: Context, gw: wakegate.Gateway, project: str, n: int, releas
     timeout_s = 120 + n / 50
     argv = ctx.loadgen.burst_argv(gw.port, wakegate.host(project), n, progress, timeout_s)
     client = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              preexec_fn=_pin_loadgen(ctx))
+                              preexec_fn=pinned(ctx.layout.loadgen))
     try:
         def sent() -> bool:
             if client.poll() is not None:
@@ -274,16 +274,15 @@ def _held_burst(ctx: Context, gw: wakegate.Gateway, project: str, n: int, releas
     return result
 
 
-def _pin_loadgen(ctx: Context) -> Callable[[], None]:
-    import os
-
-    cores = set(ctx.layout.loadgen)
-
-    def pre() -> None:
-        if cores:
-            os.sched_setaffinity(0, cores)
-
-    return pre
+def _one_request(ctx: Context, gw: wakegate.Gateway, project: str, d: Path, timeout_s: float) -> dict[str, Any]:
+    """One request (a burst of one) to a sleeping project; the burst's result."""
+    argv = ctx.loadgen.burst_argv(gw.port, wakegate.host(project), 1, d / f"{project}.progress", timeout_s)
+    done = subprocess.run(argv, capture_output=True, timeout=timeout_s + 30, preexec_fn=pinned(ctx.layout.loadgen),
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"request to {project} failed: {done.stderr.decode(errors='replace')[-1000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 def _wait_held(gw: wakegate.Gateway, n: int, timeout_s: float) -> None:
@@ -319,10 +318,7 @@ def cold_start(ctx: Context) -> ScenarioResult:
         gw = _start_gateway(ctx, stack, d, projects, max_held=max(1000, 2 * cfg.cold_many))
         for i in range(cfg.cold_single):
             name = f"one-{i}"
-            progress = d / f"{name}.progress"
-            out = json.loads(subprocess.run(
-                ctx.loadgen.burst_argv(gw.port, wakegate.host(name), 1, progress, 60), capture_output=True,
-                check=True, timeout=90, preexec_fn=_pin_loadgen(ctx)).stdout)
+            out = _one_request(ctx, gw, name, d, 60)
             times = _ready_times(ready / name)
             if out["ok"] != 1 or len(times) != 1:
                 raise BenchError(f"{name}: {out['ok']} answers, {len(times)} starts: {out}")
@@ -417,9 +413,7 @@ def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
 
             watcher = threading.Thread(target=watch, daemon=True)
             watcher.start()
-            out = json.loads(subprocess.run(
-                ctx.loadgen.burst_argv(gw.port, wakegate.host(name), 1, d / f"{name}.progress", 180),
-                capture_output=True, check=True, timeout=200, preexec_fn=_pin_loadgen(ctx)).stdout)
+            out = _one_request(ctx, gw, name, d, 180)
             watcher.join(200)
             if errors or not seen:
                 raise BenchError(f"{name}: no ready EndpointSlice seen: {errors[0] if errors else 'timeout'}")
@@ -522,7 +516,7 @@ def herd(ctx: Context) -> ScenarioResult:
 # --- 5. scale of projects -------------------------------------------------------------------------
 
 
-def _sleeping(ctx: Context, count: int, command: list[str], prefix: str) -> dict[str, dict[str, Any]]:
+def _sleeping(count: int, command: list[str], prefix: str) -> dict[str, dict[str, Any]]:
     return {f"{prefix}{i}": {"command": command} for i in range(count)}
 
 
@@ -539,7 +533,7 @@ def projects(ctx: Context) -> ScenarioResult:
     startup: dict[int, list[float]] = {n: [] for n in cfg.project_counts}
     for _ in range(cfg.repeat):
         for n in cfg.project_counts:
-            table = {"warm": {"command": warm_cmd}, **_sleeping(ctx, n - 1, idle_cmd, "idle-")}
+            table = {"warm": {"command": warm_cmd}, **_sleeping(n - 1, idle_cmd, "idle-")}
             with ExitStack() as stack:
                 began = time.monotonic()
                 gw = _start_gateway(ctx, stack, d, table, name=f"wakegate-{n}", warm="warm")
@@ -601,7 +595,7 @@ def metrics_scrape(ctx: Context) -> ScenarioResult:
     d = ctx.dir("metrics_scrape")
     m = cfg.metrics_projects
     table = {"warm": {"command": nginx.project_command(d / "project", ctx.layout)},
-             **_sleeping(ctx, m - 1, ["/bin/false"], "asleep-")}
+             **_sleeping(m - 1, ["/bin/false"], "asleep-")}
     p99: dict[str, list[float]] = {"without": [], "with": []}
     scrape_ms: list[float] = []
     with ExitStack() as stack:
