@@ -275,12 +275,15 @@ class KubernetesBackend(Backend):
             raise BackendError(f"reading deployment {ref.namespace}/{name} failed: {exc}") from None
         if obj.spec_replicas(dep) == 0:
             return True
+        # The lifecycle decided from the cached Deployment; refuse if the live one shows another
+        # replica with connections open, or with activity the decision did not see.
         now = time.time()
-        idle_s = ref.info.settings.idle_timeout_s or self.settings.idle_timeout_s
-        last, in_flight = act.shared_activity(obj.annotations_of(dep), self.own_key, now,
-                                              self.settings.activity_write_interval_s)
-        if in_flight > 0 or (last is not None and now - last < idle_s):
-            logs.event("sleep_refused", project=name, reason="another gateway replica used it",
+        interval = self.settings.activity_write_interval_s
+        cached = self._deployment(ref)
+        seen_last, _ = act.shared_activity(obj.annotations_of(cached) if cached else {}, self.own_key, now, interval)
+        last, in_flight = act.shared_activity(obj.annotations_of(dep), self.own_key, now, interval)
+        if in_flight > 0 or (last is not None and (seen_last is None or last > seen_last)):
+            logs.event("sleep_refused", project=name, reason="another gateway replica is using it",
                        shared_in_flight=in_flight)
             return False
         rv = str(obj.meta(dep).get("resourceVersion") or "")
@@ -297,8 +300,8 @@ class KubernetesBackend(Backend):
             self.deployments.store[(ref.namespace, name)] = cached
         self._refresh_endpoints(name)
         self._record_event(ref, "ScaledToZero", f"idle; scaled to 0 by gateway replica {self.replica_id}")
-        stale = act.prunable(obj.annotations_of(dep), now,
-                             max(2 * idle_s, 10 * self.settings.activity_write_interval_s))
+        idle_s = ref.info.settings.idle_timeout_s or self.settings.idle_timeout_s
+        stale = act.prunable(obj.annotations_of(dep), now, max(2 * idle_s, 10 * interval))
         if stale:
             self._spawn(self._prune(ref, stale), "wakegate-prune-activity")
         return True

@@ -157,9 +157,10 @@ class Informer:
         self.relists = 0
 
     async def run(self) -> None:
-        """List, then watch forever (until cancelled)."""
+        """List, then watch forever (until cancelled). A second run resumes watching from where the
+        first one stopped (and re-lists if the server no longer has that resourceVersion)."""
         failures = 0
-        need_list = True
+        need_list = not self.resource_version
         while True:
             try:
                 if need_list:
@@ -168,6 +169,7 @@ class Informer:
                 await self._watch()
                 failures = 0  # a watch that ended by its own timeout: resume at once
             except _Gone:
+                logs.event("watch_expired", kind=self.kind, resource_version=self.resource_version)
                 need_list = True
                 failures = 0
             except (ApiUnreachable, ApiError, ValueError) as exc:
