@@ -98,6 +98,12 @@ class Loadgen:
         return [str(self.binary), "burst", f"-addr=127.0.0.1:{port}", f"-host={host}", f"-n={n}",
                 f"-timeout={timeout_s}s", f"-progress-file={progress_file}"]
 
+    def watch_argv(self, url: str, ca: Path, cert: Path, key: Path, progress_file: Path,
+                   timeout_s: float) -> list[str]:
+        """The command line of an EndpointSlice watch (started in the background by the caller)."""
+        return [str(self.binary), "watch", f"-url={url}", f"-ca={ca}", f"-cert={cert}", f"-key={key}",
+                f"-progress-file={progress_file}", f"-timeout={timeout_s}s"]
+
     def stream(self, port: int, host: str, mode: str, size: int, timeout_s: float = 300) -> dict[str, Any]:
         return self._run("stream", [f"-addr=127.0.0.1:{port}", f"-host={host}", f"-mode={mode}", f"-bytes={size}",
                                     f"-timeout={timeout_s}s"], timeout_s + 30)

@@ -4,6 +4,7 @@
 //	loadgen burst   N connections, then N requests released at once; when each first response byte arrived
 //	loadgen stream  one large download or upload; bytes per second
 //	loadgen serve   the upstream: 1 KiB responses, large downloads, an upload sink; records when it listens
+//	loadgen watch   when a Kubernetes EndpointSlice collection first has a ready endpoint
 //
 // Every client command prints one JSON object on stdout.
 package main
@@ -11,6 +12,8 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -29,13 +32,15 @@ import (
 
 func main() {
 	if len(os.Args) < 2 {
-		fmt.Fprintln(os.Stderr, "usage: loadgen rate|burst|stream|serve [flags]")
+		fmt.Fprintln(os.Stderr, "usage: loadgen rate|burst|stream|serve|watch [flags]")
 		os.Exit(2)
 	}
-	cmds := map[string]func([]string) error{"rate": cmdRate, "burst": cmdBurst, "stream": cmdStream, "serve": cmdServe}
+	cmds := map[string]func([]string) error{
+		"rate": cmdRate, "burst": cmdBurst, "stream": cmdStream, "serve": cmdServe, "watch": cmdWatch,
+	}
 	cmd, ok := cmds[os.Args[1]]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "loadgen: unknown command %q (want rate, burst, stream or serve)\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "loadgen: unknown command %q (want rate, burst, stream, serve or watch)\n", os.Args[1])
 		os.Exit(2)
 	}
 	if err := cmd(os.Args[2:]); err != nil {
@@ -648,4 +653,111 @@ func cmdServe(args []string) error {
 	})
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second, MaxHeaderBytes: 64 << 10}
 	return srv.Serve(ln)
+}
+
+// --- watch: when an EndpointSlice turns ready ----------------------------------------------------
+
+type sliceList struct {
+	Metadata struct {
+		ResourceVersion string `json:"resourceVersion"`
+	} `json:"metadata"`
+	Items []endpointSlice `json:"items"`
+}
+
+type endpointSlice struct {
+	Metadata struct {
+		ResourceVersion string `json:"resourceVersion"`
+	} `json:"metadata"`
+	Endpoints []struct {
+		Conditions struct {
+			Ready *bool `json:"ready"`
+		} `json:"conditions"`
+	} `json:"endpoints"`
+}
+
+func (s *endpointSlice) ready() bool {
+	for _, ep := range s.Endpoints {
+		if ep.Conditions.Ready != nil && *ep.Conditions.Ready {
+			return true
+		}
+	}
+	return false
+}
+
+// cmdWatch lists an EndpointSlice collection (none may be ready yet), watches it, and prints the
+// Unix-ns time at which an event with a ready endpoint arrived. A process of its own, so the
+// arrival is stamped as promptly as the gateway's own informer receives the same event.
+func cmdWatch(args []string) error {
+	fs := flag.NewFlagSet("watch", flag.ExitOnError)
+	url := fs.String("url", "", "https://HOST:PORT/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices")
+	caFile := fs.String("ca", "", "cluster CA (PEM)")
+	certFile := fs.String("cert", "", "client certificate (PEM)")
+	keyFile := fs.String("key", "", "client key (PEM)")
+	timeout := fs.Duration("timeout", 180*time.Second, "give up after")
+	progress := fs.String("progress-file", "", "append 'watching' here once the watch is open")
+	_ = fs.Parse(args)
+	if *url == "" || *caFile == "" || *certFile == "" || *keyFile == "" {
+		return errors.New("-url, -ca, -cert and -key are required")
+	}
+	pem, err := os.ReadFile(*caFile)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return fmt.Errorf("%s: no certificate found", *caFile)
+	}
+	cert, err := tls.LoadX509KeyPair(*certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	client := &http.Client{Timeout: *timeout, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}},
+	}}
+	resp, err := client.Get(*url)
+	if err != nil {
+		return err
+	}
+	var list sliceList
+	err = json.NewDecoder(resp.Body).Decode(&list)
+	resp.Body.Close()
+	if err != nil {
+		return fmt.Errorf("list: %w", err)
+	}
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("list: status %d", resp.StatusCode)
+	}
+	for i := range list.Items {
+		if list.Items[i].ready() {
+			return errors.New("an endpoint is ready already")
+		}
+	}
+	resp, err = client.Get(fmt.Sprintf("%s?watch=1&resourceVersion=%s&timeoutSeconds=%d", *url,
+		list.Metadata.ResourceVersion, int(timeout.Seconds())))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("watch: status %d", resp.StatusCode)
+	}
+	if *progress != "" {
+		if err := os.WriteFile(*progress, []byte("watching\n"), 0o644); err != nil {
+			return err
+		}
+	}
+	dec := json.NewDecoder(resp.Body)
+	for {
+		var event struct {
+			Type   string        `json:"type"`
+			Object endpointSlice `json:"object"`
+		}
+		if err := dec.Decode(&event); err != nil {
+			return fmt.Errorf("watch ended before an endpoint was ready: %w", err)
+		}
+		at := time.Now()
+		if (event.Type == "ADDED" || event.Type == "MODIFIED") && event.Object.ready() {
+			return emit(map[string]any{"ready_unix_ns": at.UnixNano()})
+		}
+	}
 }
