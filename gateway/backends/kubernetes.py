@@ -48,7 +48,7 @@ _LABEL_VALUE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 #: manifests grant exactly these (cluster scope and the gateway namespace) and that the provisioner's
 #: per-project Role covers the project-namespace part.
 CLUSTER_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("", "namespaces"): ("get", "list", "watch"),
+    ("", "namespaces"): ("list", "watch"),
     ("apps", "deployments"): ("get", "list", "watch"),
     ("discovery.k8s.io", "endpointslices"): ("list", "watch"),
     ("", "pods"): ("list", "watch"),
@@ -183,12 +183,13 @@ class KubernetesBackend(Backend):
             await self._api_client.close()
 
     async def _final_writes(self) -> None:
-        """On shutdown: withdraw our open-connection claims and hand the reaper Lease over at once."""
+        """On shutdown: write activity not yet recorded (with no open connections left, since the
+        drain is over) and hand the reaper Lease over at once."""
         now = time.time()
-        for name, (last, in_flight) in list(self._act.items()):
-            if in_flight:
-                with contextlib.suppress(BackendError):
-                    await self._write_activity_record(name, act.ActivityRecord(last, 0, now))
+        for name in sorted(self._act_dirty):
+            last, _ = self._act[name]
+            with contextlib.suppress(BackendError):
+                await self._write_activity_record(name, act.ActivityRecord(last, 0, now))
         if self._lease_record is not None and time.monotonic() < self._lease_until:
             assert self.kube is not None
             body = leader.release_body(LEASE_NAME, self.settings.gateway_namespace, self._lease_record, now)
@@ -218,13 +219,13 @@ class KubernetesBackend(Backend):
             for dep in found.get("items") or []:
                 ns = obj.key_of(dep)[0]
                 if ("", ns) not in self.namespaces.store:
-                    try:
-                        nsobj = await self.kube.request("GET", f"/api/v1/namespaces/{path_quote(ns)}")
-                    except ApiError:
+                    # Listed with the informer's selector, so --namespace-selector still applies.
+                    found_ns = await self.kube.request("GET", "/api/v1/namespaces", query={
+                        "labelSelector": self.namespaces.label_selector, "fieldSelector": f"metadata.name={ns}"})
+                    items = found_ns.get("items") or []
+                    if not items or obj.namespace_project(items[0]) != name:
                         continue
-                    if obj.namespace_project(nsobj) != name:
-                        continue
-                    self.namespaces.store.setdefault(("", ns), nsobj)
+                    self.namespaces.store.setdefault(("", ns), items[0])
                 self.deployments.store.setdefault(obj.key_of(dep), dep)
                 self._refresh_claim(ns, obj.key_of(dep)[1])
         except (ApiError, ApiUnreachable) as exc:

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from gateway.backends.k8s.api import Informer, Kube
-from gateway.backends.kubernetes import make_api_client
+from gateway.backends.kubernetes import KubernetesBackend, make_api_client
 from gateway.config import Settings
 from provisioner import apply as papply
 from provisioner import labels as L
@@ -284,6 +284,71 @@ async def test_idle_project_is_scaled_to_zero_and_its_pod_goes(cluster: Cluster,
         # and it wakes again
         status, body = await get(gw, "idle")
         assert status == 200, body
+
+
+async def test_projects_appear_as_they_are_created_and_labelled(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    async with gateway(sa_kubeconfig, "--namespace-selector", "team=blue") as gw:
+        await provision(cluster, "blue")
+        # managed, but its namespace is outside --namespace-selector: not a project of this gateway
+        status, _ = await get(gw, "blue")
+        assert status == 404
+        cluster.kubectl("label", "namespace", "wg-blue", "team=blue")
+
+        async def served() -> bool | None:
+            return True if (await get(gw, "blue"))[0] == 200 else None
+
+        await eventually(served, 60, "the project to be served once its namespace matches")
+        # the namespace's project label (set by the provisioner) must confirm the Deployment's claim
+        cluster.kubectl("label", "namespace", "wg-blue", f"{L.PROJECT_LABEL}=other", "--overwrite")
+
+        async def gone() -> bool | None:
+            return True if (await get(gw, "blue"))[0] == 404 else None
+
+        await eventually(gone, 30, "the project to go when its namespace no longer confirms it")
+        cluster.kubectl("label", "namespace", "wg-blue", f"{L.PROJECT_LABEL}=blue", "--overwrite")
+
+
+class Recorder:
+    """A BackendListener that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.endpoints: dict[str, list[str]] = {}
+        self.failures: dict[str, str] = {}
+        self.table_changes = 0
+
+    def endpoints_changed(self, name: str, endpoints: Any) -> None:
+        self.endpoints[name] = [str(e) for e in endpoints]
+
+    def wake_failed(self, name: str, reason: str) -> None:
+        self.failures[name] = reason
+
+    def projects_changed(self) -> None:
+        self.table_changes += 1
+
+
+async def test_discover_finds_a_project_the_watch_has_not_delivered(cluster: Cluster, sa_kubeconfig: Path) -> None:
+    backend = KubernetesBackend(Settings(backend="kubernetes", kubeconfig=sa_kubeconfig, replica_id="in-process"))
+    recorder = Recorder()
+    backend.set_listener(recorder)
+    await backend.start()
+    try:
+        assert backend.ready
+        assert await backend.discover("no-such-project") is None
+        assert await backend.discover("Not A Name") is None
+        # Stop the Deployment watch so only the live lookup can find the new project.
+        for task in list(backend._tasks):
+            if task.get_name() == "wakegate-watch-deployments":
+                task.cancel()
+        await provision(cluster, "late")
+        assert "late" not in backend.projects()
+        info = await backend.discover("late")
+        assert info is not None and info.name == "late"
+        assert info.location == "namespace wg-late, deployment late"
+        assert "late" in backend.projects()
+        await asyncio.sleep(0)  # projects_changed is delivered on the next loop iteration
+        assert recorder.table_changes >= 1
+    finally:
+        await backend.close()
 
 
 # --- failing fast ----------------------------------------------------------------------------------

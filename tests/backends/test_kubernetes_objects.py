@@ -112,7 +112,8 @@ def slice_(endpoints: list[dict[str, Any]], ports: list[dict[str, Any]] | None =
            address_type: str = "IPv4") -> dict[str, Any]:
     return {"addressType": address_type, "endpoints": endpoints,
             "ports": ports if ports is not None else [{"name": "http", "port": 3001, "protocol": "TCP"}],
-            "metadata": {"labels": {o.SERVICE_NAME_LABEL: "foo"}}}
+            "metadata": {"labels": {o.SERVICE_NAME_LABEL: "foo",
+                                    o.SLICE_MANAGED_BY_LABEL: "endpointslice-controller.k8s.io"}}}
 
 
 def ep(ip: str, ready: bool | None = True, terminating: bool | None = None) -> dict[str, Any]:
@@ -153,8 +154,16 @@ def test_slice_port_prefers_http_then_only_port() -> None:
     assert o.ready_endpoints([slice_([ep("10.0.0.1")], ports=[])]) == ()
 
 
-def test_slice_service() -> None:
+def test_slice_service_only_for_kubernetes_managed_slices() -> None:
     assert o.slice_service(slice_([])) == "foo"
+    mirrored = slice_([])
+    mirrored["metadata"]["labels"][o.SLICE_MANAGED_BY_LABEL] = "endpointslicemirroring-controller.k8s.io"
+    assert o.slice_service(mirrored) == "foo"
+    forged = slice_([])
+    forged["metadata"]["labels"][o.SLICE_MANAGED_BY_LABEL] = "someone"
+    assert o.slice_service(forged) is None
+    del forged["metadata"]["labels"][o.SLICE_MANAGED_BY_LABEL]
+    assert o.slice_service(forged) is None
     assert o.slice_service({"metadata": {}}) is None
 
 

@@ -29,6 +29,11 @@ FAILURE_REASONS = frozenset({
 })
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
+#: EndpointSlices written by Kubernetes itself (from the Service's selector, or mirrored from Endpoints),
+#: which list only pods of the Service's own namespace. Hand-written slices are ignored, so a project's
+#: automation cannot point the gateway at arbitrary addresses.
+TRUSTED_SLICE_MANAGERS = frozenset({"endpointslice-controller.k8s.io", "endpointslicemirroring-controller.k8s.io"})
 MAX_MESSAGE = 400
 
 
@@ -188,8 +193,11 @@ def ready_endpoints(slices: Iterable[Obj]) -> tuple[Endpoint, ...]:
 
 
 def slice_service(slice_: Obj) -> str | None:
-    """The Service an EndpointSlice belongs to."""
-    return labels_of(slice_).get(SERVICE_NAME_LABEL) or None
+    """The Service a Kubernetes-managed EndpointSlice belongs to; None for other slices."""
+    lab = labels_of(slice_)
+    if lab.get(SLICE_MANAGED_BY_LABEL) not in TRUSTED_SLICE_MANAGERS:
+        return None
+    return lab.get(SERVICE_NAME_LABEL) or None
 
 
 # --- failures ------------------------------------------------------------------------------------
