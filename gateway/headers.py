@@ -13,6 +13,7 @@ on the hot path of every request.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from http import HTTPStatus
 
@@ -433,6 +434,100 @@ def relay_response_head(
     else:
         parts.append(b"\r\n")
     return b"".join(parts), framing, chunked
+
+
+# For the raw response-head fast path (case-insensitive, on ``\\r\\nName: value`` lines).
+_HOP_FIELD = re.compile(
+    rb"\r\n(connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
+    rb"|transfer-encoding|upgrade):", re.IGNORECASE)
+_CONTENT_LENGTH_FIELD = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
+_CUTTABLE = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
+_CUTTABLE_LINE = re.compile(rb"\r\n(?:connection|keep-alive|transfer-encoding):[^\r]*", re.IGNORECASE)
+_CONNECTION_VALUE = re.compile(rb"\r\nconnection:([^\r]*)", re.IGNORECASE)
+
+
+def parse_fields(block: bytes) -> list[Header]:
+    """``(name, value)`` pairs of a raw field block (``\\r\\nName: value\\r\\n...``) that llhttp
+    already validated."""
+    pairs = []
+    for line in block.split(b"\r\n"):
+        if line:
+            name, _, value = line.partition(b":")
+            pairs.append((name, value.strip(b" \t")))
+    return pairs
+
+
+def relay_raw_response_head(
+    status: int,
+    block: bytes,
+    no_body: bool,
+    http11: bool,
+    close: bool,
+    extra: Sequence[Header] = (),
+) -> tuple[bytes, int, bool, int | None]:
+    """:func:`relay_response_head` on the raw field block of an upstream response (from the CRLF
+    ending the status line to the CRLF ending the last field), also returning upstream's
+    ``Content-Length`` (``None`` without one): ``(head, framing, upstream_chunked, length)``.
+
+    The block is relayed as it came, minus any ``Connection`` (plain ``keep-alive``/``close``),
+    ``Keep-Alive`` and ``Transfer-Encoding`` lines, which spares a walk over the fields; any other
+    hop-by-hop field takes the general path.
+    """
+    m = _CONTENT_LENGTH_FIELD.search(block)
+    length = int(m.group(1)) if m is not None else None
+    chunked = False
+    if _HOP_FIELD.search(block) is not None:
+        cut = _cut_hop_by_hop(block)
+        if cut is None:
+            return _relay_parsed(status, block, no_body, http11, close, extra)
+        block, chunked = cut
+    if no_body:
+        framing = FRAME_NONE
+    elif length is not None:
+        framing = FRAME_LENGTH
+    elif http11:
+        framing = FRAME_CHUNKED
+    else:
+        framing = FRAME_CLOSE
+        close = True
+    tail = _TAILS[framing][close] if not extra else _tail(framing, close, extra)
+    return (_STATUS_LINES.get(status) or status_line(status)) + block[2:] + tail, framing, chunked, length
+
+
+def _tail(framing: int, close: bool, extra: Sequence[Header]) -> bytes:
+    tail = b"Via: 1.1 wakegate\r\n"
+    for name, value in extra:
+        tail += name + b": " + value + b"\r\n"
+    if close:
+        tail += b"Connection: close\r\n"
+    if framing == FRAME_CHUNKED:
+        tail += b"Transfer-Encoding: chunked\r\n"
+    return tail + b"\r\n"
+
+
+_TAILS = tuple((_tail(f, False, ()), _tail(f, True, ())) for f in range(4))
+
+
+def _cut_hop_by_hop(block: bytes) -> tuple[bytes, bool] | None:
+    """``block`` without its Connection, Keep-Alive and Transfer-Encoding lines, and whether it
+    had a Transfer-Encoding; ``None`` when other hop-by-hop fields are present or Connection
+    names fields."""
+    names = {name.lower() for name in _HOP_FIELD.findall(block)}
+    if not names <= _CUTTABLE:
+        return None
+    for value in _CONNECTION_VALUE.findall(block):
+        if value.strip(b" \t").lower() not in _PLAIN_CONNECTION:
+            return None
+    return _CUTTABLE_LINE.sub(b"", block), b"transfer-encoding" in names
+
+
+def _relay_parsed(status: int, block: bytes, no_body: bool, http11: bool, close: bool,
+                  extra: Sequence[Header]) -> tuple[bytes, int, bool, int | None]:
+    fields = parse_fields(block)
+    length = next((int(v) for n, v in fields if n.lower() == _CONTENT_LENGTH), None)
+    head, framing, chunked = relay_response_head(status, fields, no_body=no_body, http11=http11, close=close,
+                                                 extra=extra)
+    return head, framing, chunked, length
 
 
 def simple_response(

@@ -101,96 +101,53 @@ class Exchange:
     ``name``, ``tracked``, ``proxied`` and ``request_id_out`` belong to the handler.
     """
 
-    __slots__ = (
-        "attempts",
-        "body_mode",
-        "buffered",
-        "chunked",
-        "close_after",
-        "conn",
-        "connection",
-        "endpoint",
-        "error",
-        "expect_continue",
-        "extra_up",
-        "finished",
-        "got_continue",
-        "has_body",
-        "head_sent",
-        "headers",
-        "host",
-        "http11",
-        "is_head",
-        "keep_alive",
-        "method",
-        "name",
-        "parts",
-        "project",
-        "proxied",
-        "refusal",
-        "request_done",
-        "request_id",
-        "response_extra",
-        "reused",
-        "route_value",
-        "started",
-        "status",
-        "target",
-        "task",
-        "te",
-        "tracked",
-        "upgrade",
-        "upstream",
-        "user_agent",
-        "xff",
-        "xfh",
-        "xfp",
-    )
+    # Defaults live on the class: a request sets only what it has (one Exchange per request, so
+    # its construction is on the hot path). Every value here is immutable.
+    method = b""
+    target = b""
+    host: bytes | None = None
+    route_value: bytes | None = None
+    request_id: bytes | None = None
+    user_agent: bytes | None = None
+    connection: bytes | None = None  # the Connection field's values, joined
+    te: bytes | None = None
+    upgrade: bytes | None = None
+    xff: bytes | None = None
+    xfp: bytes | None = None
+    xfh: bytes | None = None
+    expect_continue = False
+    got_continue = False
+    http11 = True
+    keep_alive = True
+    is_head = False
+    has_body = False
+    chunked = False
+    body_mode = BODY_BUFFER
+    buffered: list[bytes] | None = None
+    request_done = False
+    upstream: UpstreamConnection | None = None
+    endpoint: Endpoint | None = None
+    reused = False
+    attempts = 0
+    head_sent = False
+    status = 0
+    close_after = False
+    finished = False
+    error: str | None = None
+    task: asyncio.Task[Any] | None = None
+    started = 0.0
+    extra_up: Sequence[tuple[bytes, bytes]] = ()
+    response_extra: Sequence[tuple[bytes, bytes]] = ()
+    project: Any = None
+    name: str | None = None
+    tracked = False
+    proxied = False
+    refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
-        self.method = b""
-        self.target = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.parts: list[bytes] = [b""]  # [request line] + kept fields, serialised
-        self.host: bytes | None = None
-        self.route_value: bytes | None = None
-        self.request_id: bytes | None = None
-        self.user_agent: bytes | None = None
-        self.connection: bytes | None = None
-        self.te: bytes | None = None
-        self.upgrade: bytes | None = None
-        self.xff: bytes | None = None
-        self.xfp: bytes | None = None
-        self.xfh: bytes | None = None
-        self.expect_continue = False
-        self.got_continue = False
-        self.http11 = True
-        self.keep_alive = True
-        self.is_head = False
-        self.has_body = False
-        self.chunked = False
-        self.body_mode = BODY_BUFFER
-        self.buffered: list[bytes] | None = None
-        self.request_done = False
-        self.upstream: UpstreamConnection | None = None
-        self.endpoint: Endpoint | None = None
-        self.reused = False
-        self.attempts = 0
-        self.head_sent = False
-        self.status = 0
-        self.close_after = False
-        self.finished = False
-        self.error: str | None = None
-        self.task: asyncio.Task[Any] | None = None
-        self.started = 0.0
-        self.extra_up: Sequence[tuple[bytes, bytes]] = ()
-        self.response_extra: Sequence[tuple[bytes, bytes]] = ()
-        self.project: Any = None
-        self.name: str | None = None
-        self.tracked = False
-        self.proxied = False
-        self.refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
 
     # --- what handlers read ------------------------------------------------------------------------
 

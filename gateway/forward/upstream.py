@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from gateway.backends.base import Endpoint
-from gateway.headers import FRAME_CHUNKED, FRAME_CLOSE, FRAME_NONE, relay_response_head
+from gateway.headers import FRAME_CHUNKED, FRAME_CLOSE, parse_fields, relay_raw_response_head
 
 if TYPE_CHECKING:
     from gateway.forward.client import Exchange
@@ -27,10 +27,43 @@ HttpParserUpgrade: type[Exception] = httptools.HttpParserUpgrade
 
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+MAX_RESPONSE_HEAD_BYTES = 1024 * 1024
+
+
+class _BadHead(Exception):
+    pass
+
+
+# Where an upstream response stands.
+_S_HEAD = 0  # reading a head (1xx heads included)
+_S_LENGTH = 1  # a Content-Length body, relayed as it comes and counted
+_S_CHUNKED = 2  # a chunked body relayed as it comes to an HTTP/1.1 client (llhttp checks the framing)
+_S_DECHUNK = 3  # a chunked body de-chunked for an HTTP/1.0 client
+_S_UNTIL_CLOSE = 4  # a body that ends when the upstream closes
+_S_DONE = 5  # the response is complete (or has no body)
+_S_TUNNEL = 6  # switched protocols: bytes are spliced both ways
+
+_DECHUNK_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class _Dechunk:
+    """Feeds the data of a chunked body to a transport (HTTP/1.0 clients only)."""
+
+    def __init__(self, out: asyncio.Transport) -> None:
+        self.out = out
+
+    def on_body(self, body: bytes) -> None:
+        self.out.write(body)
 
 
 class UpstreamConnection(asyncio.Protocol):
-    """One connection to a project endpoint; serves one exchange at a time."""
+    """One connection to a project endpoint; serves one exchange at a time.
+
+    llhttp sees every response head (validation, status, keep-alive) and the body bytes of
+    length-delimited and chunked bodies (so it stays in step and checks chunk framing), but no
+    Python callback runs per field or per body piece: heads are relayed from their raw field
+    block, and bodies are relayed as they arrive — chunked bodies keep their chunking.
+    """
 
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
         self.pool = pool
@@ -42,19 +75,26 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.idle_since = 0.0
         self.read_paused = False
-        self.tunnel = False
-        self.got_bytes = False
         self._out: asyncio.Transport | None = None
-        self._pending: list[bytes] = []  # for the client, from the current read
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._interim = False
+        self._state = _S_DONE
+        self._head_buf = b""  # a head still incomplete
+        self._head_pos = 0  # where the next head (or the body) starts in _head_buf
+        self._relay: bytes = b""  # the head to send the client, made in on_headers_complete
+        self._remaining = 0
+        self._last = b""  # the end of the previous chunked piece (a terminator may straddle reads)
+        self._dechunker: Any = None
+        self._close_delimited = False
         self._status = 0
-        self._framing = FRAME_NONE
-        self._until_close = False
+        self._interim = False
         self._keep_alive = False
-        self._done = False
-        self._extra = False
+        self._done = False  # llhttp completed the message
+        self._extra = False  # bytes after the response: never relayed, the connection is dropped
         self._stale_parser = False
+        self._headers: list[tuple[bytes, bytes]] = []  # a 101's fields, for the tunnel
+
+    @property
+    def tunnel(self) -> bool:
+        return self._state == _S_TUNNEL
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
 
@@ -67,44 +107,20 @@ class UpstreamConnection(asyncio.Protocol):
             # An idle connection must stay silent; anything else means it is unusable.
             self.abort()
             return
-        if self.tunnel:
-            out = self._out
-            if out is not None:
-                out.write(data)
-            return
-        self.got_bytes = True
-        try:
-            self.parser.feed_data(data)
-        except HttpParserUpgrade as exc:
-            self._flush()
-            self._upgraded(ex, data[exc.args[0]:])
-            return
-        except HttpParserError as exc:
-            if self._done:
-                self._extra = True  # junk after a complete response: deliver it, drop the connection
-            else:
-                self._flush()
-                self._broken(ex, "protocol", f"invalid response from the project: {exc}")
-                return
-        if self._done:
-            self._finish_response(
-                ex,
-                self._keep_alive and not self._extra and not self._until_close and ex.request_done
-                and ex.upgrade is None,
-            )
-        elif self._pending:
-            self._flush()
-
-    def _flush(self) -> None:
-        pending = self._pending
-        if pending:
-            out = self._out
-            if out is not None:
-                if len(pending) == 1:
-                    out.write(pending[0])
-                else:
-                    out.writelines(pending)
-            self._pending = []
+        state = self._state
+        if state == _S_LENGTH:
+            self._length_body(ex, data)
+        elif state == _S_HEAD:
+            self._read_head(ex, data)
+        elif state == _S_TUNNEL:
+            if self._out is not None:
+                self._out.write(data)
+        elif state in (_S_CHUNKED, _S_DECHUNK):
+            self._chunked_body(ex, data, None, fed=False)
+        elif state == _S_UNTIL_CLOSE:
+            self._until_close_body(data, None)
+        else:
+            self._extra = True  # after a complete response
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -112,19 +128,17 @@ class UpstreamConnection(asyncio.Protocol):
         if ex is None:
             self.pool.discard(self)
             return
-        self.exchange = None
-        if self.tunnel:
+        state = self._state
+        if state == _S_TUNNEL:
+            self.exchange = None
             ex.tunnel_closed()
-            return
-        self._flush()
-        if self._done or (self._until_close and ex.head_sent):
-            # A close-delimited body ends here: the only way it can.
-            self._done = True
-            self._finish_response(ex, reusable=False)
-            return
-        if not ex.head_sent:
+        elif state == _S_UNTIL_CLOSE:
+            self._finish_response(ex, False)  # the only way such a body can end
+        elif state == _S_HEAD and not ex.head_sent:
+            self.exchange = None
             ex.upstream_failed("reset", "the project closed the connection before responding")
-        else:
+        elif state != _S_DONE:
+            self.exchange = None
             ex.upstream_broken()
 
     def pause_writing(self) -> None:
@@ -162,64 +176,185 @@ class UpstreamConnection(asyncio.Protocol):
         """Begin serving ``ex``: send its request head (the caller streams the body)."""
         self.exchange = ex
         self._out = ex.conn.transport
+        self._state = _S_HEAD
+        self._head_buf = b""
+        self._head_pos = 0
         self._done = False
         self._extra = False
-        self._until_close = False
         self._interim = False
-        self.got_bytes = False
-        if self._pending:
-            self._pending = []
         self.transport.write(head)  # type: ignore[union-attr]
 
-    # --- llhttp callbacks (no on_status: the client gets standard reason phrases) ------------------
+    def _read_head(self, ex: Exchange, data: bytes) -> None:
+        # llhttp gets each piece once (head and body together); the raw head is kept alongside
+        # for on_headers_complete, which relays its field block.
+        buf = self._head_buf = self._head_buf + data if self._head_buf else data
+        try:
+            self.parser.feed_data(data)
+        except HttpParserUpgrade as exc:
+            self._upgraded(ex, data[exc.args[0]:])
+            return
+        except HttpParserError as exc:
+            if self._state == _S_HEAD:
+                self._broken(ex, "protocol", f"invalid response from the project: {exc}")
+                return
+            self._extra = True  # junk after the response's end: never relayed
+        if self.exchange is not ex:
+            return  # the exchange ended meanwhile (e.g. the client went away)
+        state = self._state
+        if state == _S_HEAD:
+            if len(buf) > MAX_RESPONSE_HEAD_BYTES:
+                self._broken(ex, "protocol", "the project's response head is too large")
+            return
+        pos = self._head_pos
+        rest = buf[pos:] if pos < len(buf) else b""
+        self._head_buf = b""
+        out = self._out
+        if state == _S_LENGTH:
+            n = self._remaining
+            if len(rest) >= n:
+                if len(rest) > n:
+                    rest = rest[:n]
+                    self._extra = True
+                self._remaining = 0
+                if out is not None:
+                    out.writelines((self._relay, rest))
+                self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+            else:
+                self._remaining = n - len(rest)
+                if out is not None:
+                    out.writelines((self._relay, rest))
+        elif state == _S_DONE:
+            if out is not None:
+                out.write(self._relay)
+            if rest:
+                self._extra = True
+            self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+        elif state == _S_UNTIL_CLOSE:
+            self._until_close_body(rest, self._relay)
+        else:
+            self._chunked_body(ex, rest, self._relay, fed=True)
 
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+    def _length_body(self, ex: Exchange, data: bytes) -> None:
+        n = self._remaining
+        size = len(data)
+        if size > n:
+            data = data[:n]  # bytes after the response: never relayed
+            size = n
+            self._extra = True
+        self._remaining = n = n - size
+        try:
+            self.parser.feed_data(data)  # keeps llhttp in step for the next response
+        except HttpParserError as exc:
+            self._broken(ex, "protocol", f"invalid response from the project: {exc}")
+            return
+        if self._out is not None:
+            self._out.write(data)
+        if n == 0:
+            self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+
+    def _chunked_body(self, ex: Exchange, data: bytes, head: bytes | None, fed: bool) -> None:
+        out = self._out
+        if head is not None and out is not None:
+            out.write(head)
+        if not data:
+            return
+        try:
+            if not fed:
+                self.parser.feed_data(data)
+            if self._dechunker is not None:
+                self._dechunker.feed_data(data)
+        except HttpParserError:
+            self._broken(ex, "protocol", "invalid chunked body from the project")
+            return
+        if self._done:
+            last = self._last + data if len(data) < 4 else data
+            if self._extra or not last.endswith(b"\r\n\r\n"):
+                # More than the response arrived; where it ends inside this read is unknown.
+                self._broken(ex, "protocol", "the project sent data after its response")
+                return
+        elif len(data) < 4:
+            self._last = (self._last + data)[-4:]
+        else:
+            self._last = data[-4:]
+        if self._dechunker is None and out is not None:
+            out.write(data)
+        if self._done:
+            self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+
+    def _until_close_body(self, data: bytes, head: bytes | None) -> None:
+        out = self._out
+        if out is None:
+            return
+        if not self._close_delimited:  # an HTTP/1.1 client: chunk it
+            if head is not None:
+                if data:
+                    out.writelines((head, b"%x\r\n" % len(data), data, _CRLF))
+                else:
+                    out.write(head)
+            elif data:
+                out.writelines((b"%x\r\n" % len(data), data, _CRLF))
+        else:
+            if head is not None:
+                out.write(head)
+            if data:
+                out.write(data)
+
+    # --- llhttp callbacks (no on_status, on_header or on_body: see the class docstring) -------------
 
     def on_headers_complete(self) -> None:
-        headers = self._headers
-        self._headers = []
         ex = self.exchange
-        if ex is None or self._done:
+        if ex is None or self._state != _S_HEAD:
             self._extra = True
             return
+        buf = self._head_buf
+        pos = self._head_pos
+        while buf.startswith(_CRLF, pos):
+            pos += 2
+        end = buf.find(b"\r\n\r\n", pos)
+        if end < 0:
+            raise _BadHead  # a head llhttp accepted with bare LFs: not relayed
+        block = buf[buf.find(_CRLF, pos):end + 2]
+        self._head_pos = end + 4
         status = self.parser.get_status_code()
         self._status = status
         if status < 200:
             self._interim = True
             if status == 101:
-                self._headers = headers  # kept for the tunnel's 101
+                self._headers = parse_fields(block)  # kept for the tunnel's 101
             else:
-                ex.relay_interim(status, headers)
+                ex.relay_interim(status, parse_fields(block))
             return
-        self._keep_alive = self.parser.should_keep_alive()
+        self._keep_alive = self.parser.should_keep_alive() and ex.upgrade is None
         no_body = ex.is_head or status == 204 or status == 304
         close = ex.response_starts(status)
-        head, framing, chunked = relay_response_head(
-            status, headers, no_body=no_body, http11=ex.http11, close=close, extra=ex.response_extra
+        self._relay, framing, chunked, length = relay_raw_response_head(
+            status, block, no_body, ex.http11, close, ex.response_extra
         )
-        self._framing = framing
-        if framing in (FRAME_CHUNKED, FRAME_CLOSE):
-            self._until_close = not chunked
-            if framing == FRAME_CLOSE:
-                ex.close_after = True
-        elif no_body and ex.is_head and status != 204 and status != 304:
-            # llhttp does not know the method: it would wait for a body that never comes.
-            self._stale_parser = True
-            self._done = True
-        self._pending.append(head)
-
-    def on_body(self, body: bytes) -> None:
-        if self._done:
-            return
-        if self._framing == FRAME_CHUNKED:
-            self._pending += (b"%x\r\n" % len(body), body, _CRLF)
+        self._dechunker = None
+        if no_body:
+            self._state = _S_DONE
+            if ex.is_head and (length or chunked):
+                self._stale_parser = True  # llhttp does not know the method: it waits for a body
+        elif length is not None:
+            self._remaining = length
+            self._state = _S_LENGTH if length else _S_DONE
+        elif chunked:
+            self._last = b""
+            if framing == FRAME_CHUNKED:
+                self._state = _S_CHUNKED
+            else:
+                self._state = _S_DECHUNK
+                self._dechunker = httptools.HttpResponseParser(_Dechunk(ex.conn.transport))  # type: ignore[arg-type]
+                self._dechunker.feed_data(_DECHUNK_HEAD)
         else:
-            self._pending.append(body)
+            self._state = _S_UNTIL_CLOSE
+            self._close_delimited = framing == FRAME_CLOSE  # relayed as is to an HTTP/1.0 client
+        if framing == FRAME_CLOSE:
+            ex.close_after = True
 
     def on_message_complete(self) -> None:
         if self._interim:
-            self._interim = False
+            self._interim = False  # a 1xx ended; the final head follows
             return
         if self._done:
             self._extra = True
@@ -228,16 +363,11 @@ class UpstreamConnection(asyncio.Protocol):
     # --- completion --------------------------------------------------------------------------------
 
     def _finish_response(self, ex: Exchange, reusable: bool) -> None:
-        pending = self._pending
-        if self._framing == FRAME_CHUNKED:
-            pending.append(_LAST_CHUNK)
         out = self._out
-        if pending and out is not None:
-            if len(pending) == 1:
-                out.write(pending[0])
-            else:
-                out.writelines(pending)
-        self._pending = []
+        if self._state == _S_UNTIL_CLOSE and not self._close_delimited and out is not None:
+            out.write(_LAST_CHUNK)
+        self._state = _S_DONE
+        self._dechunker = None
         self.exchange = None
         self._out = None
         if self._stale_parser:
@@ -267,7 +397,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._status != 101 or not ex.upgrade or upgrade is None:
             self._broken(ex, "protocol", "the project switched protocols unasked")
             return
-        self.tunnel = True
+        self._state = _S_TUNNEL
         ex.tunnel_open(self._status, headers, upgrade, tail)
 
 

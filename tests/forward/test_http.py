@@ -467,3 +467,42 @@ async def test_http10_pipelining_is_cut_after_the_first_answer() -> None:
     assert raw.count(b"HTTP/1.1 200") == 1
     assert b"Connection: close" in raw
     assert [s.target for s in up.seen] == [b"/a"]
+
+
+async def test_interim_responses_and_split_heads_are_relayed() -> None:
+    async def responder(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        w.write(b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n")
+        await w.drain()
+        for piece in (b"HTTP/1.1 200 OK\r\nContent-", b"Length: 5\r\nX-A: 1\r", b"\n\r\nhel", b"lo"):
+            w.write(piece)
+            await w.drain()
+
+    up = RecordingUpstream(responder)
+    async with running_gateway(gw_backend(up)) as gw, gw.client() as c:
+        r = await c.request("GET", "/")
+        assert (r.status, r.body, r.interim, r.header("X-A")) == (200, b"hello", [103], "1")
+        r = await c.request("GET", "/again")
+        assert r.body == b"hello"
+    assert up.accepts == 1
+
+
+async def test_bytes_after_a_response_are_never_relayed() -> None:
+    async def responder(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        if seen.target == b"/length":
+            w.write(simple_bytes(200, b"ok") + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+        else:
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsmuggled")
+
+    up = RecordingUpstream(responder)
+    async with running_gateway(gw_backend(up)) as gw:
+        async with gw.client() as c:
+            r = await c.request("GET", "/length")
+            assert r.body == b"ok"
+            r = await c.request("GET", "/next")  # a new upstream connection: the old one is dropped
+            assert r.status == 200 and b"smuggled" not in r.body
+        async with gw.client() as c:
+            await c.send(build_request("GET", "/chunked"))
+            raw = await c.read_until_closed()
+            assert b"smuggled" not in raw
+    assert up.accepts >= 2
