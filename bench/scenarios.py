@@ -350,7 +350,7 @@ def cold_start(ctx: Context) -> ScenarioResult:
     res.notes.append(
         f"'ready' is the instant the project's process returned from listen() (it writes the time to a file); "
         f"single wakes boot in {cfg.boot_delay_s} s, concurrent ones listen once all requests are held; "
-        "the local backend notices readiness by probing with a backoff (10 ms doubling to 100 ms).")
+        "the local backend notices readiness by probing the port with a backoff.")
     return res
 
 
