@@ -140,6 +140,7 @@ class KubernetesBackend(Backend):
         if self._api_client is None:
             self._api_client = await make_api_client(self.settings)
         self.kube = Kube(self._api_client, self.request_timeout_s)
+        self.kube.on_reachability = self._reachability_changed
         ns_selector = L.MANAGED_SELECTOR
         if self.settings.namespace_selector:
             ns_selector += "," + self.settings.namespace_selector
@@ -204,8 +205,21 @@ class KubernetesBackend(Backend):
 
     @property
     def ready(self) -> bool:
-        return (self.kube is not None and self.kube.reachable and bool(self._informers)
-                and all(i.synced.is_set() for i in self._informers))
+        """Whether the initial lists are loaded. An API server outage after that does not make the
+        gateway unready: it keeps serving warm projects from what it knows (only wakes fail), and a
+        readiness probe failing on every replica at once would take those projects down too."""
+        return bool(self._informers) and all(i.synced.is_set() for i in self._informers)
+
+    @property
+    def api_reachable(self) -> bool:
+        """Whether the last request to the API server got an answer."""
+        return self.kube is not None and self.kube.reachable
+
+    def _reachability_changed(self, ok: bool, error: str) -> None:
+        if ok:
+            logs.event("kubernetes_api_reachable")
+        else:
+            logs.event("kubernetes_api_unreachable", logging.WARNING, error=error)
 
     async def discover(self, name: str) -> ProjectInfo | None:
         """A project created a moment ago that the watch has not delivered yet (live lookup)."""
@@ -377,7 +391,8 @@ class KubernetesBackend(Backend):
                 try:
                     await self._write_activity_record(name, act.ActivityRecord(last, in_flight, time.time()))
                 except BackendError as exc:
-                    logs.event("activity_write_failed", logging.WARNING, project=name, error=str(exc))
+                    if self.api_reachable:  # an outage is logged once, not per project and interval
+                        logs.event("activity_write_failed", logging.WARNING, project=name, error=str(exc))
             self._act_written[name] = time.monotonic()
         finally:
             self._act_pending.pop(name, None)

@@ -52,13 +52,14 @@ class Kube:
         self.timeout_s = timeout_s
         #: Set by every request: whether the last one reached the API server.
         self.reachable = False
-        self.on_reachability: Callable[[bool], None] | None = None
+        self.on_reachability: Callable[[bool, str], None] | None = None
 
-    def _mark(self, ok: bool) -> None:
+    def mark(self, ok: bool, error: str = "") -> None:
+        """Record whether the API server answered; transitions go to ``on_reachability``."""
         if ok != self.reachable:
             self.reachable = ok
             if self.on_reachability:
-                self.on_reachability(ok)
+                self.on_reachability(ok, error)
 
     async def open(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
                    body: Any = None, content_type: str = "application/json",
@@ -74,13 +75,14 @@ class Kube:
                 _request_timeout=limit if limit is not None else self.timeout_s,
             )
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._mark(False)
+            self.mark(False, _describe(exc))
             raise ApiUnreachable(_describe(exc)) from exc
         if resp.status >= 500:
             text = await _read_text(resp)
-            self._mark(False)
-            raise ApiUnreachable(f"API server answered {resp.status}: {_status_message(text)}")
-        self._mark(True)
+            error = f"API server answered {resp.status}: {_status_message(text)}"
+            self.mark(False, error)
+            raise ApiUnreachable(error)
+        self.mark(True)
         return resp
 
     async def request(self, method: str, path: str, *, query: Mapping[str, Any] | None = None,
@@ -92,7 +94,7 @@ class Kube:
         try:
             raw = await asyncio.wait_for(resp.read(), timeout_s or self.timeout_s)
         except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            self._mark(False)
+            self.mark(False, _describe(exc))
             raise ApiUnreachable(_describe(exc)) from exc
         finally:
             resp.release()
@@ -172,12 +174,15 @@ class Informer:
                 logs.event("watch_expired", kind=self.kind, resource_version=self.resource_version)
                 need_list = True
                 failures = 0
-            except (ApiUnreachable, ApiError, ValueError) as exc:
+            except Exception as exc:  # anything: the watch must come back (cancellation still ends it)
                 failures += 1
-                self.last_error = str(exc)
+                self.last_error = str(exc) or type(exc).__name__
                 delay = min(self.backoff_max_s, 0.25 * 2 ** min(failures, 8)) * (0.5 + random.random() / 2)
-                logs.event("watch_error", logging.WARNING, kind=self.kind, error=str(exc),
+                expected = isinstance(exc, (ApiUnreachable, ApiError, ValueError))
+                logs.event("watch_error", logging.WARNING, kind=self.kind, error=self.last_error,
                            retry_in_s=round(delay, 2))
+                if not expected:
+                    log.exception("watch of %s failed unexpectedly", self.kind)
                 if isinstance(exc, ApiError) and exc.status == 410:
                     need_list = True
                 await asyncio.sleep(delay)
@@ -230,8 +235,9 @@ class Informer:
                 try:
                     line = await resp.content.readline()
                 except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                    self.kube._mark(False)
-                    raise ApiUnreachable(f"watch of {self.kind} broke: {_describe(exc)}") from exc
+                    error = f"watch of {self.kind} broke: {_describe(exc)}"
+                    self.kube.mark(False, error)
+                    raise ApiUnreachable(error) from exc
                 if not line:
                     return
                 if line.strip():
