@@ -436,14 +436,11 @@ def relay_response_head(
     return b"".join(parts), framing, chunked
 
 
-# For the raw response-head fast path (case-insensitive, on ``\\r\\nName: value`` lines).
+# For the raw response-head fast path (on the lower-cased ``\\r\\nname: value`` lines).
 _HOP_FIELD = re.compile(
     rb"\r\n(connection|keep-alive|proxy-connection|proxy-authenticate|proxy-authorization|te|trailer"
-    rb"|transfer-encoding|upgrade):", re.IGNORECASE)
-_CONTENT_LENGTH_FIELD = re.compile(rb"\r\ncontent-length:[ \t]*([0-9]+)", re.IGNORECASE)
+    rb"|transfer-encoding|upgrade):")
 _CUTTABLE = frozenset({b"connection", b"keep-alive", b"transfer-encoding"})
-_CUTTABLE_LINE = re.compile(rb"\r\n(?:connection|keep-alive|transfer-encoding):[^\r]*", re.IGNORECASE)
-_CONNECTION_VALUE = re.compile(rb"\r\nconnection:([^\r]*)", re.IGNORECASE)
 
 
 def parse_fields(block: bytes) -> list[Header]:
@@ -473,11 +470,13 @@ def relay_raw_response_head(
     ``Keep-Alive`` and ``Transfer-Encoding`` lines, which spares a walk over the fields; any other
     hop-by-hop field takes the general path.
     """
-    m = _CONTENT_LENGTH_FIELD.search(block)
-    length = int(m.group(1)) if m is not None else None
+    lowered = block.lower()
+    at = lowered.find(b"\r\ncontent-length:")
+    length = int(lowered[at + 17:lowered.find(b"\r\n", at + 17)]) if at >= 0 else None
     chunked = False
-    if _HOP_FIELD.search(block) is not None:
-        cut = _cut_hop_by_hop(block)
+    m = _HOP_FIELD.search(lowered)
+    if m is not None:
+        cut = _cut_hop_by_hop(block, lowered, m)
         if cut is None:
             return _relay_parsed(status, block, no_body, http11, close, extra)
         block, chunked = cut
@@ -508,17 +507,27 @@ def _tail(framing: int, close: bool, extra: Sequence[Header]) -> bytes:
 _TAILS = tuple((_tail(f, False, ()), _tail(f, True, ())) for f in range(4))
 
 
-def _cut_hop_by_hop(block: bytes) -> tuple[bytes, bool] | None:
+def _cut_hop_by_hop(block: bytes, lowered: bytes, m: re.Match[bytes] | None) -> tuple[bytes, bool] | None:
     """``block`` without its Connection, Keep-Alive and Transfer-Encoding lines, and whether it
     had a Transfer-Encoding; ``None`` when other hop-by-hop fields are present or Connection
-    names fields."""
-    names = {name.lower() for name in _HOP_FIELD.findall(block)}
-    if not names <= _CUTTABLE:
-        return None
-    for value in _CONNECTION_VALUE.findall(block):
-        if value.strip(b" \t").lower() not in _PLAIN_CONNECTION:
+    names fields. ``m`` is the first hop-by-hop match in ``lowered``."""
+    chunked = False
+    pieces = []
+    start = 0
+    while m is not None:
+        name = m.group(1)
+        if name not in _CUTTABLE:
             return None
-    return _CUTTABLE_LINE.sub(b"", block), b"transfer-encoding" in names
+        eol = lowered.find(b"\r\n", m.end())
+        if name == b"connection" and lowered[m.end():eol].strip(b" \t") not in _PLAIN_CONNECTION:
+            return None
+        if name == b"transfer-encoding":
+            chunked = True
+        pieces.append(block[start:m.start()])
+        start = eol
+        m = _HOP_FIELD.search(lowered, eol)
+    pieces.append(block[start:])
+    return b"".join(pieces), chunked
 
 
 def _relay_parsed(status: int, block: bytes, no_body: bool, http11: bool, close: bool,

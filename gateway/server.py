@@ -84,7 +84,8 @@ class PublicServer:
         self._page_headers = _header_pairs(waiting_page.page_response_headers())
         self._status_path = waiting_page.STATUS_PATH.encode()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._routes: dict[bytes | None, str | RouteError] = {}
+        self._routes: dict[bytes | None, str] = {}
+        self._route_errors: dict[bytes | None, RouteError] = {}
         self._rid_prefix = logs.new_request_id().rsplit("-", 1)[0].encode() + b"-"
         self._rid_counter = itertools.count(1)
         self._clock = time.monotonic
@@ -136,17 +137,17 @@ class PublicServer:
     # --- Handler: the per-request policy ---------------------------------------------------------
 
     def handle(self, ex: Exchange) -> None:
-        route_value = ex.route_value
         # Route-header values and Host values share the cache; a NUL keeps them apart.
-        key = ex.host if route_value is None or not self._route_header else b"\0" + route_value
-        result = self._routes.get(key) or self._route(ex, key)
-        if isinstance(result, RouteError):
-            ex.respond(result.status, result.message.encode("utf-8", "replace") + b"\n")
-            return
-        ex.name = name = result
+        key = ex.host if ex.route_value is None or not self._route_header else b"\0" + ex.route_value
+        name = self._routes.get(key)
+        if name is None:
+            name = self._route(ex, key)
+            if name is None:
+                return
+        ex.name = name
         if ex.request_id is None:
             ex.request_id = rid = b"%s%08x" % (self._rid_prefix, next(self._rid_counter))
-            ex.extra_up = ((b"X-Request-Id", rid),)
+            ex.id_field = b"X-Request-Id: " + rid + b"\r\n"
         p = self.lifecycle.projects.get(name)
         if p is None:
             self._spawn(ex, self._resolve(ex, name))
@@ -172,18 +173,27 @@ class PublicServer:
             return
         self._cold(ex, p)
 
-    def _route(self, ex: Exchange, key: bytes | None) -> str | RouteError:
-        try:
-            if self._route_header and ex.route_value is not None:
-                result: str | RouteError = self.router.route(None, ex.route_value.decode("latin-1"))
+    def _route(self, ex: Exchange, key: bytes | None) -> str | None:
+        """Route a Host (or route-header value) not in the cache; answers errors itself."""
+        error = self._route_errors.get(key)
+        if error is None:
+            try:
+                if self._route_header and ex.route_value is not None:
+                    name = self.router.route(None, ex.route_value.decode("latin-1"))
+                else:
+                    name = self.router.route(key.decode("latin-1") if key is not None else None)
+            except RouteError as exc:
+                error = exc
             else:
-                result = self.router.route(key.decode("latin-1") if key is not None else None)
-        except RouteError as exc:
-            result = exc
-        if len(self._routes) >= _ROUTE_CACHE_SIZE:
-            self._routes.clear()
-        self._routes[key] = result
-        return result
+                if len(self._routes) >= _ROUTE_CACHE_SIZE:
+                    self._routes.clear()
+                self._routes[key] = name
+                return name
+            if len(self._route_errors) >= _ROUTE_CACHE_SIZE:
+                self._route_errors.clear()
+            self._route_errors[key] = error
+        ex.respond(error.status, error.message.encode("utf-8", "replace") + b"\n")
+        return None
 
     async def _resolve(self, ex: Exchange, name: str) -> None:
         p = await self.lifecycle.resolve(name)

@@ -69,6 +69,7 @@ BODY_DISCARD = 2  # the response is already complete; the rest of the body is re
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _KEPT_SPECIAL = frozenset({F_HOST, F_EXPECT, F_REQUEST_ID, F_USER_AGENT, F_LENGTH, F_ROUTE})
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,8 @@ class Exchange:
     tracked = False
     proxied = False
     refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
+    special = False  # Transfer-Encoding, Upgrade, X-Forwarded-* or a Connection naming fields: no fast path
+    id_field = b""  # a generated ``X-Request-Id: ...\r\n`` line for the upstream
 
     def __init__(self, conn: ClientConnection) -> None:
         self.conn = conn
@@ -174,21 +177,20 @@ class Exchange:
         conn = self.conn
         parts = self.parts
         parts[0] = self.method + b" " + self.target + b" HTTP/1.1\r\n"
-        if self.xff is None and self.upgrade is None and not self.chunked and self.xfh is None and self.xfp is None:
+        if not self.special and not self.extra_up:
             # The common case: the proxy's fields depend only on the connection and the Host.
-            host = self.host
-            if host is not conn.suffix_host and host != conn.suffix_host:
-                conn.suffix_host = host
+            if self.host != conn.suffix_host:
+                conn.suffix_host = self.host
                 conn.suffix = request_suffix(
-                    client_ip=conn.ip, scheme=conn.listener.scheme, xff=None, xfp=None, xfh=None, host=host,
+                    client_ip=conn.ip, scheme=conn.listener.scheme, xff=None, xfp=None, xfh=None, host=self.host,
                     trust_forwarded=False,
                 )[:-2]
-            suffix = conn.suffix
-            for name, value in self.extra_up:
-                suffix += name + b": " + value + b"\r\n"
-            parts.append(suffix + b"\r\n")
+            parts.append(conn.suffix + self.id_field + b"\r\n")
         else:
             listener = conn.listener
+            extra = self.extra_up
+            if self.id_field:
+                extra = (*extra, (b"X-Request-Id", self.request_id or b""))
             parts.append(
                 request_suffix(
                     client_ip=conn.ip,
@@ -198,7 +200,7 @@ class Exchange:
                     xfh=self.xfh,
                     host=self.host,
                     trust_forwarded=listener.trust_forwarded,
-                    extra=self.extra_up,
+                    extra=extra,
                     upgrade=self.upgrade,
                     chunked=self.chunked,
                 )
@@ -249,7 +251,13 @@ class Exchange:
         if self.upgrade is None and not fresh:
             up = conn.listener.pool.acquire(endpoint)
             if up is not None:
-                self._attach(up, True)
+                if self.request_done and self.buffered is None and not self.special and not conn.write_paused:
+                    # The warm path for a request without a body: one write.
+                    self.upstream = up
+                    self.reused = True
+                    up.start(self, self.upstream_head())
+                else:
+                    self._attach(up, True)
                 return
         self.task = conn.listener.loop.create_task(self._connect(endpoint))
 
@@ -448,6 +456,7 @@ class ClientConnection(asyncio.Protocol):
         self._head_bytes = 0
         self._chunk_len = 0
         self._fields = listener.fields
+        self._clock = listener.clock
         self._error_status = 0
         self._error_message = b""
         self._upgraded = False
@@ -455,7 +464,7 @@ class ClientConnection(asyncio.Protocol):
         self._tunnel: Exchange | None = None
         self.since = listener.now
         # The proxy's own request fields for the last Host seen on this connection.
-        self.suffix_host: bytes | bool | None = False
+        self.suffix_host: bytes | bool | None = False  # never equal to a Host value at first
         self.suffix = b""
 
     # --- asyncio.Protocol --------------------------------------------------------------------------
@@ -545,8 +554,7 @@ class ClientConnection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if not self._in_head:
             return  # trailers of a chunked body are dropped
-        ex = self.parsing
-        assert ex is not None
+        ex: Exchange = self.parsing  # type: ignore[assignment]
         ex.headers.append((name, value))
         cls = self._fields.get(name.lower())
         if cls is None:
@@ -573,17 +581,23 @@ class ClientConnection(asyncio.Protocol):
         elif cls == F_CONNECTION:
             ex.connection = value if ex.connection is None else ex.connection + b"," + value
         elif cls == F_XFF:
+            ex.special = True
             if value:
                 ex.xff = value if ex.xff is None else ex.xff + b", " + value
         elif cls == F_UPGRADE:
+            ex.special = True
             ex.upgrade = value
         elif cls == F_TE:
+            ex.special = True
             ex.te = value if ex.te is None else ex.te + b"," + value
         elif cls == F_XFP:
+            ex.special = True
             if ex.xfp is None:
                 ex.xfp = value
-        elif cls == F_XFH and ex.xfh is None:
-            ex.xfh = value
+        elif cls == F_XFH:
+            ex.special = True
+            if ex.xfh is None:
+                ex.xfh = value
         # otherwise F_DROP: hop-by-hop, not forwarded
 
     def on_headers_complete(self) -> None:
@@ -595,23 +609,30 @@ class ClientConnection(asyncio.Protocol):
             raise _LimitExceeded
         parser = self.parser
         ex.method = method = parser.get_method()
-        ex.is_head = method == b"HEAD"
         ex.keep_alive = parser.should_keep_alive()
+        # HTTP/1.1 GET-like requests need no further checks. (The version must be read now: with
+        # pipelining the parser moves on before the exchange starts.)
+        if ex.special or ex.connection is not None or not ex.keep_alive or method == b"HEAD" \
+                or method == b"CONNECT" or len(ex.headers) > MAX_HEADER_COUNT:
+            self._unusual_head(ex, method)
+        ex.started = self._clock()
+        self.queue.append(ex)
+
+    def _unusual_head(self, ex: Exchange, method: bytes) -> None:
+        parser = self.parser
+        ex.is_head = method == b"HEAD"
         if ex.te is not None:
             ex.chunked = ex.has_body = True
         if ex.upgrade is not None and not parser.should_upgrade():
             ex.upgrade = None
-        if ex.connection is not None:
+        if ex.connection is not None and ex.connection.lower() not in _PLAIN_CONNECTION:
             tokens = listed_tokens(ex.connection)
             if tokens:
+                ex.special = True
                 ex.parts[1:] = kept_parts(ex.headers, self._fields, tokens)
-        # HTTP/1.1 without Connection or Transfer-Encoding needs no further checks. (The version
-        # must be read now: with pipelining the parser moves on before the exchange starts.)
         if ex.connection is not None or ex.te is not None or not ex.keep_alive or method == b"CONNECT" \
                 or len(ex.headers) > MAX_HEADER_COUNT:
             ex.refusal = _request_error(ex, parser.get_http_version())
-        ex.started = self.listener.clock()
-        self.queue.append(ex)
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing

@@ -377,11 +377,21 @@ class UpstreamConnection(asyncio.Protocol):
             if reusable:
                 if self.read_paused:
                     self.resume_reading()
-                self.pool.release(self)
+                idle = self.idle_list
+                if not idle.dead and len(idle) < self.pool.max_idle_per_endpoint:
+                    self.idle_since = self.pool.now
+                    idle.append(self)
+                else:
+                    self.pool.release(self)
             else:
                 self.closed = True
                 self.transport.close()  # type: ignore[union-attr]
-        ex.response_complete()
+        ex.upstream = None
+        if ex.request_done and ex.task is None and not ex.finished:
+            ex.finished = True
+            ex.conn.exchange_finished(ex)
+        else:
+            ex.response_complete()
 
     def _broken(self, ex: Exchange, reason: str, message: str) -> None:
         self.abort()
