@@ -54,7 +54,7 @@ def rendered_manifests(cluster: Cluster) -> list[dict[str, Any]]:
 def sa_kubeconfig(cluster: Cluster) -> Path:
     """Install the RBAC part of ``manifests/`` and return a kubeconfig with the gateway SA's token."""
     objs = [o for o in rendered_manifests(cluster) if o["kind"] in RBAC_KINDS]
-    cluster.kubectl("apply", "--server-side", "--field-manager=wakegate-test", "-f", "-",
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=wakegate-test", "-f", "-",
                     input=yaml.safe_dump_all(objs))
     return cluster.serviceaccount_kubeconfig(L.DEFAULT_GATEWAY_NAMESPACE, L.GATEWAY_SERVICEACCOUNT)
 
