@@ -475,7 +475,15 @@ def relay_raw_response_head(
     length = int(lowered[at + 17:lowered.find(b"\r\n", at + 17)]) if at >= 0 else None
     chunked = False
     m = _HOP_FIELD.search(lowered)
-    if m is not None:
+    if m is None:
+        pass
+    elif (
+        lowered.startswith(b" keep-alive\r\n", m.end())
+        and m.group(1) == b"connection"
+        and _HOP_FIELD.search(lowered, m.end()) is None
+    ):
+        block = block[:m.start()] + block[m.end() + 11:]  # the usual lone "Connection: keep-alive"
+    else:
         cut = _cut_hop_by_hop(block, lowered, m)
         if cut is None:
             return _relay_parsed(status, block, no_body, http11, close, extra)

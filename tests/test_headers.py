@@ -234,3 +234,44 @@ def test_simple_response() -> None:
     assert values(fields, b"Connection") == [b"close"]
     head_only = h.simple_response(404, b"abc", head_only=True)
     assert head_only.endswith(b"Content-Length: 3\r\nCache-Control: no-store\r\n\r\n")
+
+
+# --- the raw response-head fast path equals the general rules ------------------------------------
+
+RESPONSE_FIELD_SETS = [
+    [],
+    [(b"Content-Length", b"12")],
+    [(b"Server", b"nginx"), (b"Content-Length", b"5"), (b"Connection", b"keep-alive")],
+    [(b"Connection", b"keep-alive"), (b"Keep-Alive", b"timeout=5"), (b"Content-Type", b"text/plain")],
+    [(b"CONNECTION", b"Keep-Alive"), (b"X-A", b"1")],
+    [(b"Transfer-Encoding", b"chunked"), (b"Content-Type", b"text/event-stream")],
+    [(b"connection", b"close"), (b"content-length", b"0")],
+    [(b"Connection", b"keep-alive, X-Internal"), (b"X-Internal", b"secret"), (b"Content-Length", b"3")],
+    [(b"Upgrade", b"h2c"), (b"Connection", b"Upgrade"), (b"Content-Length", b"3")],
+    [(b"Proxy-Authenticate", b"Basic"), (b"Trailer", b"X-T"), (b"TE", b"trailers")],
+    [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Connection", b"keep-alive"), (b"Connection", b"close")],
+    [(b"X-Connection", b"keep-alive"), (b"X-Keep-Alive", b"1"), (b"Content-Length", b"1")],
+    [(b"Connection", b"  keep-alive  "), (b"Content-Length", b"1")],
+]
+
+
+@pytest.mark.parametrize("fields", RESPONSE_FIELD_SETS)
+@pytest.mark.parametrize(("status", "no_body", "http11", "close"), [
+    (200, False, True, False), (200, False, False, False), (204, True, True, False), (200, True, True, True),
+    (404, False, True, True),
+])
+def test_raw_response_head_equals_the_general_rules(
+    fields: list[tuple[bytes, bytes]], status: int, no_body: bool, http11: bool, close: bool
+) -> None:
+    block = b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields)
+    extra = [(b"X-Wakegate-Cold-Start", b"0.250")] if status == 404 else []
+    head, framing, chunked, length = h.relay_raw_response_head(status, block, no_body, http11, close, extra)
+    ref_head, ref_framing, ref_chunked = h.relay_response_head(
+        status, [(n, v.strip()) for n, v in fields], no_body=no_body, http11=http11, close=close, extra=extra
+    )
+    assert (framing, chunked) == (ref_framing, ref_chunked)
+    # Same fields in the same order (values keep the upstream's whitespace on the fast path).
+    assert [(n, v.strip()) for n, v in parse_head(head)[1]] == parse_head(ref_head)[1]
+    assert parse_head(head)[0] == parse_head(ref_head)[0]
+    cl = [int(v) for n, v in fields if n.lower() == b"content-length"]
+    assert length == (cl[0] if cl else None)
