@@ -527,6 +527,14 @@ class Lifecycle:
             return
         if p.state is State.WAKING or (p.state is not State.READY and p._waiters):
             self._wake_done(p, "failed", reason)
+        elif p.state is State.ASLEEP and not p._sleeping:
+            # Scaled up elsewhere (another gateway replica, a person) and failing: show it as failed
+            # and give it an idle period, so the reaper scales it back down instead of ignoring it.
+            p.state = State.FAILED
+            p.last_error = reason
+            p._up = True
+            if p.last_activity_wall is None:
+                self._touch(p)
         else:
             p.last_error = reason
 

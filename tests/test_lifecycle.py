@@ -478,6 +478,21 @@ async def test_a_wake_that_never_became_ready_is_still_reaped(env: Env) -> None:
     assert env.backend.pid("slow") is None and p.state is State.ASLEEP
 
 
+async def test_a_failure_of_a_project_woken_elsewhere_is_shown_and_reaped(env: Env) -> None:
+    # Another gateway replica (or a person) scaled it up; this replica never woke it, but the backend
+    # reports that it cannot become ready. It must not stay "asleep" and be ignored by the reaper.
+    lc = await env.start({"web": {"idle_timeout_s": 1.0}})
+    p = env.project("web")
+    lc.wake_failed("web", "CrashLoopBackOff: back-off restarting failed container")
+    assert p.state is State.FAILED
+    assert p.last_error == "CrashLoopBackOff: back-off restarting failed container"
+    assert lc.reap_once() == []  # it gets a full idle period first
+    p.last_activity_wall = time.time() - 100
+    assert lc.reap_once() == ["web"]
+    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    assert p.state is State.ASLEEP
+
+
 # --- the project table ---------------------------------------------------------------------------
 
 
