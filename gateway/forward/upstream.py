@@ -43,6 +43,9 @@ _S_UNTIL_CLOSE = 4  # a body that ends when the upstream closes
 _S_DONE = 5  # the response is complete (or has no body)
 _S_TUNNEL = 6  # switched protocols: bytes are spliced both ways
 
+_RELAYED: dict[tuple[bytes, int, int], tuple[bytes, int, bool, int | None]] = {}
+_RELAYED_SIZE = 512
+
 _DECHUNK_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
@@ -327,9 +330,20 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self.parser.should_keep_alive() and ex.upgrade is None
         no_body = ex.is_head or status == 204 or status == 304
         close = ex.response_starts(status)
-        self._relay, framing, chunked, length = relay_raw_response_head(
-            status, block, no_body, ex.http11, close, ex.response_extra
-        )
+        if ex.response_extra:
+            self._relay, framing, chunked, length = relay_raw_response_head(
+                status, block, no_body, ex.http11, close, ex.response_extra
+            )
+        else:
+            # Consecutive responses of a project often share their whole field block (Date changes
+            # once a second), so the rewritten head is remembered.
+            key = (block, status, no_body + 2 * ex.http11 + 4 * close)
+            relayed = _RELAYED.get(key)
+            if relayed is None:
+                if len(_RELAYED) >= _RELAYED_SIZE:
+                    _RELAYED.clear()
+                relayed = _RELAYED[key] = relay_raw_response_head(status, block, no_body, ex.http11, close)
+            self._relay, framing, chunked, length = relayed
         self._dechunker = None
         if no_body:
             self._state = _S_DONE
