@@ -259,7 +259,12 @@ class Exchange:
                 else:
                     self._attach(up, True)
                 return
-        self.task = conn.listener.loop.create_task(self._connect(endpoint))
+        if conn.listener.pool.may_connect(endpoint, self):
+            self.start_connect(endpoint)
+
+    def start_connect(self, endpoint: Endpoint) -> None:
+        """Open a new upstream connection for this request (the pool allowed it)."""
+        self.task = self.conn.listener.loop.create_task(self._connect(endpoint))
 
     async def _connect(self, endpoint: Endpoint) -> None:
         listener = self.conn.listener
@@ -270,15 +275,22 @@ class Exchange:
                     lambda: UpstreamConnection(pool, endpoint), endpoint.host, endpoint.port
                 )
         except TimeoutError:
+            pool.connect_done(endpoint)
             self._connect_failed("timeout", f"connecting to the project timed out after "
                                  f"{listener.connect_timeout_s:g}s")
             return
         except OSError as exc:
+            pool.connect_done(endpoint)
             self._connect_failed("refused", f"the project refused the connection ({exc.strerror or exc})")
             return
+        except BaseException:
+            pool.connect_done(endpoint)
+            raise
         if self.finished:
-            up.abort()
+            pool.release(up)  # another request can use it
+            pool.connect_done(endpoint)
             return
+        pool.connect_done(endpoint)
         self.task = None
         self._attach(up, False)
 
@@ -286,6 +298,11 @@ class Exchange:
         self.task = None
         if not self.finished:
             self.conn.listener.handler.upstream_failed(self, reason, message)
+
+    def attach(self, up: UpstreamConnection, reused: bool) -> None:
+        """Serve this request over ``up`` (called by the pool for a waiting request)."""
+        self.task = None
+        self._attach(up, reused)
 
     def _attach(self, up: UpstreamConnection, reused: bool) -> None:
         conn = self.conn

@@ -12,6 +12,7 @@ produces for the client is written with one call.
 from __future__ import annotations
 
 import asyncio
+import collections
 from typing import TYPE_CHECKING, Any
 
 import httptools
@@ -392,7 +393,7 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.read_paused:
                     self.resume_reading()
                 idle = self.idle_list
-                if not idle.dead and len(idle) < self.pool.max_idle_per_endpoint:
+                if not idle.dead and not self.pool.waiting and len(idle) < self.pool.max_idle_per_endpoint:
                     self.idle_since = self.pool.now
                     idle.append(self)
                 else:
@@ -436,13 +437,80 @@ class _IdleList(list[UpstreamConnection]):
 
 
 class UpstreamPool:
-    """Idle keep-alive connections per endpoint (LIFO, bounded)."""
+    """Idle keep-alive connections per endpoint (LIFO, bounded), and a bound on connection
+    attempts in progress per endpoint.
 
-    def __init__(self, max_idle_per_endpoint: int = 256, idle_timeout_s: float = 30.0) -> None:
+    The bound matters when many held requests are released at once onto a process that has just
+    started: thousands of simultaneous connects would overflow its listen backlog (dropped SYNs
+    look like a dead endpoint). Requests beyond it wait for a connection that comes free or for
+    their turn to connect, whichever is first. It bounds attempts, not connections: long streams
+    never keep other requests waiting.
+    """
+
+    def __init__(self, max_idle_per_endpoint: int = 256, idle_timeout_s: float = 30.0,
+                 max_connecting_per_endpoint: int = 64) -> None:
         self.max_idle_per_endpoint = max_idle_per_endpoint
         self.idle_timeout_s = idle_timeout_s
+        self.max_connecting_per_endpoint = max_connecting_per_endpoint
         self.now = 0.0  # coarse clock, advanced by the owner's sweeper
         self._idle: dict[Endpoint, _IdleList] = {}
+        self._connecting: dict[Endpoint, int] = {}
+        self.waiting: dict[Endpoint, collections.deque[Exchange]] = {}  # requests waiting for a connection
+        self.waited = 0  # requests that had to wait for a connection (all time)
+
+    def may_connect(self, endpoint: Endpoint, ex: Exchange) -> bool:
+        """Whether ``ex`` may open a connection now (then :meth:`connect_done` is due); otherwise
+        it waits and is served later through ``ex.attach`` or ``ex.start_connect``."""
+        n = self._connecting.get(endpoint, 0)
+        if n < self.max_connecting_per_endpoint:
+            self._connecting[endpoint] = n + 1
+            return True
+        queue = self.waiting.get(endpoint)
+        if queue is None:
+            queue = self.waiting[endpoint] = collections.deque()
+        queue.append(ex)
+        self.waited += 1
+        return False
+
+    def connect_done(self, endpoint: Endpoint) -> None:
+        """A connection attempt ended (either way): let a waiting request try."""
+        n = self._connecting.get(endpoint, 1) - 1
+        if n > 0:
+            self._connecting[endpoint] = n
+        else:
+            self._connecting.pop(endpoint, None)
+        queue = self.waiting.get(endpoint)
+        while queue:
+            ex = queue.popleft()
+            if ex.finished:
+                continue
+            up = self.acquire(endpoint) if ex.upgrade is None else None  # a tunnel gets its own
+            if up is not None:
+                ex.attach(up, True)
+            else:
+                self._connecting[endpoint] = self._connecting.get(endpoint, 0) + 1
+                ex.start_connect(endpoint)
+            break
+        if queue is not None and not queue:
+            del self.waiting[endpoint]
+
+    def _hand_over(self, up: UpstreamConnection) -> bool:
+        """Give a connection that came free to a waiting request; False when none waits."""
+        queue = self.waiting.get(up.endpoint)
+        while queue:
+            ex = queue[0]
+            if ex.finished:
+                queue.popleft()
+                continue
+            if ex.upgrade is not None:
+                return False  # a tunnel gets its own connection (on the next connect_done)
+            queue.popleft()
+            if not queue:
+                del self.waiting[up.endpoint]
+            ex.attach(up, True)
+            return True
+        self.waiting.pop(up.endpoint, None)
+        return False
 
     def idle_list(self, endpoint: Endpoint) -> _IdleList:
         """The idle list of ``endpoint``; connections keep a reference to theirs."""
@@ -462,6 +530,8 @@ class UpstreamPool:
 
     def release(self, up: UpstreamConnection) -> None:
         """Return a connection whose exchange completed cleanly."""
+        if self.waiting and self._hand_over(up):
+            return
         idle = up.idle_list
         if idle.dead:
             idle = up.idle_list = self.idle_list(up.endpoint)

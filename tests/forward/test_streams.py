@@ -411,3 +411,31 @@ async def test_drain_waits_for_requests_in_flight() -> None:
         r = await c.response()
         assert r.body == b"finished"
         assert r.header("Connection") == "close"
+
+
+async def test_a_released_herd_connects_a_bounded_number_at_a_time() -> None:
+    """Hundreds of held requests released at once onto a fresh process: connection attempts are
+    bounded per endpoint, the rest wait for a free connection, all are answered, one wake."""
+    up = RecordingUpstream()
+    backend = TableBackend({"app": up})
+    gate = backend.ready_gate["app"] = asyncio.Event()
+    watch = Watch()
+    n = 200
+    async with running_gateway(backend, observer=watch) as gw:
+        assert gw.server.listener is not None
+        pool = gw.server.listener.pool
+        pool.max_connecting_per_endpoint = 4
+        clients = [gw.client() for _ in range(n)]
+        for c in clients:
+            await c.connect()
+            await c.send(build_request("GET", "/herd"))
+        await watch.until(lambda: watch.held == n)
+        gate.set()
+        responses = await asyncio.gather(*(c.response() for c in clients))
+        for c in clients:
+            c.close()
+        assert [r.status for r in responses] == [200] * n
+        assert pool.waited > 0
+        assert not pool.waiting
+    assert backend.scale_ups["app"] == 1
+    assert len(up.seen) == n
