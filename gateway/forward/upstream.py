@@ -46,6 +46,7 @@ _S_TUNNEL = 6  # switched protocols: bytes are spliced both ways
 
 _RELAYED: dict[tuple[bytes, int, int], tuple[bytes, int, bool, int | None]] = {}
 _RELAYED_SIZE = 512
+_RELAYED_MAX_BLOCK = 4096  # bigger heads are rewritten each time (bounds the memory held)
 
 _DECHUNK_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
@@ -331,7 +332,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self.parser.should_keep_alive() and ex.upgrade is None
         no_body = ex.is_head or status == 204 or status == 304
         close = ex.response_starts(status)
-        if ex.response_extra:
+        if ex.response_extra or len(block) > _RELAYED_MAX_BLOCK:
             self._relay, framing, chunked, length = relay_raw_response_head(
                 status, block, no_body, ex.http11, close, ex.response_extra
             )
