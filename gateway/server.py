@@ -30,7 +30,6 @@ MAX_ATTEMPTS = 5
 _UA_CACHE_SIZE = 2048
 _ROUTE_CACHE_SIZE = 4096
 
-_TEXT = b"text/plain; charset=utf-8"
 _JSON = b"application/json"
 
 
@@ -61,7 +60,9 @@ class NullRequestObserver:
 
 
 def _header_pairs(headers: dict[str, str]) -> tuple[tuple[bytes, bytes], ...]:
-    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items() if k.lower() != "content-type")
+    # Content-Type and Cache-Control are written by the local-answer builder itself.
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()
+                 if k.lower() not in ("content-type", "cache-control"))
 
 
 class PublicServer:

@@ -373,6 +373,8 @@ async def test_a_browser_gets_the_waiting_page_and_a_wake() -> None:
         r = await c.request("GET", "/", headers={"Accept": "text/html,*/*", "Sec-Fetch-Mode": "navigate"})
         assert r.status == 503
         assert (r.header("Content-Type") or "").startswith("text/html")
+        assert r.all("Cache-Control") == ["no-store"]
+        assert r.header("Retry-After") is not None
         assert "app" in r.text and "<html" in r.text
         assert backend.scale_ups["app"] == 1
 
