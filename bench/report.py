@@ -73,6 +73,22 @@ def to_json(results: Sequence[ScenarioResult], meta: dict[str, Any]) -> dict[str
     return {**meta, "scenarios": {r.name: asdict(r) for r in results}}
 
 
+def from_json(doc: dict[str, Any]) -> list[ScenarioResult]:
+    """The results of a latest.json, for drawing its table and charts again."""
+    out = []
+    for name, r in doc["scenarios"].items():
+        rows = [Row(row["scenario"], row["system"], row["metric"], row["unit"], row["values"],
+                    vs_nginx=row["vs_nginx"], vs_direct=row["vs_direct"],
+                    target=Target(**row["target"]) if row["target"] else None) for row in r["rows"]]
+        out.append(ScenarioResult(name, r["title"], rows, r["notes"], r["raw"], r["error"], r["seconds"]))
+    return out
+
+
+def subtitle(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    return f"{m['cpu']}, {m['cores_usable']} cores, {doc['started']}"
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     path.write_text(json.dumps(doc, indent=1, default=str) + "\n")
 
@@ -142,7 +158,9 @@ def charts(results: Sequence[ScenarioResult], out_dir: Path, subtitle: str) -> l
     written: list[Path] = []
 
     def bars(ax: Any, rows: list[Row], title: str, unit: str) -> None:
-        labels = [r.system if len({x.metric for x in rows}) == 1 else f"{r.system}\n{r.metric}" for r in rows]
+        # Several metrics in one panel (download/upload, added p50/p99): their first word tells them apart.
+        labels = [r.system if len({x.metric for x in rows}) == 1 else f"{r.system}\n{r.metric.split()[-1]}"
+                  if r.metric.startswith("added") else f"{r.system}\n{r.metric.split()[0]}" for r in rows]
         medians = [r.median for r in rows]
         err = [[r.median - r.min for r in rows], [r.max - r.median for r in rows]]
         colors = [SYSTEM_COLORS.get(r.system, "#999") for r in rows]
@@ -199,7 +217,8 @@ def charts(results: Sequence[ScenarioResult], out_dir: Path, subtitle: str) -> l
         ax.set_title(f"Latency at a fixed rate ({_fmt(rate) if rate else '?'} req/s, open loop)", fontsize=10)
         ax.set_ylabel("ms")
         added = [r for r in lat.rows if r.metric.startswith("added")]
-        bars(axes[0][1], added, "Added latency vs direct", "ms")
+        bars(axes[0][1], added, "Added latency vs direct (system - direct)", "ms")
+        axes[0][1].set_yscale("symlog", linthresh=1.0)  # spans sub-ms to seconds, may dip below zero
         fig.suptitle(f"wakegate vs nginx vs direct — {subtitle}", fontsize=9)
         fig.tight_layout()
         path = out_dir / "latency.png"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import json
 import shutil
 import sys
 import tempfile
@@ -34,6 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds per load run (default 10; smoke 1)")
     p.add_argument("--out", type=Path, help="results directory (default bench/results; smoke: a temp dir)")
     p.add_argument("--keep-work", action="store_true", help="keep the work directory (configs, logs)")
+    p.add_argument("--replot", action="store_true",
+                   help="measure nothing: draw latest.md and the charts again from the --out dir's latest.json")
     args = p.parse_args(argv)
     unknown = [n for n in args.only.split(",") if n and n not in SCENARIOS]
     if unknown:
@@ -45,8 +48,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def replot(out: Path) -> int:
+    doc = json.loads((out / "latest.json").read_text())
+    results = report.from_json(doc)
+    (out / "latest.md").write_text(report.markdown(results, doc))
+    report.charts(results, out, report.subtitle(doc))
+    print(f"bench: drew {out}/latest.md and charts from latest.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot:
+        return replot(args.out or RESULTS)
     config = SMOKE if args.smoke else Config()
     if args.repeat is not None:
         config = dataclasses.replace(config, repeat=args.repeat)
@@ -93,8 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_json(out / "latest.json", doc)
     table = report.markdown(results, doc)
     (out / "latest.md").write_text(table)
-    subtitle = f"{doc['machine']['cpu']}, {doc['machine']['cores_usable']} cores, {doc['started']}"
-    report.charts(results, out, subtitle)
+    report.charts(results, out, report.subtitle(doc))
     print(table)
     print(f"bench: wrote {out}/latest.json, latest.md and charts in {meta['seconds']} s", flush=True)
     if args.keep_work or any(r.error for r in results):
