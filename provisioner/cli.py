@@ -103,8 +103,11 @@ def _add_spec(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quota (defaults: enough for a rolling update, i.e. 2 x the container's values)")
     q.add_argument("--quota-pods", default=str(Quota().pods), help=f"default {Quota().pods}")
     q.add_argument("--quota-objects", default=str(Quota().objects),
-                   help="max configmaps, secrets, services, deployments, statefulsets, ingresses each "
+                   help="max configmaps, secrets, services, deployments, statefulsets each "
                         f"(default {Quota().objects})")
+    q.add_argument("--quota-ingresses", default=str(Quota().ingresses),
+                   help="Ingresses the project may create (default 0: an Ingress of its own could claim "
+                        "another project's hostname and bypass the gateway)")
     for kind in ("requests", "limits"):
         for resource in ("cpu", "memory", "ephemeral-storage"):
             q.add_argument(f"--quota-{kind}-{resource}", default=None, metavar="QUANTITY")
@@ -162,6 +165,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ProjectSpec, list[str]]:
         ephemeral_storage_limit=args.ephemeral_storage_limit, tmp_size=args.tmp_size)
     quota = Quota(
         pods=_int("--quota-pods", args.quota_pods), objects=_int("--quota-objects", args.quota_objects),
+        ingresses=_int("--quota-ingresses", args.quota_ingresses),
         requests_cpu=args.quota_requests_cpu, limits_cpu=args.quota_limits_cpu,
         requests_memory=args.quota_requests_memory, limits_memory=args.quota_limits_memory,
         requests_ephemeral_storage=args.quota_requests_ephemeral_storage,

@@ -182,15 +182,12 @@ def rbac(spec: ProjectSpec) -> list[Obj]:
         {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": list(AUTOMATION_VERBS)},
         {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
     ]
+    # Exactly what the gateway's Kubernetes backend writes here; it reads cluster-wide through the
+    # ClusterRole that manifests/ installs, so it can scale managed projects and nothing else.
     gateway_rules = [
-        {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["get", "list", "watch"]},
-        # patch: the last-activity annotation; only on this project's Deployment.
-        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": [spec.name], "verbs": ["patch"]},
-        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "resourceNames": [spec.name],
-         "verbs": ["get", "patch", "update"]},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]},
-        {"apiGroups": [""], "resources": ["events"], "verbs": ["get", "list", "watch"]},
+        # patch: scale 0<->1 and the per-replica activity annotations; only on this project's Deployment.
+        {"apiGroups": ["apps"], "resources": ["deployments", "deployments/scale"], "resourceNames": [spec.name],
+         "verbs": ["patch"]},
     ]
     return [
         {"apiVersion": rbac_v1, "kind": "Role", "metadata": _meta(spec, ops), "rules": automation_rules},

@@ -197,8 +197,11 @@ class Quota:
     limits_memory: str | None = None
     requests_ephemeral_storage: str | None = None
     limits_ephemeral_storage: str | None = None
-    #: Count limit for configmaps, secrets, services, deployments, statefulsets and ingresses each.
+    #: Count limit for configmaps, secrets, services, deployments and statefulsets each.
     objects: int = 20
+    #: Ingresses the project may create. 0 by default: on a cluster with an ingress controller, a
+    #: project's own Ingress could claim another project's hostname and bypass the gateway.
+    ingresses: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,9 +274,9 @@ class ProjectSpec:
         hard["services.nodeports"] = "0"
         hard["persistentvolumeclaims"] = "1" if self.storage else "0"
         hard["requests.storage"] = self.storage.size if self.storage else "0"
-        for counted in ("configmaps", "secrets", "services", "count/deployments.apps",
-                        "count/statefulsets.apps", "count/ingresses.networking.k8s.io"):
+        for counted in ("configmaps", "secrets", "services", "count/deployments.apps", "count/statefulsets.apps"):
             hard[counted] = str(q.objects)
+        hard["count/ingresses.networking.k8s.io"] = str(q.ingresses)
         return hard
 
     # --- validation ----------------------------------------------------------------------------------
