@@ -3,8 +3,10 @@
 One :class:`Metrics` object per gateway, with its own registry (tests build many). It is both the
 lifecycle's :class:`~gateway.lifecycle.LifecycleObserver` and the data path's ``RequestObserver``.
 
-Hot-path cost is kept to a few microseconds per request: label children are bound once, the
-per-project counters are plain dict entries, and values that only matter at scrape time
+Hot-path cost is kept to well under a microsecond per request: finished requests are counted in
+plain lists (count, sum and histogram buckets per status class) and exported by a collector at
+scrape time, with the names, types, labels and buckets a prometheus-client Counter and Histogram
+would have; the per-project counters are plain dict entries; values that only matter at scrape time
 (projects by state, held and in-flight counts) are read by a custom collector when scraped.
 
 ``/metrics`` is produced by :meth:`Metrics.render`, which formats the per-project series in slices
@@ -16,13 +18,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import metrics as _prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 if TYPE_CHECKING:
     from gateway.lifecycle import Lifecycle, Project
@@ -82,15 +88,16 @@ class Metrics:
         # Projects by state counted by render() ahead of the exposition (None: count when collected).
         self._state_counts: dict[str, int] | None = None
 
+        # Finished requests per status class (index = status // 100 - 1 for 1xx..5xx, last = other):
+        # histogram buckets (not cumulative; the last one is +Inf) and the sum of durations. The
+        # request count of a class is the sum of its buckets.
+        self._request_buckets = [[0] * (len(REQUEST_BUCKETS_S) + 1) for _ in CODE_CLASSES]
+        self._request_sums = [0.0] * len(CODE_CLASSES)
+
         # Everything but the per-project series: rendered in one go (bounded size).
         self.core_registry = core = CollectorRegistry(auto_describe=True)
-        requests = Counter("wakegate_requests_total", "Requests answered by the public listener, by status class.",
-                           ["code_class"], registry=core)
-        durations = Histogram("wakegate_request_duration_seconds",
-                              "Time from request start to response end (including holds), by status class.",
-                              ["code_class"], buckets=REQUEST_BUCKETS_S, registry=core)
-        # Index = status // 100 - 1 for 1xx..5xx, last = other.
-        self._by_class = tuple((requests.labels(c), durations.labels(c)) for c in CODE_CLASSES)
+        requests = _RequestCollector(self)
+        core.register(requests)
 
         self._wakeups_total = wakeups = Counter("wakegate_wakeups_total", "Wakes finished, by result.", ["result"],
                                                 registry=core)
@@ -117,7 +124,7 @@ class Metrics:
         self._live = _LiveCollector(self)
         core.register(self._live)
         self._core_collectors: tuple[Collector, ...] = (
-            requests, durations, wakeups, self._wakeup_duration, self._wakes_started, self._held_rejected, scale,
+            requests, wakeups, self._wakeup_duration, self._wakes_started, self._held_rejected, scale,
             self._upstream_errors, self._live,
         )
 
@@ -135,11 +142,17 @@ class Metrics:
     def request_finished(self, project: str | None, status: int, duration_s: float) -> None:
         """A response is complete (or failed); ``project`` is None when routing failed."""
         i = status // 100 - 1
-        counter, histogram = self._by_class[i if 0 <= i < 5 else 5]
-        counter.inc()
-        histogram.observe(duration_s)
+        if i < 0 or i > 4:
+            i = 5
+        self._request_buckets[i][bisect_left(REQUEST_BUCKETS_S, duration_s)] += 1
+        self._request_sums[i] += duration_s
         if project is not None:
-            self._count(self.project_requests, project)
+            table = self.project_requests
+            n = table.get(project)
+            if n is None:
+                self._count(table, project)
+            else:
+                table[project] = n + 1
 
     def upstream_error(self, reason: str) -> None:
         """The data path could not talk to an endpoint (``connect``, ``timeout``, ``reset``, …)."""
@@ -247,6 +260,48 @@ class _Only:
 
     def collect(self) -> Iterable[Metric]:
         return self._collector.collect()
+
+
+class _RequestCollector(Collector):
+    """``wakegate_requests_total`` and ``wakegate_request_duration_seconds``, from the plain
+    counts :meth:`Metrics.request_finished` keeps; exposed exactly as a prometheus-client Counter
+    and Histogram with one child per status class would be (``_created`` samples included)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._m = metrics
+        self._created = time.time()
+        self._le = [floatToGoString(b) for b in REQUEST_BUCKETS_S] + ["+Inf"]  # type: ignore[no-untyped-call]
+
+    def describe(self) -> Iterable[Metric]:
+        return (Metric("wakegate_requests", _REQUESTS_HELP, "counter"),
+                Metric("wakegate_request_duration_seconds", _DURATION_HELP, "histogram"))
+
+    def collect(self) -> Iterator[Metric]:
+        m = self._m
+        buckets = [list(b) for b in m._request_buckets]  # a snapshot
+        sums = list(m._request_sums)
+        created = _prometheus_metrics._use_created
+        requests = Metric("wakegate_requests", _REQUESTS_HELP, "counter")
+        durations = Metric("wakegate_request_duration_seconds", _DURATION_HELP, "histogram")
+        for i, cls in enumerate(CODE_CLASSES):
+            labels = {"code_class": cls}
+            total = 0
+            for le, n in zip(self._le, buckets[i], strict=True):
+                total += n
+                durations.add_sample("wakegate_request_duration_seconds_bucket", {"code_class": cls, "le": le},
+                                     float(total))
+            durations.add_sample("wakegate_request_duration_seconds_count", labels, float(total))
+            durations.add_sample("wakegate_request_duration_seconds_sum", labels, sums[i])
+            requests.add_sample("wakegate_requests_total", labels, float(total))
+            if created:
+                durations.add_sample("wakegate_request_duration_seconds_created", labels, self._created)
+                requests.add_sample("wakegate_requests_created", labels, self._created)
+        yield requests
+        yield durations
+
+
+_REQUESTS_HELP = "Requests answered by the public listener, by status class."
+_DURATION_HELP = "Time from request start to response end (including holds), by status class."
 
 
 class _LiveCollector(Collector):
