@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -30,6 +30,8 @@ from gateway import logs
 from gateway.activity import is_idle
 from gateway.backends.base import Backend, BackendError, BackendUnavailable, Endpoint, ProjectInfo
 from gateway.config import Settings
+
+_monotonic = time.monotonic
 
 
 class State(enum.StrEnum):
@@ -179,6 +181,10 @@ class Lifecycle:
         self._unknown: TTLCache[str, bool] = TTLCache(settings.unknown_cache_size, settings.unknown_cache_ttl_s)
         self._reaper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wall_offset = 0.0
+        self._wall_anchor_until = float("-inf")
+        self._note_activity: Callable[[str, float, int], None] | None = (
+            None if type(backend).note_activity is Backend.note_activity else backend.note_activity)
         backend.set_listener(self)
 
     # --- start / stop ----------------------------------------------------------------------------
@@ -237,20 +243,41 @@ class Lifecycle:
 
     # --- activity --------------------------------------------------------------------------------
 
+    # begin/end run twice per request: one clock read (the wall time is derived from the monotonic
+    # one, re-anchored every second), and no backend call when its note_activity does nothing.
+
     def begin(self, p: Project) -> None:
         """A request (or WebSocket, or stream) to ``p`` starts."""
         p.in_flight += 1
-        self._touch(p)
+        p.last_activity_mono = now = _monotonic()
+        if now >= self._wall_anchor_until:
+            self._anchor_wall(now)
+        p.last_activity_wall = wall = now + self._wall_offset
+        if self._note_activity is not None:
+            self._note_activity(p.name, wall, p.in_flight)
 
     def end(self, p: Project) -> None:
         """A request to ``p`` ends (its response is complete or the connection is gone)."""
         p.in_flight -= 1
-        self._touch(p)
+        p.last_activity_mono = now = _monotonic()
+        if now >= self._wall_anchor_until:
+            self._anchor_wall(now)
+        p.last_activity_wall = wall = now + self._wall_offset
+        if self._note_activity is not None:
+            self._note_activity(p.name, wall, p.in_flight)
 
     def _touch(self, p: Project) -> None:
-        p.last_activity_mono = time.monotonic()
-        p.last_activity_wall = wall = time.time()
-        self.backend.note_activity(p.name, wall, p.in_flight)
+        p.last_activity_mono = now = _monotonic()
+        if now >= self._wall_anchor_until:
+            self._anchor_wall(now)
+        p.last_activity_wall = wall = now + self._wall_offset
+        if self._note_activity is not None:
+            self._note_activity(p.name, wall, p.in_flight)
+
+    def _anchor_wall(self, now: float) -> None:
+        # Follows wall-clock steps (NTP) within a second.
+        self._wall_offset = time.time() - _monotonic()
+        self._wall_anchor_until = now + 1.0
 
     @contextlib.contextmanager
     def activity(self, p: Project) -> Iterator[None]:
