@@ -27,6 +27,7 @@ import asyncio
 import collections
 import contextlib
 import contextvars
+import errno
 import logging
 import os
 import signal
@@ -55,7 +56,15 @@ STDERR_TAIL_LINES = 20
 STDERR_TAIL_BYTES = 4096
 MAX_LOG_LINE = 4096
 _PROJECT_KEYS = ("command", "env", "ready_path", "cwd", "idle_timeout_s", "hold_timeout_s", "strategy")
-_PROBE_FIRST_DELAY_S = 0.01
+# Readiness probing. Until the port accepts connections, a non-blocking loopback connect (a refused
+# one costs ~20 µs) is tried every _CONNECT_PROBE_INTERVAL_S for _CONNECT_PROBE_FAST_S, then with a
+# backoff up to _PROBE_MAX_DELAY_S. The interval also grows with the number of projects probing at
+# once (_CONNECT_PROBE_SHARE_S each), which bounds the CPU spent on probes to a few per cent.
+_CONNECT_PROBE_INTERVAL_S = 0.001
+_CONNECT_PROBE_FAST_S = 5.0
+_CONNECT_PROBE_SHARE_S = 0.0005
+# HTTP probes (ready_path), once the port accepts connections: a backoff from the first delay.
+_PROBE_FIRST_DELAY_S = 0.005
 _PROBE_MAX_DELAY_S = 0.1
 _PROBE_TIMEOUT_S = 2.0
 
@@ -233,6 +242,7 @@ class LocalBackend(Backend):
         self._table: dict[str, LocalProject] = {}
         self._children: dict[str, _Child] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._probing = 0  # projects whose port is being probed
         self._loaded = False
         self._closed = False
         #: Processes spawned since start (tests and the admin API read it).
@@ -426,10 +436,32 @@ class LocalBackend(Backend):
                 self.listener.wake_failed(name, reason)
 
     async def _probe_until_ready(self, child: _Child) -> None:
-        """Probe until the app answers. There is no event for "a child started listening", so this
-        retries with a short backoff; the supervisor races it against the process's exit."""
+        """Probe until the app answers; the supervisor races this against the process's exit.
+
+        There is no event for "a child started listening", so the port is tried with cheap
+        non-blocking connects, every millisecond at first (a fresh process is noticed within about
+        one), then with a backoff; ``ready_path`` is asked once the port accepts connections."""
+        loop = asyncio.get_running_loop()
+        fast_until = loop.time() + _CONNECT_PROBE_FAST_S
+        delay = _CONNECT_PROBE_INTERVAL_S
+        self._probing += 1
+        try:
+            while True:
+                accepted = connect_probe(child.port)
+                if accepted is None:  # the connect did not complete at once (a full backlog?): wait for it
+                    accepted = await probe(child.port, None)
+                if accepted:
+                    break
+                if loop.time() >= fast_until:
+                    delay = min(delay * 1.5, _PROBE_MAX_DELAY_S)
+                await asyncio.sleep(max(delay, self._probing * _CONNECT_PROBE_SHARE_S))
+        finally:
+            self._probing -= 1
+        ready_path = child.project.ready_path
+        if ready_path is None:
+            return
         delay = _PROBE_FIRST_DELAY_S
-        while not await probe(child.port, child.project.ready_path):
+        while not await probe(child.port, ready_path):
             await asyncio.sleep(delay)
             delay = min(delay * 2, _PROBE_MAX_DELAY_S)
 
@@ -479,6 +511,27 @@ def free_port() -> int:
         s.bind((LOOPBACK, 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def connect_probe(port: int) -> bool | None:
+    """Whether the loopback ``port`` accepts connections, without waiting: True (connected),
+    False (refused), None (the connect is still in progress, e.g. a full backlog).
+
+    A loopback connect is handled by the kernel within the ``connect`` call, so its outcome is
+    known as soon as it returns."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setblocking(False)
+        err = s.connect_ex((LOOPBACK, port))
+        if err not in (0, errno.EINPROGRESS):
+            return False
+        err = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if err:
+            return False
+        try:
+            s.getpeername()
+        except OSError:
+            return None  # not connected yet
+        return True
 
 
 async def probe(port: int, ready_path: str | None) -> bool:
