@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import statistics
 import subprocess
@@ -96,16 +97,21 @@ def _start_gateway(ctx: Context, stack: ExitStack, d: Path, projects: dict[str, 
 
 
 def _one_kib_systems(ctx: Context, d: Path, stack: ExitStack, res: ScenarioResult) -> dict[str, System]:
-    """direct (the nginx upstream itself), nginx proxying it, and wakegate proxying a project that is
-    the same kind of nginx upstream (warmed, so the gateway's own wake path started it)."""
+    """direct (an nginx upstream on the proxies' core), nginx proxying the same kind of upstream,
+    and wakegate proxying a project that is that upstream too (warmed, so the gateway's own wake
+    path started it)."""
     lay = ctx.layout
-    up_port, px_port = free_port(), free_port()
+    direct_port, up_port, px_port = free_port(), free_port(), free_port()
+    # Direct gets an upstream of its own on the core a proxy would use: sharing the load generator's
+    # core would add a scheduling delay to every request and make "the limit" slower than a proxy.
+    _owned(stack, nginx.start("upstream-direct", nginx.upstream_config(d / "upstream-direct", direct_port),
+                              direct_port, ctx.logs, lay.proxy))
     _owned(stack, nginx.start("upstream", nginx.upstream_config(d / "upstream", up_port), up_port, ctx.logs,
                               lay.upstream))
     proxy = _owned(stack, nginx.start("nginx-proxy", nginx.proxy_config(d / "proxy", px_port, up_port), px_port,
                                       ctx.logs, lay.proxy))
     systems = {
-        "direct": System("direct", up_port, wakegate.host("warm")),
+        "direct": System("direct", direct_port, wakegate.host("warm")),
         "nginx": System("nginx", px_port, wakegate.host("warm"), proxy, True),
     }
     try:
@@ -123,10 +129,13 @@ def _not_run(res: ScenarioResult, system: str, exc: Exception) -> None:
     res.raw[f"{system}_error"] = str(exc)
 
 
-def _check_wrk(system: str, report: dict[str, Any]) -> None:
+def _check_wrk(system: str, report: dict[str, Any], connections: int) -> None:
     if report["requests"] <= 0 or report["error_count"] > 0.01 * report["requests"]:
         raise BenchError(f"{system}: wrk saw {report['error_count']} errors in {report['requests']} requests "
                          f"({report['errors']})")
+    if report["requests"] < connections:
+        raise BenchError(f"{system}: requests hang: {report['requests']} answered over {connections} connections "
+                         f"in {report['duration_us'] / 1e6:.0f} s")
 
 
 # --- 1. warm throughput -------------------------------------------------------------------------
@@ -148,7 +157,7 @@ def throughput(ctx: Context) -> ScenarioResult:
                 before = s.proc.cpu_s(s.with_children) if s.proc else 0.0
                 report = wrk(f"http://127.0.0.1:{s.port}/", s.host, cfg.connections, cfg.duration_s,
                              ctx.layout.loadgen, d)
-                _check_wrk(s.name, report)
+                _check_wrk(s.name, report, cfg.connections)
                 rps[s.name].append(report["rps"])
                 if s.proc:
                     used = s.proc.cpu_s(s.with_children) - before
@@ -194,7 +203,7 @@ def latency(ctx: Context) -> ScenarioResult:
             nx = systems["nginx"]
             report = wrk(f"http://127.0.0.1:{nx.port}/", nx.host, cfg.connections, max(1.0, cfg.duration_s / 2),
                          ctx.layout.loadgen, d)
-            _check_wrk("nginx", report)
+            _check_wrk("nginx", report, cfg.connections)
             saturation = report["rps"]
             res.notes.append(f"nginx saturation measured here: {saturation:,.0f} req/s")
         rate = round(saturation / 2)
@@ -548,7 +557,7 @@ def projects(ctx: Context) -> ScenarioResult:
                 before = gw.proc.cpu_s()
                 report = wrk(url, wakegate.host("warm"), cfg.connections, duration, ctx.layout.loadgen, d)
                 used = gw.proc.cpu_s() - before
-                _check_wrk(f"wakegate with {n} projects", report)
+                _check_wrk(f"wakegate with {n} projects", report, cfg.connections)
                 rps[n].append(report["rps"])
                 cpu_us[n].append(used / report["requests"] * 1e6)
                 rss[n].append(gw.proc.rss_bytes() / 1e6)
@@ -646,13 +655,14 @@ def streaming(ctx: Context) -> ScenarioResult:
     lay = ctx.layout
     size = cfg.stream_bytes
     with ExitStack() as stack:
-        up_port, px_port = free_port(), free_port()
-        up = _owned(stack, spawn("stream-upstream", ctx.loadgen.serve_argv(listen=f"127.0.0.1:{up_port}"),
-                                 ctx.logs, lay.upstream))
-        wait_until(lambda: up.listening(up_port), 10, "the streaming upstream")
+        direct_port, up_port, px_port = free_port(), free_port(), free_port()
+        for name, port, cores in (("stream-upstream-direct", direct_port, lay.proxy),
+                                  ("stream-upstream", up_port, lay.upstream)):
+            up = _owned(stack, spawn(name, ctx.loadgen.serve_argv(listen=f"127.0.0.1:{port}"), ctx.logs, cores))
+            wait_until(functools.partial(up.listening, port), 10, name)
         proxy = _owned(stack, nginx.start("nginx-stream", nginx.proxy_config(d / "proxy", px_port, up_port), px_port,
                                           ctx.logs, lay.proxy))
-        systems = [System("direct", up_port, wakegate.host("stream")),
+        systems = [System("direct", direct_port, wakegate.host("stream")),
                    System("nginx", px_port, wakegate.host("stream"), proxy, True)]
         try:
             gw = _start_gateway(ctx, stack, d, {"stream": {"command": _serve_command(ctx)}}, warm="stream")
