@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import httptools
 
 from gateway.backends.base import Endpoint
-from gateway.headers import FRAME_CHUNKED, FRAME_CLOSE, parse_fields, relay_raw_response_head
+from gateway.headers import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, parse_fields, relay_raw_response_head
 
 if TYPE_CHECKING:
     from gateway.forward.client import Exchange
@@ -49,6 +49,15 @@ _RELAYED_SIZE = 512
 _RELAYED_MAX_BLOCK = 4096  # bigger heads are rewritten each time (bounds the memory held)
 
 _DECHUNK_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+# Whole response heads (status line to the blank line) that llhttp accepted before, with what they
+# mean for a plain exchange (see _plain): head bytes -> (head for the client, status,
+# Content-Length, keep-alive). Such a head arriving again at the start of a read is relayed without
+# llhttp: identical bytes parse identically, and the parser, left at a message start, is not fed
+# the response at all (nor its body). A head is remembered only once llhttp completed its
+# Content-Length body exactly where the gateway's own count did.
+_KNOWN: dict[bytes, tuple[bytes, int, int, bool]] = {}
+_KNOWN_SIZE = 512
 
 
 class _Dechunk:
@@ -95,6 +104,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._done = False  # llhttp completed the message
         self._extra = False  # bytes after the response: never relayed, the connection is dropped
         self._stale_parser = False
+        self._unfed = False  # a known head was relayed without llhttp: its body is not fed either
+        self._learn: tuple[bytes, tuple[bytes, int, int, bool]] | None = None  # a head for _KNOWN
         self._headers: list[tuple[bytes, bytes]] = []  # a 101's fields, for the tunnel
 
     @property
@@ -116,6 +127,11 @@ class UpstreamConnection(asyncio.Protocol):
         if state == _S_LENGTH:
             self._length_body(ex, data)
         elif state == _S_HEAD:
+            if not self._head_buf:
+                end = data.find(b"\r\n\r\n") + 4
+                known = _KNOWN.get(data[:end]) if end > 4 else None
+                if known is not None and self._relay_known(ex, data, end, known):
+                    return
             self._read_head(ex, data)
         elif state == _S_TUNNEL:
             if self._out is not None:
@@ -239,6 +255,35 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             self._chunked_body(ex, rest, self._relay, fed=True)
 
+    def _relay_known(self, ex: Exchange, data: bytes, body_at: int,
+                     known: tuple[bytes, int, int, bool]) -> bool:
+        """Relay a response whose head is in _KNOWN; False when the exchange or the read needs
+        the general path."""
+        if not _plain(ex):
+            return False
+        relay, status, length, keep_alive = known
+        size = len(data) - body_at
+        if size > length:
+            return False  # bytes after the response: the general path drops the connection
+        ex.status = status  # what response_starts does for a plain exchange
+        ex.head_sent = True
+        out = self._out
+        if size == length:
+            if out is not None:
+                if size:
+                    out.writelines((relay, data[body_at:]))
+                else:
+                    out.write(relay)
+            self._finish_response(ex, keep_alive and ex.request_done)
+        else:
+            self._keep_alive = keep_alive
+            self._remaining = length - size
+            self._unfed = True
+            self._state = _S_LENGTH
+            if out is not None:
+                out.writelines((relay, data[body_at:]))
+        return True
+
     def _length_body(self, ex: Exchange, data: bytes) -> None:
         n = self._remaining
         size = len(data)
@@ -247,11 +292,12 @@ class UpstreamConnection(asyncio.Protocol):
             size = n
             self._extra = True
         self._remaining = n = n - size
-        try:
-            self.parser.feed_data(data)  # keeps llhttp in step for the next response
-        except HttpParserError as exc:
-            self._broken(ex, "protocol", f"invalid response from the project: {exc}")
-            return
+        if not self._unfed:
+            try:
+                self.parser.feed_data(data)  # keeps llhttp in step for the next response
+            except HttpParserError as exc:
+                self._broken(ex, "protocol", f"invalid response from the project: {exc}")
+                return
         if self._out is not None:
             self._out.write(data)
         if n == 0:
@@ -319,7 +365,7 @@ class UpstreamConnection(asyncio.Protocol):
         if end < 0:
             raise _BadHead  # a head llhttp accepted with bare LFs: not relayed
         block = buf[buf.find(_CRLF, pos):end + 2]
-        self._head_pos = end + 4
+        self._head_pos = head_end = end + 4
         status = self.parser.get_status_code()
         self._status = status
         if status < 200:
@@ -354,6 +400,9 @@ class UpstreamConnection(asyncio.Protocol):
         elif length is not None:
             self._remaining = length
             self._state = _S_LENGTH if length else _S_DONE
+            if framing == FRAME_LENGTH and not chunked and not close and len(block) <= _RELAYED_MAX_BLOCK \
+                    and _plain(ex):
+                self._learn = (buf[pos:head_end], (self._relay, status, length, self._keep_alive))
         elif chunked:
             self._last = b""
             if framing == FRAME_CHUNKED:
@@ -382,6 +431,13 @@ class UpstreamConnection(asyncio.Protocol):
         out = self._out
         if self._state == _S_UNTIL_CLOSE and not self._close_delimited and out is not None:
             out.write(_LAST_CHUNK)
+        if self._learn is not None:
+            if reusable and self._done and not self._extra:  # llhttp ended the body where we did
+                if len(_KNOWN) >= _KNOWN_SIZE:
+                    _KNOWN.clear()
+                _KNOWN[self._learn[0]] = self._learn[1]
+            self._learn = None
+        self._unfed = False
         self._state = _S_DONE
         self._dechunker = None
         self.exchange = None
@@ -425,6 +481,14 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._state = _S_TUNNEL
         ex.tunnel_open(self._status, headers, upgrade, tail)
+
+
+def _plain(ex: Exchange) -> bool:
+    """Whether the client side of ``ex`` asks nothing of a response head: an HTTP/1.1 keep-alive
+    request that is not HEAD, not an upgrade, not waiting for 100-continue, with no fields to add,
+    on a connection that stays open (the head is relayed as _KNOWN remembers it)."""
+    return (ex.http11 and ex.keep_alive and not ex.is_head and ex.upgrade is None and not ex.expect_continue
+            and not ex.response_extra and not ex.conn.closing)
 
 
 class _IdleList(list[UpstreamConnection]):
