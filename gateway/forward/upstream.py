@@ -205,6 +205,19 @@ class UpstreamConnection(asyncio.Protocol):
         self._interim = False
         self.transport.write(head)  # type: ignore[union-attr]
 
+    def start_deferred(self, ex: Exchange, head: bytes) -> None:
+        """:meth:`start` for a request without a body: the head is written at the end of this
+        round of events (``Listener.defer_upstream``)."""
+        self.exchange = ex
+        self._out = ex.conn.transport
+        self._state = _S_HEAD
+        self._head_buf = b""
+        self._head_pos = 0
+        self._done = False
+        self._extra = False
+        self._interim = False
+        ex.conn.listener.defer_upstream(self.transport, head)  # type: ignore[arg-type]
+
     def _read_head(self, ex: Exchange, data: bytes) -> None:
         # llhttp gets each piece once (head and body together); the raw head is kept alongside
         # for on_headers_complete, which relays its field block.
@@ -270,10 +283,11 @@ class UpstreamConnection(asyncio.Protocol):
         out = self._out
         if size == length:
             if out is not None:
-                if size:
-                    out.writelines((relay, data[body_at:]))
+                conn = ex.conn
+                if not conn.queue and conn.parsing is None:
+                    conn.listener.defer_response(conn, (relay, data[body_at:]))
                 else:
-                    out.write(relay)
+                    out.writelines((relay, data[body_at:]))
             self._finish_response(ex, keep_alive and ex.request_done)
         else:
             self._keep_alive = keep_alive

@@ -9,6 +9,7 @@ import asyncio
 
 from gateway.forward import upstream as upstream_module
 from tests.support import (
+    RawClient,
     RecordingUpstream,
     SeenRequest,
     TableBackend,
@@ -149,3 +150,72 @@ async def test_a_cold_start_answer_with_a_known_head_carries_the_cold_start_fiel
         warm = await c.request("GET", "/warm")
         assert warm.header("X-Wakegate-Cold-Start") is None
         assert warm.body == BODY
+
+
+async def test_pipelined_requests_answered_in_order_around_deferred_writes() -> None:
+    """Warm-path writes wait for the end of the round of events; responses of one connection
+    still go out in request order, whether proxied (known head) or answered by the gateway."""
+    tag = b"pipelined"
+
+    async def reply(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        w.write(head(tag) + seen.target.ljust(100, b"."))
+
+    up = RecordingUpstream(reply)
+    async with running_gateway(backend(up)) as gw, gw.client() as c:
+        await c.request("GET", "/learn")
+        assert head(tag) in upstream_module._KNOWN
+        batch = b""
+        for i in range(6):
+            batch += build_request("GET", f"/p{i}")
+            batch += build_request("GET", "/", project=None, headers={"Host": "bad host!"})  # answered at once: 400
+        await c.send(batch)
+        got = [await c.response() for _ in range(12)]
+        for i in range(6):
+            assert (got[2 * i].status, got[2 * i].body) == (200, f"/p{i}".encode().ljust(100, b"."))
+            assert got[2 * i + 1].status == 400
+        # One request at a time again: each answer deferred, then the next request arrives.
+        for i in range(5):
+            r = await c.request("GET", f"/s{i}")
+            assert r.body == f"/s{i}".encode().ljust(100, b".")
+
+
+async def test_a_deferred_response_is_written_before_a_draining_gateway_closes_the_connection() -> None:
+    tag = b"drain"
+
+    async def reply(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        w.write(head(tag) + BODY)
+
+    up = RecordingUpstream(reply)
+    async with running_gateway(backend(up)) as gw, gw.client() as c:
+        await c.request("GET", "/learn")
+        await c.send(build_request("GET", "/last"))
+        await up.wait_seen(2)
+        await gw.server.stop_accepting()
+        r = await c.response()
+        assert (r.status, r.body) == (200, BODY)
+        assert await gw.server.drain(5.0)
+
+
+async def test_a_request_arriving_with_a_deferred_response_is_answered_after_it() -> None:
+    """The upstream's answer and the client's next request become readable in the same round of
+    events: the answer is deferred, the request is answered by the gateway at once; the client
+    must still get them in order."""
+    tag = b"same-round"
+    clients: list[RawClient] = []
+
+    async def reply(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        w.write(head(tag) + BODY)
+        if seen.target.startswith(b"/a"):
+            writer = clients[0].writer
+            assert writer is not None
+            writer.write(build_request("GET", "/", project=None, headers={"Host": "bad host!"}))
+
+    up = RecordingUpstream(reply)
+    async with running_gateway(backend(up)) as gw, gw.client() as c:
+        clients.append(c)
+        await c.request("GET", "/learn")
+        for i in range(10):
+            await c.send(build_request("GET", f"/a{i}"))
+            first, second = await c.response(), await c.response()
+            assert (first.status, first.body) == (200, BODY)
+            assert second.status == 400
