@@ -893,6 +893,7 @@ class Listener:
         self.loop = asyncio.get_running_loop()
         self.clock = time.monotonic  # for durations (uvloop's loop.time() has millisecond steps)
         self.now = self.loop.time()
+        self.pool.now = self.now  # connections idle before the first sweep are not stale
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
