@@ -89,7 +89,13 @@ class PublicServer:
         self._route_errors: dict[bytes | None, RouteError] = {}
         self._rid_prefix = logs.new_request_id().rsplit("-", 1)[0].encode() + b"-"
         self._rid_counter = itertools.count(1)
+        self._id_format = b"X-Request-Id: " + self._rid_prefix + b"%08x\r\n"
         self._clock = time.monotonic
+        # Bound once: the warm path calls them for every request.
+        self._begin = lifecycle.begin
+        self._end = lifecycle.end
+        self._inflight_changed = self.observer.inflight_changed
+        self._request_finished = self.observer.request_finished
 
     # --- listener lifecycle ----------------------------------------------------------------------
 
@@ -147,8 +153,7 @@ class PublicServer:
                 return
         ex.name = name
         if ex.request_id is None:
-            ex.request_id = rid = b"%s%08x" % (self._rid_prefix, next(self._rid_counter))
-            ex.id_field = b"X-Request-Id: " + rid + b"\r\n"
+            ex.id_field = self._id_format % next(self._rid_counter)  # Exchange.rid reads the id from it
         p = self.lifecycle.projects.get(name)
         if p is None:
             self._spawn(ex, self._resolve(ex, name))
@@ -168,8 +173,8 @@ class PublicServer:
         if ep is not None:
             # The warm path: count the request, forward it.
             ex.tracked = ex.proxied = True
-            self.lifecycle.begin(p)
-            self.observer.inflight_changed(1)
+            self._begin(p)
+            self._inflight_changed(1)
             ex.forward(ep)
             return
         self._cold(ex, p)
@@ -238,8 +243,9 @@ class PublicServer:
         ex.forward(ep, fresh)
 
     async def _hold(self, ex: Exchange, p: Project) -> None:
-        if ex.request_id is not None:
-            logs.request_id_var.set(ex.request_id.decode("latin-1"))
+        rid = ex.rid
+        if rid is not None:
+            logs.request_id_var.set(rid.decode("latin-1"))
         try:
             held = await self.lifecycle.hold(p)
         except HoldRejected as exc:
@@ -291,12 +297,12 @@ class PublicServer:
 
     def finished(self, ex: Exchange) -> None:
         if ex.tracked:
-            self.lifecycle.end(ex.project)
+            self._end(ex.project)
         if ex.proxied:
-            self.observer.inflight_changed(-1)
+            self._inflight_changed(-1)
         duration = self._clock() - ex.started
         status = ex.status if ex.head_sent else 499
-        self.observer.request_finished(ex.name, status, duration)
+        self._request_finished(ex.name, status, duration)
         if ex.error is not None:
             self._finished_badly(ex)
         if self._access_log:
@@ -337,4 +343,5 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _rid(ex: Exchange) -> str | None:
-    return logs.request_id(ex.request_id) if ex.request_id is not None else None
+    rid = ex.rid
+    return logs.request_id(rid) if rid is not None else None

@@ -167,6 +167,13 @@ class Exchange:
         upstream closed before reading it)."""
         return not self.has_body and (self.reused or self.method in _IDEMPOTENT)
 
+    @property
+    def rid(self) -> bytes | None:
+        """The request id: the client's ``X-Request-Id``, else the one the gateway generated."""
+        if self.request_id is not None:
+            return self.request_id
+        return self.id_field[14:-2] if self.id_field else None
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of field ``name`` (lower-case), or ``None``; scans the fields."""
         for n, v in self.headers:
@@ -192,7 +199,7 @@ class Exchange:
             listener = conn.listener
             extra = self.extra_up
             if self.id_field:
-                extra = (*extra, (b"X-Request-Id", self.request_id or b""))
+                extra = (*extra, (b"X-Request-Id", self.id_field[14:-2]))
             parts.append(
                 request_suffix(
                     client_ip=conn.ip,
