@@ -62,6 +62,12 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 128
 # Deferred warm-path writes (Listener.defer_upstream / defer_response) flushed at once beyond this.
 MAX_DEFERRED_WRITES = 64
+# Request heads remembered per listener (Listener.known_requests), and the longest read remembered.
+KNOWN_REQUESTS = 1024
+KNOWN_REQUEST_MAX_BYTES = 4096
+# A connection stops looking reads up in the memo after this many misses in a row (its requests
+# differ from each other, e.g. cookies that change): a miss costs hashing the read.
+KNOWN_REQUEST_MISSES = 16
 
 # Body modes of a request.
 BODY_BUFFER = 0  # waiting for an upstream connection; the client is not read meanwhile
@@ -149,10 +155,12 @@ class Exchange:
     special = False  # Transfer-Encoding, Upgrade, X-Forwarded-* or a Connection naming fields: no fast path
     id_field = b""  # a generated ``X-Request-Id: ...\r\n`` line for the upstream
 
-    def __init__(self, conn: ClientConnection) -> None:
+    def __init__(self, conn: ClientConnection, headers: Sequence[tuple[bytes, bytes]] | None = None,
+                 parts: list[bytes] | None = None) -> None:
         self.conn = conn
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.parts: list[bytes] = [b""]  # [request line] + kept fields, serialised
+        self.headers: list[tuple[bytes, bytes]] = [] if headers is None else list(headers)
+        # [request line] + kept fields, serialised (the request line is filled in upstream_head).
+        self.parts: list[bytes] = [b""] if parts is None else parts
 
     # --- what handlers read ------------------------------------------------------------------------
 
@@ -462,8 +470,29 @@ class Exchange:
             task.cancel()
 
 
+# What parsing a plain request head yields: method, target, Host, route-header value, X-Request-Id,
+# User-Agent, the fields, the kept fields serialised.
+_Parsed = tuple[bytes, bytes, bytes | None, bytes | None, bytes | None, bytes | None,
+                tuple[tuple[bytes, bytes], ...], bytes]
+
+
+def _plain_request(ex: Exchange) -> bool:
+    """Whether a parsed request needs nothing beyond its head: HTTP/1.1 keep-alive, not HEAD or
+    CONNECT, no body, no Expect, no hop-by-hop or forwarding fields, nothing refused."""
+    return (not ex.special and ex.connection is None and ex.keep_alive and ex.http11 and not ex.has_body
+            and ex.te is None and ex.upgrade is None and not ex.expect_continue and ex.refusal is None
+            and ex.request_done and ex.buffered is None and ex.method != b"HEAD" and ex.method != b"CONNECT"
+            and len(ex.headers) <= MAX_HEADER_COUNT)
+
+
 class ClientConnection(asyncio.Protocol):
-    """One client socket: parses requests and serves their exchanges in order."""
+    """One client socket: parses requests and serves their exchanges in order.
+
+    A read that is exactly one plain request head seen before on this listener
+    (``Listener.known_requests``) is not given to llhttp: identical bytes parse identically, and
+    llhttp, at a message start, stays there. Only reads that llhttp parsed into exactly one
+    complete plain request are remembered.
+    """
 
     def __init__(self, listener: Listener) -> None:
         self.listener = listener
@@ -478,6 +507,9 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False  # no exchange after the current one
         self.write_paused = False
         self.deferred = False  # a complete response waits in Listener.defer_response
+        self._known = listener.known_requests
+        self._known_misses = 0
+        self._messages = 0  # messages llhttp began in the current feed
         self._reading = True
         self._upstream_bp = False
         self._in_head = False
@@ -519,7 +551,20 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade_tail.append(data)
             self._set_reading(False)
             return
+        # Nothing in progress: llhttp is at a message start (a request that ends the connection
+        # sets closing once answered, so none follows it here).
+        idle = self.current is None and self.parsing is None and not self.queue and not self.closing
+        if idle and self._known_misses < KNOWN_REQUEST_MISSES and len(data) <= KNOWN_REQUEST_MAX_BYTES:
+            known = self._known.get(data)
+            if known is not None:
+                self._known_misses = 0
+                self._serve_known(known)
+                return
+            self._known_misses += 1
+        else:
+            idle = False
         self._chunk_len = len(data)
+        self._messages = 0
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
@@ -537,8 +582,46 @@ class ClientConnection(asyncio.Protocol):
                 self._parse_error(None)
                 return
         if self.current is None and self.queue:
+            if idle and self._messages == 1 and self.parsing is None and _plain_request(self.queue[0]):
+                self._remember(data, self.queue[0])
             self._start_next()
         if self.parsing is not None or self.queue or not self._reading or self._upstream_bp:
+            self.sync_reading()
+
+    def _remember(self, data: bytes, ex: Exchange) -> None:
+        known = self._known
+        if len(known) >= KNOWN_REQUESTS:
+            known.clear()
+        known[data] = (ex.method, ex.target, ex.host, ex.route_value, ex.request_id, ex.user_agent,
+                       tuple(ex.headers), b"".join(ex.parts))
+
+    def _serve_known(self, known: _Parsed) -> None:
+        """Serve a read that is a remembered plain request head (llhttp is not fed)."""
+        ex = Exchange(self, known[6], [b"", known[7]])
+        ex.method, ex.target, host, route_value, request_id, user_agent = known[:6]
+        if host is not None:
+            ex.host = host
+        if route_value is not None:
+            ex.route_value = route_value
+        if request_id is not None:
+            ex.request_id = request_id
+        if user_agent is not None:
+            ex.user_agent = user_agent
+        ex.request_done = True
+        listener = self.listener
+        self.since = listener.now
+        ex.started = self._clock()
+        self.current = ex
+        listener.in_flight += 1
+        try:
+            self.handler.handle(ex)
+        except Exception:
+            log.exception("request handler failed")
+            if not ex.head_sent:
+                ex.respond(500, b"internal error in the gateway\n", close=True)
+            else:
+                ex.abort("handler_error")
+        if not self._reading or self._upstream_bp:
             self.sync_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -569,6 +652,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self.parsing = Exchange(self)
+        self._messages += 1
         self._in_head = True
         self._head_bytes = 0
         self.since = self.listener.now
@@ -893,6 +977,8 @@ class Listener:
         self.header_timeout_s = header_timeout_s
         self.pool = pool or UpstreamPool()
         self.fields = request_fields_table(route_header)
+        # Reads that were exactly one plain request head -> what llhttp made of them (ClientConnection).
+        self.known_requests: dict[bytes, _Parsed] = {}
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
         self.draining = False
