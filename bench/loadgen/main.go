@@ -231,7 +231,8 @@ func (e *errorCounts) total() int {
 // its own fixed schedule (rate/c per second, staggered). A request that cannot go out on time (the
 // previous response is late) is sent as soon as possible, and its latency is still measured from
 // the time it was *meant* to be sent, so a stalled server is charged for the whole stall
-// (no coordinated omission, as in wrk2).
+// (no coordinated omission, as in wrk2). A request whose connection was free in time is measured
+// from its actual send, so the sleep's wake-up slack is not charged to the server.
 func cmdRate(args []string) error {
 	fs := flag.NewFlagSet("rate", flag.ExitOnError)
 	addr := fs.String("addr", "", "HOST:PORT to connect to")
@@ -274,6 +275,7 @@ func cmdRate(args []string) error {
 			k := cs[i]
 			mine := make([]time.Duration, 0, int(float64(*duration)/float64(interval))+16)
 			next := start.Add(interval * time.Duration(i) / time.Duration(*conns))
+			var prevDone time.Time
 			for ; next.Before(end); next = next.Add(interval) {
 				now := time.Now()
 				if now.After(giveUp) {
@@ -282,6 +284,13 @@ func cmdRate(args []string) error {
 				}
 				if wait := next.Sub(now); wait > 0 {
 					time.Sleep(wait)
+				}
+				// The server is charged from the intended time when its previous response was
+				// late (coordinated omission); when the connection was free in time, from the
+				// actual send, so the timer's wake-up slack (up to ~1 ms) is not counted as latency.
+				from := next
+				if !prevDone.After(next) {
+					from = time.Now()
 				}
 				if k == nil {
 					var err error
@@ -293,6 +302,7 @@ func cmdRate(args []string) error {
 				_ = k.c.SetDeadline(time.Now().Add(*timeout))
 				status, closing, err := roundTrip(k, req)
 				done := time.Now()
+				prevDone = done
 				if err != nil {
 					errs.add(err)
 					k.c.Close()
@@ -303,7 +313,7 @@ func cmdRate(args []string) error {
 					non2xx.Add(1)
 				}
 				if !next.Before(measureFrom) {
-					mine = append(mine, done.Sub(next))
+					mine = append(mine, done.Sub(from))
 				}
 				if closing {
 					k.c.Close()
