@@ -32,6 +32,8 @@ from gateway.backends.base import Backend, BackendError, BackendUnavailable, End
 from gateway.config import Settings
 
 _monotonic = time.monotonic
+# Held requests released per round of the event loop when their project becomes ready.
+RELEASE_BATCH = 16
 
 
 class State(enum.StrEnum):
@@ -443,9 +445,17 @@ class Lifecycle:
         if was_waking:
             self._finish_wake_metrics(p, "ready")
             logs.event("ready", project=p.name, wake_s=round(time.monotonic() - (p.wake_started_mono or 0), 3))
-        for fut in p._waiters:
+        self._release([fut for fut in p._waiters if not fut.done()], 0)
+
+    def _release(self, waiters: list[asyncio.Future[None]], start: int) -> None:
+        # A herd is released a batch per round of the event loop: the first requests reach the
+        # project (and its answers come back) while the rest are still being released.
+        end = start + RELEASE_BATCH
+        for fut in waiters[start:end]:
             if not fut.done():
                 fut.set_result(None)
+        if end < len(waiters):
+            asyncio.get_running_loop().call_soon(self._release, waiters, end)
 
     def _wake_done(self, p: Project, result: str, error: str, unavailable: bool = False) -> None:
         p.state = State.FAILED
