@@ -21,6 +21,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
+import resource
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -62,6 +64,8 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADER_COUNT = 128
 # Deferred warm-path writes (Listener.defer_upstream / defer_response) flushed at once beyond this.
 MAX_DEFERRED_WRITES = 64
+# Descriptors the process's table is sized for up front (grow_fd_table).
+FD_TABLE_SIZE = 1 << 16
 # Request heads remembered per listener (Listener.known_requests), and the longest read remembered.
 KNOWN_REQUESTS = 1024
 KNOWN_REQUEST_MAX_BYTES = 4096
@@ -326,6 +330,11 @@ class Exchange:
         conn = self.conn
         self.upstream = up
         self.reused = reused
+        if self.request_done and not self.buffered and self.upgrade is None and not self.chunked:
+            up.start_deferred(self, self.upstream_head())  # nothing follows the head
+            if conn.write_paused:
+                up.pause_reading()
+            return
         up.start(self, self.upstream_head())
         if conn.write_paused:
             up.pause_reading()
@@ -954,6 +963,25 @@ def _request_error(ex: Exchange, version: str) -> tuple[int, bytes] | None:
     return None
 
 
+def grow_fd_table(limit: int = FD_TABLE_SIZE) -> None:
+    """Have the kernel size the process's descriptor table for ``limit`` descriptors (or the
+    open-file limit, if lower) now. It grows by doubling as descriptors are allocated, and in a
+    multi-threaded process (libuv's workers) each growth waits for an RCU grace period: ~10 ms
+    during which the event loop stands still, in the middle of a herd of connections."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    top = min(limit, soft if soft != resource.RLIM_INFINITY else limit) - 1
+    if top < 1024:
+        return
+    fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.dup2(fd, top, inheritable=False)
+        os.close(top)
+    except OSError:
+        pass  # the table grows on demand as before
+    finally:
+        os.close(fd)
+
+
 class Listener:
     """The public socket: client connections, the upstream pool, timeouts and drain."""
 
@@ -1040,6 +1068,7 @@ class Listener:
 
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting."""
+        grow_fd_table()
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024
         )
