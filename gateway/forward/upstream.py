@@ -13,12 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import httptools
 
 from gateway.backends.base import Endpoint
-from gateway.headers import FRAME_CHUNKED, FRAME_CLOSE, FRAME_LENGTH, parse_fields, relay_raw_response_head
+from gateway.headers import (
+    FRAME_CHUNKED,
+    FRAME_CLOSE,
+    FRAME_LENGTH,
+    FRAME_NONE,
+    parse_fields,
+    relay_raw_response_head,
+)
 
 if TYPE_CHECKING:
     from gateway.forward.client import Exchange
@@ -29,6 +38,10 @@ HttpParserUpgrade: type[Exception] = httptools.HttpParserUpgrade
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 MAX_RESPONSE_HEAD_BYTES = 1024 * 1024
+# Requests waiting for a connection to an endpoint: while connections come free more often than
+# this, no new connection is opened for them (UpstreamPool.connect_done).
+_STALL_S = 0.01
+_monotonic = time.monotonic
 
 
 class _BadHead(Exception):
@@ -275,6 +288,8 @@ class UpstreamConnection(asyncio.Protocol):
         if not _plain(ex):
             return False
         relay, status, length, keep_alive = known
+        if ex.response_extra:
+            relay = _with_extra(relay, ex.response_extra)
         size = len(data) - body_at
         if size > length:
             return False  # bytes after the response: the general path drops the connection
@@ -392,10 +407,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._keep_alive = self.parser.should_keep_alive() and ex.upgrade is None
         no_body = ex.is_head or status == 204 or status == 304
         close = ex.response_starts(status)
-        if ex.response_extra or len(block) > _RELAYED_MAX_BLOCK:
+        extra = ex.response_extra
+        if len(block) > _RELAYED_MAX_BLOCK:
             self._relay, framing, chunked, length = relay_raw_response_head(
-                status, block, no_body, ex.http11, close, ex.response_extra
+                status, block, no_body, ex.http11, close, extra
             )
+            plain = b""
         else:
             # Consecutive responses of a project often share their whole field block (Date changes
             # once a second), so the rewritten head is remembered.
@@ -405,7 +422,15 @@ class UpstreamConnection(asyncio.Protocol):
                 if len(_RELAYED) >= _RELAYED_SIZE:
                     _RELAYED.clear()
                 relayed = _RELAYED[key] = relay_raw_response_head(status, block, no_body, ex.http11, close)
-            self._relay, framing, chunked, length = relayed
+            plain, framing, chunked, length = relayed
+            if not extra:
+                self._relay = plain
+            elif not close and framing in (FRAME_LENGTH, FRAME_NONE):
+                self._relay = _with_extra(plain, extra)
+            else:
+                self._relay, framing, chunked, length = relay_raw_response_head(
+                    status, block, no_body, ex.http11, close, extra
+                )
         self._dechunker = None
         if no_body:
             self._state = _S_DONE
@@ -414,9 +439,8 @@ class UpstreamConnection(asyncio.Protocol):
         elif length is not None:
             self._remaining = length
             self._state = _S_LENGTH if length else _S_DONE
-            if framing == FRAME_LENGTH and not chunked and not close and len(block) <= _RELAYED_MAX_BLOCK \
-                    and _plain(ex):
-                self._learn = (buf[pos:head_end], (self._relay, status, length, self._keep_alive))
+            if framing == FRAME_LENGTH and not chunked and not close and plain and _plain(ex):
+                self._learn = (buf[pos:head_end], (plain, status, length, self._keep_alive))
         elif chunked:
             self._last = b""
             if framing == FRAME_CHUNKED:
@@ -498,11 +522,18 @@ class UpstreamConnection(asyncio.Protocol):
 
 
 def _plain(ex: Exchange) -> bool:
-    """Whether the client side of ``ex`` asks nothing of a response head: an HTTP/1.1 keep-alive
-    request that is not HEAD, not an upgrade, not waiting for 100-continue, with no fields to add,
-    on a connection that stays open (the head is relayed as _KNOWN remembers it)."""
+    """Whether the client side of ``ex`` asks nothing of a response head but the gateway's own
+    fields: an HTTP/1.1 keep-alive request that is not HEAD, not an upgrade, not waiting for
+    100-continue, on a connection that stays open (the head is relayed as _KNOWN remembers it)."""
     return (ex.http11 and ex.keep_alive and not ex.is_head and ex.upgrade is None and not ex.expect_continue
-            and not ex.response_extra and not ex.conn.closing)
+            and not ex.conn.closing)
+
+
+def _with_extra(relay: bytes, extra: Sequence[tuple[bytes, bytes]]) -> bytes:
+    """``relay`` (a head ending in ``Via: ...`` and the blank line: framed by length or without a
+    body, connection kept) with the gateway's ``extra`` fields after Via, where
+    ``relay_raw_response_head`` puts them."""
+    return relay[:-2] + b"".join(name + b": " + value + b"\r\n" for name, value in extra) + b"\r\n"
 
 
 class _IdleList(list[UpstreamConnection]):
@@ -536,6 +567,8 @@ class UpstreamPool:
         self._connecting: dict[Endpoint, int] = {}
         self.waiting: dict[Endpoint, collections.deque[Exchange]] = {}  # requests waiting for a connection
         self.waited = 0  # requests that had to wait for a connection (all time)
+        self._handed_at: dict[Endpoint, float] = {}  # when a free connection last went to a waiting request
+        self._stall_timers: dict[Endpoint, asyncio.TimerHandle] = {}
 
     def may_connect(self, endpoint: Endpoint, ex: Exchange) -> bool:
         """Whether ``ex`` may open a connection now (then :meth:`connect_done` is due); otherwise
@@ -566,11 +599,42 @@ class UpstreamPool:
             up = self.acquire(endpoint) if ex.upgrade is None else None  # a tunnel gets its own
             if up is not None:
                 ex.attach(up, True)
+            elif ex.upgrade is None and _monotonic() - self._handed_at.get(endpoint, -_STALL_S) < _STALL_S:
+                # Connections are coming free and being handed to the waiting requests: they
+                # serve the queue without the cost of another connection (a herd released at
+                # once would otherwise open one per request).
+                queue.appendleft(ex)
+                self._watch_stall(endpoint)
+                return
             else:
                 self._connecting[endpoint] = self._connecting.get(endpoint, 0) + 1
                 ex.start_connect(endpoint)
             break
         if queue is not None and not queue:
+            del self.waiting[endpoint]
+
+    def _watch_stall(self, endpoint: Endpoint) -> None:
+        if endpoint not in self._stall_timers:
+            loop = asyncio.get_running_loop()
+            self._stall_timers[endpoint] = loop.call_later(_STALL_S, self._stall_check, endpoint)
+
+    def _stall_check(self, endpoint: Endpoint) -> None:
+        """Requests still wait: unless a connection came free lately, resume connecting."""
+        del self._stall_timers[endpoint]
+        queue = self.waiting.get(endpoint)
+        if not queue:
+            return
+        idle_for = _monotonic() - self._handed_at.get(endpoint, -_STALL_S)
+        if idle_for < _STALL_S:
+            loop = asyncio.get_running_loop()
+            self._stall_timers[endpoint] = loop.call_later(_STALL_S - idle_for, self._stall_check, endpoint)
+            return
+        while queue and self._connecting.get(endpoint, 0) < self.max_connecting_per_endpoint:
+            ex = queue.popleft()
+            if not ex.finished:
+                self._connecting[endpoint] = self._connecting.get(endpoint, 0) + 1
+                ex.start_connect(endpoint)
+        if not queue:
             del self.waiting[endpoint]
 
     def _hand_over(self, up: UpstreamConnection) -> bool:
@@ -586,6 +650,7 @@ class UpstreamPool:
             queue.popleft()
             if not queue:
                 del self.waiting[up.endpoint]
+            self._handed_at[up.endpoint] = _monotonic()
             ex.attach(up, True)
             return True
         self.waiting.pop(up.endpoint, None)
@@ -647,6 +712,9 @@ class UpstreamPool:
 
     def close(self) -> None:
         """Close every idle connection."""
+        for timer in self._stall_timers.values():
+            timer.cancel()
+        self._stall_timers.clear()
         for idle in self._idle.values():
             for up in list(idle):
                 up.abort()
