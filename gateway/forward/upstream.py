@@ -700,6 +700,8 @@ class UpstreamPool:
     def sweep(self, now: float) -> None:
         """Close connections idle for longer than the idle timeout; forget empty endpoints."""
         self.now = now
+        for endpoint in [e for e in self._handed_at if e not in self.waiting]:
+            del self._handed_at[endpoint]
         limit = now - self.idle_timeout_s
         for endpoint, idle in list(self._idle.items()):
             stale = [up for up in idle if up.closed or up.idle_since <= limit]
