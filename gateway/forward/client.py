@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import resource
@@ -974,8 +975,8 @@ def grow_fd_table(limit: int = FD_TABLE_SIZE) -> None:
         return
     fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        os.dup2(fd, top, inheritable=False)
-        os.close(top)
+        # The lowest free descriptor >= top (never one in use), closed again: the table stays.
+        os.close(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, top))
     except OSError:
         pass  # the table grows on demand as before
     finally:
