@@ -631,3 +631,19 @@ class Watch:
 
     def project_removed(self, project: str) -> None:
         self._changed()
+
+
+async def release_herd(gw: Gateway, watch: Watch, gate: asyncio.Event, n: int, path: str = "/herd") -> list[Response]:
+    """Park ``n`` cold requests (one connection each) until all are held, open ``gate`` (the project
+    becomes ready), and return every response in order."""
+    clients = [gw.client() for _ in range(n)]
+    for c in clients:
+        await c.connect()
+        await c.send(build_request("GET", path))
+    await watch.until(lambda: watch.held == n)
+    gate.set()
+    try:
+        return list(await asyncio.gather(*(c.response() for c in clients)))
+    finally:
+        for c in clients:
+            c.close()

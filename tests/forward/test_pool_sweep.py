@@ -11,6 +11,7 @@ from tests.support import (
     TableBackend,
     Watch,
     build_request,
+    release_herd,
     running_gateway,
     simple_bytes,
 )
@@ -40,15 +41,7 @@ async def test_a_released_herd_reuses_connections_instead_of_opening_one_per_req
     async with running_gateway(backend, observer=watch, max_held_per_project=n, max_held_total=n) as gw:
         assert gw.server.listener is not None
         gw.server.listener.pool.max_connecting_per_endpoint = 8
-        clients = [gw.client() for _ in range(n)]
-        for c in clients:
-            await c.connect()
-            await c.send(build_request("GET", "/herd"))
-        await watch.until(lambda: watch.held == n)
-        gate.set()
-        responses = await asyncio.gather(*(c.response() for c in clients))
-        for c in clients:
-            c.close()
+        responses = await release_herd(gw, watch, gate, n)
     assert [r.status for r in responses] == [200] * n
     assert up.accepts < n // 4  # connections that came free served most of the waiting requests
 

@@ -21,6 +21,7 @@ from tests.support import (
     Upstream,
     Watch,
     build_request,
+    release_herd,
     running_gateway,
     simple_bytes,
 )
@@ -427,15 +428,7 @@ async def test_a_released_herd_connects_a_bounded_number_at_a_time() -> None:
         assert gw.server.listener is not None
         pool = gw.server.listener.pool
         pool.max_connecting_per_endpoint = 4
-        clients = [gw.client() for _ in range(n)]
-        for c in clients:
-            await c.connect()
-            await c.send(build_request("GET", "/herd"))
-        await watch.until(lambda: watch.held == n)
-        gate.set()
-        responses = await asyncio.gather(*(c.response() for c in clients))
-        for c in clients:
-            c.close()
+        responses = await release_herd(gw, watch, gate, n)
         assert [r.status for r in responses] == [200] * n
         assert pool.waited > 0
         assert not pool.waiting
