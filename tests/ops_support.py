@@ -197,18 +197,24 @@ class GatewayProcess:
     @classmethod
     async def start(cls, projects_file: Path, *flags: str, env: Mapping[str, str] | None = None) -> GatewayProcess:
         """Start on free loopback ports (domain ``localhost``) and wait for its ``listening`` line."""
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_")}
+        return await cls.spawn("--projects", str(projects_file), "--reap-interval", "3600", *flags, env=env)
+
+    @classmethod
+    async def spawn(cls, *args: str, env: Mapping[str, str] | None = None, drop_env: tuple[str, ...] = (),
+                    timeout_s: float = 30) -> GatewayProcess:
+        """``wakegate serve ARGS`` on free loopback ports (domain ``localhost``, JSON logs), without the
+        caller's ``WAKEGATE_*`` (and ``drop_env``) variables; waits for its ``listening`` line."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_") and k not in drop_env}
         environ.update(env or {})
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--projects", str(projects_file), "--domain", "localhost",
-            "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--log-format", "json",
-            "--reap-interval", "3600", *flags,
+            sys.executable, "-m", "gateway", "serve", "--domain", "localhost", "--listen", "127.0.0.1:0",
+            "--admin-listen", "127.0.0.1:0", "--log-format", "json", *args,
             env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, start_new_session=True,
         )
         gw = cls(proc)
         try:
-            listening = await gw.wait_event(lambda e: e.get("event") == "listening", 30)
+            listening = await gw.wait_event(lambda e: e.get("event") == "listening", timeout_s)
         except BaseException:
             await gw.kill()
             raise

@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -71,24 +70,10 @@ async def provision(cluster: Cluster, name: str, image: str = ECHO, **spec: Any)
 
 
 async def start_gateway(kubeconfig: Path, *flags: str, replica: str = "gw-a") -> GatewayProcess:
-    environ = {k: v for k, v in os.environ.items()
-               if not k.startswith("WAKEGATE_") and k not in ("KUBERNETES_SERVICE_HOST", "POD_NAME")}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "--backend", "kubernetes", "--kubeconfig", str(kubeconfig),
-        "--domain", "localhost", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-        "--log-format", "json", "--replica-id", replica, "--reap-interval", "0.5", "--leader-lease", "3",
-        "--activity-write-interval", "0.5", "--hold-timeout", "90", *flags,
-        env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, start_new_session=True,
-    )
-    gw = GatewayProcess(proc)
-    try:
-        listening = await gw.wait_event(lambda e: e.get("event") == "listening", 60)
-    except BaseException:
-        await gw.kill()
-        raise
-    gw.port, gw.admin_port = int(listening["port"]), int(listening["admin_port"])
-    return gw
+    return await GatewayProcess.spawn(
+        "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--replica-id", replica,
+        "--reap-interval", "0.5", "--leader-lease", "3", "--activity-write-interval", "0.5", "--hold-timeout", "90",
+        *flags, drop_env=("KUBERNETES_SERVICE_HOST", "POD_NAME"), timeout_s=60)
 
 
 @contextlib.asynccontextmanager
