@@ -18,7 +18,9 @@ from gateway.config import ConfigError, HostPort, Settings
 
 DEMO_IDLE_TIMEOUT_S = 30.0
 
-# Modules that add actions to ``wakegate project``: (module, what it provides).
+# Modules that add actions to ``wakegate project``: (module, what it provides). They are imported
+# only for ``wakegate project ...`` (and help): provisioner.cli pulls in kubernetes_asyncio, which
+# would add ~40 MB to the RSS of every ``wakegate serve``.
 PROJECT_COMMAND_MODULES = (
     ("provisioner.cli", "render, create, status, list, delete"),
     ("gateway.admin_client", "activate, deactivate"),
@@ -49,8 +51,13 @@ def demo_settings() -> Settings:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full ``wakegate`` argument parser."""
+# Sub-commands that never need the ``project`` actions.
+_GATEWAY_COMMANDS = ("serve", "demo")
+
+
+def build_parser(*, project_actions: bool = True) -> argparse.ArgumentParser:
+    """The ``wakegate`` argument parser; with ``project_actions=False`` the ``project`` group gets
+    no actions (its modules are not imported), for running ``serve`` or ``demo``."""
     parser = argparse.ArgumentParser(
         prog="wakegate",
         description="Scale-to-zero HTTP gateway: wakes a project on its first request, sleeps it when idle.",
@@ -76,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     project = commands.add_parser("project", help="create, inspect, wake and sleep projects")
     actions = project.add_subparsers(dest="project_command", metavar="ACTION")
-    unavailable = []
-    for module_name, provides in PROJECT_COMMAND_MODULES:
+    unavailable: list[str] = []
+    for module_name, provides in PROJECT_COMMAND_MODULES if project_actions else ():
         try:
             module = importlib.import_module(module_name)
             add: Callable[[Any], None] = module.add_project_commands
@@ -170,7 +177,8 @@ Ctrl-C stops the gateway and its projects.
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``wakegate`` console script. Returns the exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(project_actions=not argv or argv[0] not in _GATEWAY_COMMANDS)
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int | None] = args.func
     try:
