@@ -38,11 +38,22 @@ async def test_a_released_herd_reuses_connections_instead_of_opening_one_per_req
     gate = backend.ready_gate["app"] = asyncio.Event()
     watch = Watch()
     n = 300
+    max_connecting = 8
     async with running_gateway(backend, observer=watch, max_held_per_project=n, max_held_total=n) as gw:
         assert gw.server.listener is not None
-        gw.server.listener.pool.max_connecting_per_endpoint = 8
+        pool = gw.server.listener.pool
+        pool.max_connecting_per_endpoint = max_connecting
         responses = await release_herd(gw, watch, gate, n)
     assert [r.status for r in responses] == [200] * n
+    assert pool.waited > n // 2  # most of the herd found every connection busy (what this test is about)
+    # A request that never waited opened at most one connection (or took an idle one), so at least
+    # this many connections were opened for requests that waited:
+    opened_for_waiting = up.accepts - (n - pool.waited)
+    # With the reuse rule, waiting requests get new connections only from attempts that end before
+    # the first connection comes free (one round of at most max_connecting; one more allowed for a
+    # slow round of events); after that, connections that come free serve them. Without it every
+    # attempt that ends opens another while requests wait (about n / 5 here).
+    assert opened_for_waiting <= 2 * max_connecting
     assert up.accepts < n // 4  # connections that came free served most of the waiting requests
 
 
