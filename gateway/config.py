@@ -70,6 +70,10 @@ class Settings:
     ignore_paths: tuple[str, ...] = ()
     ignore_user_agents: tuple[str, ...] = DEFAULT_IGNORE_USER_AGENTS
     upstream_connect_timeout_s: float = 5.0
+    # Public connections: an idle keep-alive connection is closed after this long; a request head
+    # still incomplete after this long gets a 408. Both are checked once a second.
+    client_keepalive_timeout_s: float = 75.0
+    client_header_timeout_s: float = 30.0
     stop_grace_s: float = 10.0
     # Kubernetes backend
     kubeconfig: Path | None = None
@@ -200,6 +204,10 @@ OPTIONS: tuple[Option, ...] = (
            "LIST"),
     Option("upstream_connect_timeout_s", "--upstream-connect-timeout", _positive_float,
            "seconds to connect to a project", "S"),
+    Option("client_keepalive_timeout_s", "--client-keepalive-timeout", _positive_float,
+           "seconds an idle client keep-alive connection stays open", "S"),
+    Option("client_header_timeout_s", "--client-header-timeout", _positive_float,
+           "seconds a client may take to send a request head (then 408)", "S"),
     Option("stop_grace_s", "--stop-grace", _positive_float, "SIGTERM→SIGKILL grace (local backend)", "S"),
     Option("kubeconfig", "--kubeconfig", Path, "kubeconfig (default: in-cluster config)", "FILE"),
     Option("context", "--context", str, "kubeconfig context"),

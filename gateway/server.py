@@ -112,6 +112,8 @@ class PublicServer:
             scheme=b"http",
             trust_forwarded=s.trust_forwarded,
             connect_timeout_s=s.upstream_connect_timeout_s,
+            keepalive_timeout_s=s.client_keepalive_timeout_s,
+            header_timeout_s=s.client_header_timeout_s,
             route_header=s.route_header,
         )
         await listener.start(s.listen.host, s.listen.port)

@@ -37,6 +37,8 @@ GOOD: dict[str, tuple[str, object]] = {
     "--ignore-paths": ("/healthz, /metrics,", ("/healthz", "/metrics")),
     "--ignore-user-agents": ("^curl/,Bot$", ("^curl/", "Bot$")),
     "--upstream-connect-timeout": ("2", 2.0),
+    "--client-keepalive-timeout": ("0.25", 0.25),
+    "--client-header-timeout": ("3", 3.0),
     "--stop-grace": ("1.5", 1.5),
     "--kubeconfig": ("/root/.kube/config", Path("/root/.kube/config")),
     "--context": ("kind-dev", "kind-dev"),
@@ -68,6 +70,8 @@ BAD: dict[str, list[str]] = {
     "--strategy": ["always"],
     "--ignore-user-agents": ["(unclosed", "ok,[bad"],
     "--upstream-connect-timeout": ["0"],
+    "--client-keepalive-timeout": ["0", "-1", "nan", "inf", "75s", ""],
+    "--client-header-timeout": ["0", "-30", "nan", "inf", "half a minute", ""],
     "--stop-grace": ["0"],
     "--activity-write-interval": ["0"],
     "--leader-lease": ["0", "-2"],
@@ -88,6 +92,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.hold_timeout_s == 120
     assert s.max_held_per_project == 1000
     assert s.projects_file == Path("/tmp/projects.yaml")
+    assert s.client_keepalive_timeout_s == 75
+    assert s.client_header_timeout_s == 30
 
 
 def test_issue_flags_exist() -> None:
@@ -220,3 +226,16 @@ def test_help_mentions_environment_variables() -> None:
     text = parser.format_help()
     for opt in OPTIONS:
         assert opt.env in text
+
+
+def test_client_timeouts_from_environment_and_their_errors() -> None:
+    env = {"WAKEGATE_CLIENT_KEEPALIVE_TIMEOUT": "5", "WAKEGATE_CLIENT_HEADER_TIMEOUT": "2.5"}
+    s = load_settings(PROJECTS, environ=env)
+    assert (s.client_keepalive_timeout_s, s.client_header_timeout_s) == (5.0, 2.5)
+    with pytest.raises(ConfigError) as info:
+        load_settings(PROJECTS, environ={"WAKEGATE_CLIENT_HEADER_TIMEOUT": "-1"})
+    assert str(info.value) == "WAKEGATE_CLIENT_HEADER_TIMEOUT: expected a positive number of seconds, got '-1'"
+    with pytest.raises(ConfigError) as info:
+        load_settings({**PROJECTS, "client_keepalive_timeout_s": "never"}, environ={})
+    assert "--client-keepalive-timeout" in str(info.value)
+    assert "never" in str(info.value)
