@@ -20,7 +20,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence, Set
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -34,6 +34,9 @@ from gateway.config import Settings
 _monotonic = time.monotonic
 # Held requests released per round of the event loop when their project becomes ready.
 RELEASE_BATCH = 16
+# The waiters of a project nobody waits for (most of them, with 10,000s of projects): one shared
+# empty set instead of a set per project.
+_NO_WAITERS: frozenset[asyncio.Future[None]] = frozenset()
 
 
 class State(enum.StrEnum):
@@ -99,9 +102,13 @@ class NullObserver:
 
 
 class Project:
-    """Runtime state of one project. Mutated only on the event loop."""
+    """Runtime state of one project. Mutated only on the event loop.
+
+    A gateway may know 10,000s of projects, nearly all asleep: the per-project footprint is kept
+    small (slots; the lock and the set of held requests exist only once needed)."""
 
     __slots__ = (
+        "_op_lock",
         "_rr",
         "_sleeping",
         "_up",
@@ -118,7 +125,6 @@ class Project:
         "last_activity_wall",
         "last_error",
         "name",
-        "op_lock",
         "state",
         "strategy",
         "wake_started_mono",
@@ -134,14 +140,36 @@ class Project:
         self.last_activity_mono: float | None = None
         self.last_error: str | None = None
         self.wake_started_mono: float | None = None
-        self.op_lock = asyncio.Lock()
+        self._op_lock: asyncio.Lock | None = None
         self._rr = 0
         self._sleeping = False
         self._up = False  # scaled up and not scaled down since: the reaper must look at it
         self._wake_id = 0
         self._wake_task: asyncio.Task[None] | None = None
-        self._waiters: set[asyncio.Future[None]] = set()
+        self._waiters: Set[asyncio.Future[None]] = _NO_WAITERS
         self.apply_info(info, settings)
+
+    @property
+    def op_lock(self) -> asyncio.Lock:
+        """Serialises the project's scale operations (created on first use)."""
+        lock = self._op_lock
+        if lock is None:
+            lock = self._op_lock = asyncio.Lock()
+        return lock
+
+    def _add_waiter(self, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters
+        if isinstance(waiters, set):
+            waiters.add(fut)
+        else:
+            self._waiters = {fut}
+
+    def _discard_waiter(self, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters
+        if isinstance(waiters, set):
+            waiters.discard(fut)
+            if not waiters:
+                self._waiters = _NO_WAITERS
 
     def apply_info(self, info: ProjectInfo, settings: Settings) -> None:
         """Take the backend's per-project settings, falling back to the gateway's defaults."""
@@ -346,7 +374,7 @@ class Lifecycle:
                 if remaining <= 0:
                     raise self._hold_timeout(p)
                 fut: asyncio.Future[None] = loop.create_future()
-                p._waiters.add(fut)
+                p._add_waiter(fut)
                 timer = loop.call_later(remaining, _expire, fut)
                 try:
                     await fut
@@ -363,7 +391,7 @@ class Lifecycle:
                     raise HoldRejected(502, "failed", f"project {p.name} failed to start: {exc}") from None
                 finally:
                     timer.cancel()
-                    p._waiters.discard(fut)
+                    p._discard_waiter(fut)
         finally:
             p.held -= 1
             self.held_total -= 1
@@ -387,7 +415,7 @@ class Lifecycle:
             if remaining <= 0:
                 return False
             fut: asyncio.Future[None] = loop.create_future()
-            p._waiters.add(fut)
+            p._add_waiter(fut)
             timer = loop.call_later(remaining, _expire, fut)
             try:
                 await fut
@@ -395,7 +423,7 @@ class Lifecycle:
                 return p.pick() is not None
             finally:
                 timer.cancel()
-                p._waiters.discard(fut)
+                p._discard_waiter(fut)
         return True
 
     def endpoint_failed(self, p: Project, ep: Endpoint, reason: str) -> None:
@@ -585,7 +613,7 @@ class Lifecycle:
             if p is None:
                 self.projects[name] = Project(info, self.settings)
                 self._unknown.pop(name, None)
-            elif p.info != info:
+            elif p.info is not info and p.info != info:
                 p.apply_info(info, self.settings)
         for name in [n for n in self.projects if n not in table]:
             p = self.projects.pop(name)
