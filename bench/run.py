@@ -21,7 +21,7 @@ from pathlib import Path
 from bench import report
 from bench.procs import Layout, load_average, machine_info, raise_nofile
 from bench.scenarios import SCENARIOS, SMOKE, Config, Context
-from bench.tools import Loadgen, build_loadgen
+from bench.tools import Loadgen, loadgen_command
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     nofile = raise_nofile(65536)
     layout = Layout.detect()
-    loadgen = Loadgen(build_loadgen(), layout.loadgen)
+    loadgen = Loadgen(loadgen_command(), layout.loadgen)
     ctx = Context(config, layout, work, logs, loadgen)
     meta: dict[str, object] = {
         "started": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -1,18 +1,17 @@
-"""The clients: wrk (closed-loop throughput) and bench/loadgen (open-loop latency, bursts, streams)."""
+"""The clients: wrk (closed-loop throughput) and bench/loadgen (open-loop latency, bursts, streams, the upstream)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from bench.procs import BenchError, run_json
 
-LOADGEN_SRC = Path(__file__).resolve().parent / "loadgen"
+ROOT = Path(__file__).resolve().parent.parent
 
 # wrk prints its own report for people; this script adds one JSON line for us.
 _WRK_LUA = """\
@@ -48,76 +47,63 @@ def wrk(url: str, host: str, connections: int, duration_s: float, cores: tuple[i
     return report
 
 
-def build_loadgen(cache_dir: Path | None = None) -> Path:
-    """Compile bench/loadgen (Go, standard library only) once per source version; returns the binary."""
-    digest = hashlib.sha256()
-    for name in ("go.mod", "main.go"):
-        digest.update((LOADGEN_SRC / name).read_bytes())
-    cache = cache_dir or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "wakegate" / "bench"
-    binary = cache / f"loadgen-{digest.hexdigest()[:16]}"
-    if binary.exists():
-        return binary
-    go = shutil.which("go") or next((p for p in ("/usr/local/go/bin/go", "/usr/lib/go/bin/go") if Path(p).exists()),
-                                    None)
-    if go is None:
-        raise BenchError("no Go toolchain found (needed to build bench/loadgen; the cluster build needs it too)")
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = binary.with_suffix(f".tmp{os.getpid()}")
-    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
-    done = subprocess.run([go, "build", "-trimpath", "-o", str(tmp), "."], cwd=LOADGEN_SRC, env=env,
-                          capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise BenchError(f"building bench/loadgen failed:\n{done.stderr[-2000:]}")
-    tmp.replace(binary)
-    return binary
+def loadgen_command() -> list[str]:
+    """The argv prefix of bench/loadgen (``python -m bench.loadgen``; nothing to build). Also puts the
+    repository on this process's PYTHONPATH, which its children inherit (the gateway passes it on to
+    its projects), so the module is found whatever a child's working directory."""
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(ROOT) not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
+    return [sys.executable, "-m", "bench.loadgen"]
 
 
 class Loadgen:
     """Runs the loadgen client commands, pinned to the load generator's cores."""
 
-    def __init__(self, binary: Path, cores: tuple[int, ...]) -> None:
-        self.binary = binary
+    def __init__(self, command: list[str], cores: tuple[int, ...]) -> None:
+        self.command = command  # argv prefix, see loadgen_command()
         self.cores = cores
 
     def _run(self, command: str, args: list[str], timeout_s: float) -> dict[str, Any]:
-        out = run_json([str(self.binary), command, *args], self.cores, timeout_s)
+        out = run_json([*self.command, command, *args], self.cores, timeout_s)
         result: dict[str, Any] = json.loads(out)
         return result
 
     def rate(self, port: int, host: str, rate: float, connections: int, duration_s: float, warmup_s: float = 1.0,
              scrape_url: str | None = None, scrape_interval_s: float = 1.0) -> dict[str, Any]:
         """Open-loop load at ``rate`` requests/s; latency percentiles in ms from the intended send time."""
-        args = [f"-addr=127.0.0.1:{port}", f"-host={host}", f"-rate={rate}", f"-c={connections}",
-                f"-duration={duration_s}s", f"-warmup={warmup_s}s"]
+        args = [f"--addr=127.0.0.1:{port}", f"--host={host}", f"--rate={rate}", f"-c={connections}",
+                f"--duration={duration_s}", f"--warmup={warmup_s}"]
         if scrape_url:
-            args += [f"-scrape-url={scrape_url}", f"-scrape-interval={scrape_interval_s}s"]
+            args += [f"--scrape-url={scrape_url}", f"--scrape-interval={scrape_interval_s}"]
         return self._run("rate", args, duration_s + warmup_s + 60)
 
     def burst_argv(self, port: int, host: str, n: int, progress_file: Path, timeout_s: float) -> list[str]:
         """The command line of a burst (started in the background by the caller)."""
-        return [str(self.binary), "burst", f"-addr=127.0.0.1:{port}", f"-host={host}", f"-n={n}",
-                f"-timeout={timeout_s}s", f"-progress-file={progress_file}"]
+        return [*self.command, "burst", f"--addr=127.0.0.1:{port}", f"--host={host}", f"--n={n}",
+                f"--timeout={timeout_s}", f"--progress-file={progress_file}"]
 
     def watch_argv(self, url: str, ca: Path, cert: Path, key: Path, progress_file: Path,
                    timeout_s: float) -> list[str]:
         """The command line of an EndpointSlice watch (started in the background by the caller)."""
-        return [str(self.binary), "watch", f"-url={url}", f"-ca={ca}", f"-cert={cert}", f"-key={key}",
-                f"-progress-file={progress_file}", f"-timeout={timeout_s}s"]
+        return [*self.command, "watch", f"--url={url}", f"--ca={ca}", f"--cert={cert}", f"--key={key}",
+                f"--progress-file={progress_file}", f"--timeout={timeout_s}"]
 
     def stream(self, port: int, host: str, mode: str, size: int, timeout_s: float = 300) -> dict[str, Any]:
-        return self._run("stream", [f"-addr=127.0.0.1:{port}", f"-host={host}", f"-mode={mode}", f"-bytes={size}",
-                                    f"-timeout={timeout_s}s"], timeout_s + 30)
+        """One download or upload of ``size`` bytes; bytes per second."""
+        return self._run("stream", [f"--addr=127.0.0.1:{port}", f"--host={host}", f"--mode={mode}",
+                                    f"--bytes={size}", f"--timeout={timeout_s}"], timeout_s + 30)
 
     def serve_argv(self, *, listen: str | None = None, delay_s: float = 0.0, wait_file: Path | None = None,
                    ready_file: Path | None = None) -> list[str]:
         """The upstream command (``listen`` None → 127.0.0.1:$PORT, for projects of the local backend)."""
-        argv = [str(self.binary), "serve"]
+        argv = [*self.command, "serve"]
         if listen:
-            argv.append(f"-listen={listen}")
+            argv.append(f"--listen={listen}")
         if delay_s:
-            argv.append(f"-delay={delay_s}s")
+            argv.append(f"--delay={delay_s}")
         if wait_file:
-            argv.append(f"-wait-file={wait_file}")
+            argv.append(f"--wait-file={wait_file}")
         if ready_file:
-            argv.append(f"-ready-file={ready_file}")
+            argv.append(f"--ready-file={ready_file}")
         return argv

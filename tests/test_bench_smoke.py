@@ -1,7 +1,8 @@
 """Each benchmark scenario runs once in its tiny smoke configuration, so the suite cannot rot.
 
 Benchmarks are not tests: nothing here looks at how fast anything was, only that every scenario
-ran against real nginx, wrk, the Go load generator and ``wakegate serve``, and wrote well-formed
+ran against real nginx, wrk, the load generator (``python -m bench.loadgen``) and ``wakegate serve``,
+and wrote well-formed
 results (numbers present, finite, positive where a quantity cannot be negative).
 """
 

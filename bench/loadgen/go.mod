@@ -1,3 +1,0 @@
-module wakegate.bench/loadgen
-
-go 1.21
