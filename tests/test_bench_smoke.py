@@ -2,8 +2,7 @@
 
 Benchmarks are not tests: nothing here looks at how fast anything was, only that every scenario
 ran against real nginx, wrk, the load generator (``python -m bench.loadgen``) and ``wakegate serve``,
-and wrote well-formed
-results (numbers present, finite, positive where a quantity cannot be negative).
+and wrote well-formed results (numbers present, finite, positive where a quantity cannot be negative).
 """
 
 from __future__ import annotations
