@@ -24,6 +24,8 @@ applying is idempotent and a re-run finishes whatever an interrupted run left. O
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import copy
 import json
@@ -43,8 +45,17 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from . import labels as L
 from .errors import ProvisionError, SpecError
-from .render import Obj, find, pod_for_dry_run
-from .spec import parse_quantity
+from .render import (
+    CHECKSUM_KEY_BYTES,
+    CHECKSUM_KEY_FIELD,
+    CHECKSUM_KEY_SECRET,
+    Obj,
+    find,
+    new_checksum_key,
+    pod_for_dry_run,
+    render,
+)
+from .spec import ProjectSpec, parse_quantity
 
 REQUEST_TIMEOUT_S = 30.0
 POLL_INTERVAL_S = 0.5
@@ -495,6 +506,36 @@ async def create_project(kube: Kube, objs: list[Obj], *, dry_run: bool = False,
     report.warnings += kube.warnings
     await wait_ready(kube, objs, timeout_s=wait_timeout_s)
     return report
+
+
+async def stored_checksum_key(kube: Kube, namespace: str) -> bytes | None:
+    """The config checksum key kept in ``namespace`` (Secret :data:`~provisioner.render.CHECKSUM_KEY_SECRET`),
+    or ``None`` when there is none or it is unusable (then a warning says a new one replaces it)."""
+    secret = await kube.get(TYPES["Secret"].object_path(CHECKSUM_KEY_SECRET, namespace))
+    if secret is None:
+        return None
+    raw = (secret.get("data") or {}).get(CHECKSUM_KEY_FIELD)
+    try:
+        key = base64.b64decode(raw, validate=True) if isinstance(raw, str) else b""
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < CHECKSUM_KEY_BYTES:
+        kube.warnings.append(f"Secret {CHECKSUM_KEY_SECRET} holds no usable config checksum key; a new one "
+                             "replaces it (the app restarts once)")
+        return None
+    return key
+
+
+async def create_from_spec(kube: Kube, spec: ProjectSpec, *, dry_run: bool = False,
+                           wait_timeout_s: float = 120.0) -> ApplyReport:
+    """Render ``spec`` with the project's config checksum key (read back from the cluster; a new random
+    one for a new project) and apply it with :func:`create_project`. The same input therefore renders
+    the same checksum and changes nothing; a changed config or secret value changes it."""
+    key = None
+    if await check_namespace(kube, spec.namespace, spec.name) is not None:
+        key = await stored_checksum_key(kube, spec.namespace)
+    objs = render(spec, key if key is not None else new_checksum_key())
+    return await create_project(kube, objs, dry_run=dry_run, wait_timeout_s=wait_timeout_s)
 
 
 async def prune(kube: Kube, objs: list[Obj], namespace: str, project: str, *, dry_run: bool = False) -> list[str]:

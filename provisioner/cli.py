@@ -20,14 +20,14 @@ from .apply import (
     ApplyReport,
     Kube,
     connect,
-    create_project,
+    create_from_spec,
     delete_project,
     list_projects,
     project_status,
 )
 from .envfile import load_env_file
 from .errors import ProvisionError, SpecError
-from .render import render, to_yaml
+from .render import new_checksum_key, render, to_yaml
 from .spec import (
     DEFAULT_POD_SECURITY_VERSION,
     ProjectSpec,
@@ -218,7 +218,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     """Print the project's manifests as multi-document YAML (no cluster needed)."""
     spec, warnings = spec_from_args(args)
     _warn(warnings)
-    sys.stdout.write(to_yaml(render(spec)))
+    sys.stdout.write(to_yaml(render(spec, new_checksum_key())))
     return 0
 
 
@@ -228,9 +228,8 @@ def cmd_create(args: argparse.Namespace) -> int:
     url = project_url(args, spec.name)
     timeout_s = parse_duration(args.timeout, "--timeout")
     _warn(warnings)
-    objs = render(spec)
     report: ApplyReport = _with_kube(
-        args, lambda kube: create_project(kube, objs, dry_run=args.dry_run, wait_timeout_s=timeout_s))
+        args, lambda kube: create_from_spec(kube, spec, dry_run=args.dry_run, wait_timeout_s=timeout_s))
     _warn(report.warnings)
     parts = [f"{len(report.created)} created", f"{len(report.configured)} configured",
              f"{len(report.unchanged)} unchanged"]
@@ -326,7 +325,8 @@ def add_project_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
         p.set_defaults(func=_guard(handler))
         return p
 
-    p = add("render", cmd_render, "print the project's manifests as multi-document YAML (no cluster needed)")
+    p = add("render", cmd_render, "print the project's manifests as multi-document YAML (no cluster needed; "
+                                  "the config checksum key is new on each run, `create` keeps the cluster's)")
     _add_spec(p)
     _add_naming(p)
 

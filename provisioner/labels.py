@@ -35,7 +35,8 @@ STRATEGY_ANNOTATION = "wakegate.io/strategy"
 STRATEGIES = ("auto", "block", "page")
 #: RFC 3339 timestamp of the last request; written by the gateway, shown by ``wakegate project status``.
 LAST_ACTIVITY_ANNOTATION = "wakegate.io/last-activity"
-#: On the pod template: sha256 of the ConfigMap and Secret data, so a config change restarts the app.
+#: On the pod template: HMAC-SHA256 of the ConfigMap and Secret data (keyed with a random key kept in a
+#: Secret of the project), so a config change restarts the app without exposing the values to guesses.
 CONFIG_CHECKSUM_ANNOTATION = "wakegate.io/config-checksum"
 
 # --- names -----------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 ``render`` is the single source of truth: ``wakegate project render`` prints exactly these objects
 and ``wakegate project create`` applies exactly these objects (server-side apply). The output is
-deterministic: the same spec always renders byte-identical YAML.
+deterministic: the same spec and config checksum key always render byte-identical YAML (``create``
+reads the key back from the cluster; ``render`` on the command line makes a new one).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
+import hmac
 import json
+import secrets
 from typing import Any
 
 import yaml
@@ -40,6 +43,11 @@ BLOCKED_IPV6 = ("fc00::/7", "fe80::/10")
 DNS_NAMESPACE = "kube-system"
 DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 AUTOMATION_VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
+#: The Secret (not mounted, not in the pod's environment) holding the key of the config checksum, and
+#: its data key. Whoever can read it can read the project's Secret too; Deployment readers cannot.
+CHECKSUM_KEY_SECRET = "wakegate-checksum-key"
+CHECKSUM_KEY_FIELD = "key"
+CHECKSUM_KEY_BYTES = 32
 
 
 def workload_serviceaccount(spec: ProjectSpec) -> str:
@@ -67,11 +75,20 @@ def data_claim_name(spec: ProjectSpec) -> str:
     return f"{spec.name}-data"
 
 
-def config_checksum(spec: ProjectSpec) -> str:
-    """``sha256:<hex>`` over the ConfigMap and Secret data; goes on the pod template, values never do."""
+def new_checksum_key() -> bytes:
+    """A fresh random key for :func:`config_checksum` (``create`` keeps the one the cluster holds)."""
+    return secrets.token_bytes(CHECKSUM_KEY_BYTES)
+
+
+def config_checksum(spec: ProjectSpec, key: bytes) -> str:
+    """``hmac-sha256:<hex>`` over the ConfigMap and Secret data, keyed with ``key``; goes on the pod
+    template. A plain hash would let anyone who can read the Deployment test guesses of a secret
+    value offline; without the key they cannot."""
+    if len(key) < CHECKSUM_KEY_BYTES:
+        raise ValueError(f"the config checksum key must have at least {CHECKSUM_KEY_BYTES} bytes, got {len(key)}")
     canonical = json.dumps({"config": dict(sorted(spec.config)), "secret": dict(sorted(spec.secret))},
                            sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
+    return "hmac-sha256:" + hmac.new(key, canonical.encode(), hashlib.sha256).hexdigest()
 
 
 def _meta(spec: ProjectSpec, name: str, *, namespaced: bool = True, extra_labels: dict[str, str] | None = None,
@@ -213,6 +230,12 @@ def env_objects(spec: ProjectSpec) -> list[Obj]:
     ]
 
 
+def checksum_key_secret(spec: ProjectSpec, key: bytes) -> Obj:
+    """The Secret :data:`CHECKSUM_KEY_SECRET` holding ``key``; nothing mounts it."""
+    return {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(spec, CHECKSUM_KEY_SECRET), "type": "Opaque",
+            "data": {CHECKSUM_KEY_FIELD: base64.b64encode(key).decode("ascii")}}
+
+
 def persistent_volume_claim(spec: ProjectSpec) -> Obj | None:
     """The data volume (``--storage``); scale to zero never touches it."""
     if spec.storage is None:
@@ -224,8 +247,9 @@ def persistent_volume_claim(spec: ProjectSpec) -> Obj | None:
             "spec": claim_spec}
 
 
-def deployment(spec: ProjectSpec) -> Obj:
-    """The app, created with ``replicas: 0``; its pod template satisfies Pod Security ``restricted``."""
+def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
+    """The app, created with ``replicas: 0``; its pod template satisfies Pod Security ``restricted`` and,
+    given ``checksum_key``, carries the config checksum (a config change restarts the app)."""
     r = spec.resources
     selector = L.selector_labels(spec.name)
     annotations: dict[str, str] = {}
@@ -291,6 +315,9 @@ def deployment(spec: ProjectSpec) -> Obj:
     }
     if spec.runtime_class:
         pod_spec["runtimeClassName"] = spec.runtime_class
+    template_meta: Obj = {"labels": pod_labels}
+    if checksum_key is not None:
+        template_meta["annotations"] = {L.CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, checksum_key)}
     # A ReadWriteOnce volume cannot be attached to two nodes: replace the pod instead of surging.
     strategy: Obj = ({"type": "Recreate"} if spec.storage
                      else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
@@ -303,8 +330,7 @@ def deployment(spec: ProjectSpec) -> Obj:
             "selector": {"matchLabels": selector},
             "strategy": strategy,
             "template": {
-                "metadata": {"labels": pod_labels,
-                             "annotations": {L.CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec)}},
+                "metadata": template_meta,
                 "spec": pod_spec,
             },
         },
@@ -320,14 +346,21 @@ def service(spec: ProjectSpec) -> Obj:
                                 "protocol": "TCP"}]}}
 
 
-def render(spec: ProjectSpec) -> list[Obj]:
-    """Every object of the project in apply order (Namespace first, Deployment and Service last)."""
+def render(spec: ProjectSpec, checksum_key: bytes | None = None) -> list[Obj]:
+    """Every object of the project in apply order (Namespace first, Deployment and Service last).
+
+    ``checksum_key`` keys the pod template's config checksum and is rendered into the Secret
+    :data:`CHECKSUM_KEY_SECRET`; ``create`` passes the key the cluster already holds (or a new one),
+    so the same input renders the same objects. Without it there is neither (no restart on config
+    changes)."""
     objs: list[Obj] = [namespace(spec), *service_accounts(spec), resource_quota(spec), limit_range(spec),
                        *network_policies(spec), *rbac(spec), *env_objects(spec)]
+    if checksum_key is not None:
+        objs.append(checksum_key_secret(spec, checksum_key))
     claim = persistent_volume_claim(spec)
     if claim is not None:
         objs.append(claim)
-    objs += [deployment(spec), service(spec)]
+    objs += [deployment(spec, checksum_key), service(spec)]
     return objs
 
 

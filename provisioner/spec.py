@@ -321,7 +321,8 @@ class ProjectSpec:
     def _validate_quota(self) -> None:
         q = self.quota
         _check_int("--quota-pods", q.pods, ROLLOUT_PODS, 10_000, f"(a rolling update needs {ROLLOUT_PODS})")
-        _check_int("--quota-objects", q.objects, 1, 100_000)
+        _check_int("--quota-objects", q.objects, 2, 100_000,
+                   "(a project has two Secrets, and two ConfigMaps counting kube-root-ca.crt)")
         # Explicit sizes must fit a rolling update: ROLLOUT_PODS times the container's value.
         hard = self.quota_hard()
         for resource, request, limit in self.resources.pairs():

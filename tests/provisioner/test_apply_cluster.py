@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import dataclasses
+import hashlib
 import io
 import json
 import time
@@ -19,7 +22,14 @@ from provisioner import labels as L
 from provisioner.apply import ApplyReport, Kube, connect, create_project, object_path
 from provisioner.cli import main
 from provisioner.errors import ProvisionError
-from provisioner.render import INTERNET_EGRESS_POLICY, find, render
+from provisioner.render import (
+    CHECKSUM_KEY_FIELD,
+    CHECKSUM_KEY_SECRET,
+    INTERNET_EGRESS_POLICY,
+    config_checksum,
+    find,
+    render,
+)
 from provisioner.spec import ProjectSpec, Resources
 from tests.cluster.controlplane import ApiStatusError, Cluster
 
@@ -62,6 +72,19 @@ def resource_versions(cluster: Cluster, objs: list[Obj]) -> dict[str, str]:
         assert current is not None, f"{obj['kind']}/{obj['metadata']['name']} is missing"
         out[f"{obj['kind']}/{obj['metadata']['name']}"] = current["metadata"]["resourceVersion"]
     return out
+
+
+def checksum_key(cluster: Cluster, name: str) -> bytes:
+    """The project's config checksum key, as the cluster keeps it."""
+    held = get(cluster, f"/api/v1/namespaces/wg-{name}/secrets/{CHECKSUM_KEY_SECRET}")
+    assert held is not None
+    return base64.b64decode(held["data"][CHECKSUM_KEY_FIELD])
+
+
+def config_annotation(cluster: Cluster, name: str) -> str:
+    value: str = deployment(cluster, name)["spec"]["template"]["metadata"]["annotations"][
+        L.CONFIG_CHECKSUM_ANNOTATION]
+    return value
 
 
 def deployment(cluster: Cluster, name: str) -> Obj:
@@ -144,7 +167,9 @@ def test_create_makes_every_object_and_recreate_changes_nothing(
                        secret=(("DB_PASSWORD", SECRET_VALUE),), readiness_path="/healthz", idle_timeout_s=300,
                        resources=Resources(cpu_limit="0.5", memory_limit="1024Mi"),
                        allow_internet=True)
-    objs = render(spec)
+    key = checksum_key(cluster, project)
+    assert len(key) == 32
+    objs = render(spec, key)
     assert f"{len(objs)} created, 0 configured, 0 unchanged" in err
 
     for obj in objs:  # every rendered object exists, labelled, with what was rendered
@@ -157,6 +182,15 @@ def test_create_makes_every_object_and_recreate_changes_nothing(
     assert d["metadata"]["annotations"][L.IDLE_TIMEOUT_ANNOTATION] == "300"
     cm = get(cluster, f"/api/v1/namespaces/wg-{project}/configmaps/{project}-env")
     assert cm is not None and SECRET_VALUE not in json.dumps(cm)
+    # The checksum is keyed: not the plain sha256 of the data, which a Deployment reader could test guesses with.
+    annotation = config_annotation(cluster, project)
+    assert annotation == config_checksum(spec, key)
+    plain = json.dumps({"config": dict(spec.config), "secret": dict(spec.secret)}, sort_keys=True,
+                       separators=(",", ":"), ensure_ascii=False)
+    assert annotation.split(":", 1)[1] != hashlib.sha256(plain.encode()).hexdigest()
+    for listed in cluster.request("GET", f"/api/v1/namespaces/wg-{project}/configmaps")["items"]:
+        text = json.dumps(listed)
+        assert base64.b64encode(key).decode() not in text and key.hex() not in text
     managers = {e["manager"] for e in d["metadata"]["managedFields"]}
     assert {L.FIELD_MANAGER, L.REPLICAS_FIELD_MANAGER} <= managers
 
@@ -165,6 +199,34 @@ def test_create_makes_every_object_and_recreate_changes_nothing(
     assert code == 0, err
     assert f"0 created, 0 configured, {len(objs)} unchanged" in err
     assert resource_versions(cluster, objs) == before
+
+    # A changed secret value changes the checksum (the app restarts); the key stays.
+    secret.write_text(f"DB_PASSWORD='{SECRET_VALUE}-rotated'\n")
+    code, out, err = create(cluster, project, *args)
+    assert code == 0, err
+    assert f"0 created, 2 configured, {len(objs) - 2} unchanged" in err
+    assert f"configured: Secret/{project}-env" in err and f"configured: Deployment/{project}" in err
+    assert checksum_key(cluster, project) == key
+    changed = config_annotation(cluster, project)
+    assert changed != annotation
+    assert changed == config_checksum(dataclasses.replace(spec, secret=(("DB_PASSWORD", SECRET_VALUE + "-rotated"),)),
+                                      key)
+
+
+def test_an_unusable_checksum_key_is_replaced_with_a_warning(cluster: Cluster, project: str) -> None:
+    code, _, err = create(cluster, project)
+    assert code == 0, err
+    key, annotation = checksum_key(cluster, project), config_annotation(cluster, project)
+    path = f"/api/v1/namespaces/wg-{project}/secrets/{CHECKSUM_KEY_SECRET}"
+    cluster.request("PATCH", path, {"data": {CHECKSUM_KEY_FIELD: base64.b64encode(b"short").decode()}},
+                    content_type="application/merge-patch+json")
+    code, _, err = create(cluster, project)
+    assert code == 0, err
+    assert f"Secret {CHECKSUM_KEY_SECRET} holds no usable config checksum key" in err
+    new_key = checksum_key(cluster, project)
+    assert len(new_key) == 32 and new_key != key
+    assert config_annotation(cluster, project) not in (annotation, "")
+    assert key.hex() not in err and base64.b64encode(new_key).decode() not in err
 
 
 def test_replicas_belong_to_the_gateway_and_the_pod_becomes_ready(

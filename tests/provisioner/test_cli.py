@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import base64
 from pathlib import Path
 
 import pytest
 
 from provisioner.cli import add_project_commands, build_parser, main
-from provisioner.render import find, from_yaml, render, to_yaml
+from provisioner.render import CHECKSUM_KEY_FIELD, CHECKSUM_KEY_SECRET, find, from_yaml, render, to_yaml
 from provisioner.spec import ProjectSpec
 
 IMAGE = "wakegate.test/echo:1"
@@ -25,7 +26,12 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 def test_render_prints_exactly_what_render_returns(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "render", "demo", "--image", IMAGE)
     assert code == 0 and err == ""
-    assert out == to_yaml(render(ProjectSpec(name="demo", image=IMAGE)))
+    # The config checksum key is new on each render (create reads the project's back from the cluster).
+    key = base64.b64decode(find(from_yaml(out), "Secret", CHECKSUM_KEY_SECRET)["data"][CHECKSUM_KEY_FIELD])
+    assert len(key) == 32
+    assert out == to_yaml(render(ProjectSpec(name="demo", image=IMAGE), key))
+    _, again, _ = run(capsys, "render", "demo", "--image", IMAGE)
+    assert again != out
 
 
 def test_render_options_reach_the_objects(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:

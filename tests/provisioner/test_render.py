@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import json
 from typing import Any
 
 import kubernetes_validate
@@ -12,6 +14,8 @@ from gateway.backends.kubernetes import PROJECT_NAMESPACE_PERMISSIONS
 from provisioner import labels as L
 from provisioner.render import (
     BLOCKED_IPV4,
+    CHECKSUM_KEY_FIELD,
+    CHECKSUM_KEY_SECRET,
     DEFAULT_DENY_POLICY,
     DNS_EGRESS_POLICY,
     GATEWAY_INGRESS_POLICY,
@@ -19,6 +23,7 @@ from provisioner.render import (
     config_checksum,
     find,
     from_yaml,
+    new_checksum_key,
     pod_for_dry_run,
     render,
     to_yaml,
@@ -29,6 +34,7 @@ K8S_VERSION = kubernetes_validate.latest_version()
 IMAGE = "wakegate.test/echo:1"
 SECRET_VALUE = "s3cr3t-Value-that-must-not-leak"
 CLIENT_ID = "12345678-1234-1234-1234-123456789abc"
+KEY = bytes(range(32))  # the config checksum key (create reads it back from the cluster)
 
 Obj = dict[str, Any]
 
@@ -49,7 +55,7 @@ SPECS = {"basic": BASIC, "full": FULL}
 
 
 def objects(spec: ProjectSpec = BASIC) -> list[Obj]:
-    return render(spec)
+    return render(spec, KEY)
 
 
 def deployment(spec: ProjectSpec = BASIC) -> Obj:
@@ -105,7 +111,7 @@ def test_apply_order_and_inventory() -> None:
         ("NetworkPolicy", DEFAULT_DENY_POLICY), ("NetworkPolicy", GATEWAY_INGRESS_POLICY),
         ("NetworkPolicy", DNS_EGRESS_POLICY),
         ("Role", "demo-ops"), ("RoleBinding", "demo-ops"), ("Role", L.GATEWAY_ROLE), ("RoleBinding", L.GATEWAY_ROLE),
-        ("ConfigMap", "demo-env"), ("Secret", "demo-env"),
+        ("ConfigMap", "demo-env"), ("Secret", "demo-env"), ("Secret", CHECKSUM_KEY_SECRET),
         ("Deployment", "demo"), ("Service", "demo"),
     ]
     full = [(o["kind"], o["metadata"]["name"]) for o in objects(FULL)]
@@ -125,7 +131,8 @@ def test_every_object_is_labelled_and_namespaced(which: str) -> None:
 
 
 def test_rendering_is_deterministic() -> None:
-    assert to_yaml(render(FULL)) == to_yaml(render(make(**{f: getattr(FULL, f) for f in FULL.__dataclass_fields__})))
+    same = make(**{f: getattr(FULL, f) for f in FULL.__dataclass_fields__})
+    assert to_yaml(render(FULL, KEY)) == to_yaml(render(same, bytes(KEY)))
     assert to_yaml(objects(FULL)).startswith("---\napiVersion: v1\nkind: Namespace\n")
 
 
@@ -305,20 +312,62 @@ def test_secret_values_appear_only_in_the_secret() -> None:
             assert encoded not in text
 
 
-def test_checksum_restarts_the_app_on_config_change_only() -> None:
-    def checksum(spec: ProjectSpec) -> str:
-        value: str = deployment(spec)["spec"]["template"]["metadata"]["annotations"][L.CONFIG_CHECKSUM_ANNOTATION]
-        return value
+def test_the_checksum_key_is_only_in_its_own_secret_which_nothing_mounts() -> None:
+    objs = objects(FULL)
+    holder = find(objs, "Secret", CHECKSUM_KEY_SECRET)
+    assert holder["data"] == {CHECKSUM_KEY_FIELD: base64.b64encode(KEY).decode()}
+    for obj in objs:
+        if obj is not holder:
+            text = to_yaml([obj])
+            assert base64.b64encode(KEY).decode() not in text and KEY.hex() not in text
+    assert CHECKSUM_KEY_SECRET not in json.dumps(deployment(FULL))  # neither in envFrom nor a volume
 
-    base = checksum(make(config=(("A", "1"),), secret=(("S", "x"),)))
-    assert base == config_checksum(make(config=(("A", "1"),), secret=(("S", "x"),)))
-    assert base.startswith("sha256:") and len(base) == len("sha256:") + 64
-    assert checksum(make(config=(("A", "1"),), secret=(("S", "x"),), image="other:2")) == base
-    assert checksum(make(config=(("A", "2"),), secret=(("S", "x"),))) != base
-    assert checksum(make(config=(("A", "1"),), secret=(("S", "y"),))) != base
+
+def _checksum(spec: ProjectSpec, key: bytes = KEY) -> str:
+    template = find(render(spec, key), "Deployment")["spec"]["template"]
+    value: str = template["metadata"]["annotations"][L.CONFIG_CHECKSUM_ANNOTATION]
+    return value
+
+
+def test_checksum_restarts_the_app_on_config_change_only() -> None:
+    base = _checksum(make(config=(("A", "1"),), secret=(("S", "x"),)))
+    assert base == config_checksum(make(config=(("A", "1"),), secret=(("S", "x"),)), KEY)
+    assert base.startswith("hmac-sha256:") and len(base) == len("hmac-sha256:") + 64
+    assert _checksum(make(config=(("A", "1"),), secret=(("S", "x"),), image="other:2")) == base
+    assert _checksum(make(config=(("A", "2"),), secret=(("S", "x"),))) != base
+    assert _checksum(make(config=(("A", "1"),), secret=(("S", "y"),))) != base
     # the split between ConfigMap and Secret matters
-    assert checksum(make(config=(("A", "1"), ("B", "x")))) != checksum(make(config=(("A", "1"),),
-                                                                           secret=(("B", "x"),)))
+    assert _checksum(make(config=(("A", "1"), ("B", "x")))) != _checksum(make(config=(("A", "1"),),
+                                                                             secret=(("B", "x"),)))
+
+
+def test_checksum_is_keyed() -> None:
+    spec = make(config=(("A", "1"),), secret=(("PASSWORD", "1234"),))
+    other_key = bytes(reversed(KEY))
+    assert _checksum(spec, KEY) == _checksum(spec, bytes(KEY))  # same key, same checksum: no rollout
+    assert _checksum(spec, other_key) != _checksum(spec, KEY)
+    # Not the plain sha256 of the data (which anyone reading the Deployment could test guesses against).
+    canonical = json.dumps({"config": {"A": "1"}, "secret": {"PASSWORD": "1234"}}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=False).encode()
+    digest = _checksum(spec).split(":", 1)[1]
+    assert digest != hashlib.sha256(canonical).hexdigest()
+    assert digest not in {hashlib.sha256(canonical + KEY).hexdigest(), hashlib.sha256(KEY + canonical).hexdigest()}
+
+
+def test_a_short_checksum_key_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 32 bytes, got 16"):
+        render(BASIC, bytes(16))
+
+
+def test_new_checksum_keys_are_random_32_bytes() -> None:
+    keys = {new_checksum_key() for _ in range(8)}
+    assert len(keys) == 8 and {len(k) for k in keys} == {32}
+
+
+def test_without_a_key_there_is_no_checksum_and_no_key_secret() -> None:
+    objs = render(BASIC)
+    assert ("Secret", CHECKSUM_KEY_SECRET) not in [(o["kind"], o["metadata"]["name"]) for o in objs]
+    assert "annotations" not in find(objs, "Deployment")["spec"]["template"]["metadata"]
 
 
 # --- the deployment ----------------------------------------------------------------------------------

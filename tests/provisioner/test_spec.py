@@ -239,6 +239,7 @@ def test_explicit_quota_too_small_for_a_rolling_update() -> None:
     refused("--quota-requests-memory 256Mi is too small", quota=Quota(requests_memory="256Mi"))
     refused("--quota-pods 1 is outside", quota=Quota(pods=1))
     refused("--quota-objects 0 is outside", quota=Quota(objects=0))
+    refused("--quota-objects 1 is outside 2-100000 .a project has two Secrets", quota=Quota(objects=1))
     refused("--quota-limits-memory: cannot parse", quota=Quota(limits_memory="lots"))
     assert make(quota=Quota(limits_cpu="8", pods=10)).quota_hard()["limits.cpu"] == "8"
 
