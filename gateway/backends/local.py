@@ -156,6 +156,7 @@ def _parse_project(name: str, spec: Any, path: Path, here: Path,
     projects with equal commands, environments and settings hold one object each (10,000s of them)."""
     if share is None:
         share = _own
+
     def fail(key: str, problem: str) -> ProjectsFileError:
         return ProjectsFileError(f"{path}: project {name!r}: {key}: {problem}")
 
