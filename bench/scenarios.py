@@ -354,6 +354,7 @@ def cold_start(ctx: Context) -> ScenarioResult:
             for q, key in ((0.5, "p50"), (0.99, "p99"), (1.0, "max")):
                 many[key].append(_pct(overheads, q))
         res.raw["counters"] = wakegate.counters(gw.metrics())
+    peers = _simultaneous_peers(ctx, d, res)
     res.add("wakegate", "1 held: ready → first byte, each wake", "ms", single)
     row = res.add("wakegate", f"1 held: p99 over {len(single)} wakes", "ms", [_pct(single, 0.99)])
     row.target = Target("≤ 10 ms", row.median <= 10)
@@ -362,11 +363,60 @@ def cold_start(ctx: Context) -> ScenarioResult:
     row = res.add("wakegate", f"{cfg.cold_many:,} held: ready → first byte p99", "ms", many["p99"])
     row.target = Target("≤ 10 ms", row.median <= 10)
     res.add("wakegate", f"{cfg.cold_many:,} held: ready → last first byte", "ms", many["max"])
+    for name, values in peers.items():
+        res.add(name, f"{cfg.cold_many:,} at once, running upstream: send → first byte p99", "ms", values)
+    if peers:
+        res.notes.append(
+            f"peer rows: the same {cfg.cold_many:,} requests sent at once to an upstream already running "
+            "(`loadgen serve`), through nginx (upstream on the load generator's core) and directly (upstream on "
+            "the proxy core), p99 from the send: what merely proxying that many simultaneous requests costs on one "
+            "core, for comparison with wakegate's ready → first byte.")
     res.notes.append(
         f"'ready' is the instant the project's process returned from listen() (it writes the time to a file); "
         f"single wakes boot in {cfg.boot_delay_s} s, concurrent ones listen once all requests are held; "
         "the local backend notices readiness by probing the port with a backoff.")
     return res
+
+
+def _simultaneous_peers(ctx: Context, d: Path, res: ScenarioResult) -> dict[str, list[float]]:
+    """``cold_many`` requests at once to an already-running ``loadgen serve``, through nginx and
+    directly; per repeat, the p99 of first byte - send in ms. A peer that fails is noted, not fatal."""
+    cfg, lay = ctx.config, ctx.layout
+    n = cfg.cold_many
+    out: dict[str, list[float]] = {}
+    with ExitStack() as stack:
+        direct_port, up_port, px_port = free_port(), free_port(), free_port()
+        for name, port, cores in (("burst-upstream-direct", direct_port, lay.proxy),
+                                  ("burst-upstream", up_port, lay.upstream)):
+            up = _owned(stack, spawn(name, ctx.loadgen.serve_argv(listen=f"127.0.0.1:{port}"), ctx.logs, cores))
+            wait_until(functools.partial(up.listening, port), 10, name)
+        _owned(stack, nginx.start("nginx-burst", nginx.proxy_config(d / "burst-proxy", px_port, up_port), px_port,
+                                  ctx.logs, lay.proxy))
+        for system, port in (("nginx", px_port), ("direct", direct_port)):
+            try:
+                _burst(ctx, port, 1, d / f"{system}-warm.progress", 30)  # connections and workers are up
+                for r in range(cfg.repeat):
+                    burst = _burst(ctx, port, n, d / f"{system}-{r}.progress", 120 + n / 50)
+                    if burst["ok"] != n:
+                        raise BenchError(f"{burst['ok']} of {n} answered: "
+                                         f"{ {k: v for k, v in burst.items() if k != 'first_byte_unix_ns'} }")
+                    waits = [(fb - burst["sent_unix_ns"]) / 1e6 for fb in burst["first_byte_unix_ns"]]
+                    out.setdefault(system, []).append(_pct(waits, 0.99))
+            except BenchError as exc:
+                out.pop(system, None)
+                _not_run(res, f"{system} ({n:,} at once)", exc)
+    return out
+
+
+def _burst(ctx: Context, port: int, n: int, progress: Path, timeout_s: float) -> dict[str, Any]:
+    """A burst of ``n`` requests for the 'warm' host at ``port``; its result."""
+    argv = ctx.loadgen.burst_argv(port, wakegate.host("warm"), n, progress, timeout_s)
+    done = subprocess.run(argv, capture_output=True, timeout=timeout_s + 30, preexec_fn=pinned(ctx.layout.loadgen),
+                          check=False)
+    if done.returncode != 0:
+        raise BenchError(f"burst of {n} failed: {done.stderr.decode(errors='replace')[-1000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
 
 
 async def _provision(kubeconfig: Path, names: list[str]) -> dict[str, str]:
