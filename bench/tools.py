@@ -26,14 +26,29 @@ end
 """
 
 
+# Every request head differs from the one before: the path's query and one header carry a counter
+# (the gateway memoises identical heads; this measures it without that help).
+_WRK_VARIED_LUA = """\
+local seq = 0
+request = function()
+  seq = seq + 1
+  local headers = {}
+  for k, v in pairs(wrk.headers) do headers[k] = v end
+  headers["X-Bench-Seq"] = tostring(seq)
+  return wrk.format("GET", "/?seq=" .. seq, headers)
+end
+"""
+
+
 def wrk(url: str, host: str, connections: int, duration_s: float, cores: tuple[int, ...],
-        work_dir: Path) -> dict[str, Any]:
-    """Closed-loop load with wrk (one thread, keep-alive). Returns requests/s, errors and latency."""
+        work_dir: Path, varied: bool = False) -> dict[str, Any]:
+    """Closed-loop load with wrk (one thread, keep-alive). Returns requests/s, errors and latency.
+    ``varied``: no two consecutive request heads are byte-identical (path query and a header vary)."""
     if shutil.which("wrk") is None:
         raise BenchError("wrk is not installed (make bench installs it)")
-    script = work_dir / "report.lua"
+    script = work_dir / ("report-varied.lua" if varied else "report.lua")
     if not script.exists():
-        script.write_text(_WRK_LUA)
+        script.write_text((_WRK_VARIED_LUA if varied else "") + _WRK_LUA)
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--timeout", "10s",
             "-H", f"Host: {host}", "-s", str(script), url]
     out = run_json(argv, cores, timeout_s=duration_s + 60)
