@@ -115,6 +115,7 @@ def run(o: BurstOptions) -> dict[str, Any]:
     _note(o.progress_file, f"sent {len(socks)}")
 
     done: list[_Req] = []
+    unstamped = 0  # first bytes without a kernel stamp (timed at the read instead)
     try:
         while reqs:
             left = deadline - time.monotonic()
@@ -130,6 +131,7 @@ def run(o: BurstOptions) -> dict[str, Any]:
                         data, anc, _, _ = r.sock.recvmsg(1, ANCILLARY_SIZE)
                         if data:
                             r.first_ns = stamp_of(anc)
+                            unstamped += not anc
                     else:
                         data = r.sock.recv(65536)
                     complete = r.reader.feed(data) if data else r.reader.eof()
@@ -168,4 +170,5 @@ def run(o: BurstOptions) -> dict[str, Any]:
         "errors": errs.total(),
         "error_kinds": errs.as_json(),
         "first_byte_unix_ns": ok,
+        "unstamped": unstamped,
     }

@@ -133,6 +133,7 @@ def run(o: RateOptions) -> dict[str, Any]:
     errs = ErrorCounts()
     samples: list[int] = []
     non_2xx = unsent = busy = 0
+    unstamped = 0  # responses without a kernel stamp (timed at the read instead)
 
     # The schedule runs on CLOCK_MONOTONIC (the timer's clock); intended times are reported and
     # compared with kernel stamps in CLOCK_REALTIME, through an offset taken once.
@@ -267,6 +268,8 @@ def run(o: RateOptions) -> dict[str, Any]:
                     finish(c, time.time_ns(), exc)
                     continue
                 if complete:
+                    if not anc:
+                        unstamped += 1
                     finish(c, stamp_of(anc) if data else time.time_ns(), None, eof=not data)
             mono = time.monotonic_ns()
             if mono - last_check > 100_000_000:
@@ -300,4 +303,5 @@ def run(o: RateOptions) -> dict[str, Any]:
         "scrape_ms": percentiles_ms(scraper.durations_ns) if scraper else {},
         "scrape_errors": scraper.errors.total() if scraper else 0,
         "loadgen_cpu_s": cpu_s,
+        "unstamped": unstamped,
     }
