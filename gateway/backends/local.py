@@ -567,16 +567,22 @@ def parent_death_signal(sig: signal.Signals) -> Callable[[], None] | None:
         return None
     import ctypes
 
-    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    libc = ctypes.CDLL(None, use_errno=True)
+    prctl, set_handler = libc.prctl, libc.signal
     prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
     prctl.restype = ctypes.c_int
+    set_handler.argtypes = (ctypes.c_int, ctypes.c_void_p)
+    set_handler.restype = ctypes.c_void_p
     signum, parent = int(sig), os.getpid()
 
     def set_parent_death_signal() -> None:  # runs in the child, between fork and exec
+        # Until exec the child still has the gateway's handler for the signal (the event loop's),
+        # which would swallow it: the default action ends the child instead.
+        set_handler(signum, 0)  # SIG_DFL
         if prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
         if os.getppid() != parent:  # the gateway died before the signal was armed
-            os.kill(os.getpid(), signum)
+            os._exit(1)
 
     return set_parent_death_signal
 
