@@ -252,6 +252,11 @@ def latency(ctx: Context) -> ScenarioResult:
                 row = res.add(name, f"added {pct}", "ms", added)
                 if name == "wakegate" and pct == "p99":
                     row.target = Target("≤ 2 ms", row.median <= 2.0)
+    shares = [100 * o["loadgen_cpu_s"] / (o["duration_s"] + warmup) for n in systems for o in res.raw.get(n, [])
+              if "loadgen_cpu_s" in o]
+    if shares:
+        res.notes.append(f"the load generator used {min(shares):.0f}-{max(shares):.0f}% of its core (shared with the "
+                         "proxies' upstream); near 100% its own queueing would delay the upstream.")
     for name, answered in behind.items():
         res.notes.append(f"{name} did not keep up with {rate:,} req/s (as low as {answered:,.0f}/s answered in the "
                          "measured window): its latency includes the queue that built up.")

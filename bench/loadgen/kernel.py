@@ -13,7 +13,7 @@ import time
 SO_TIMESTAMPNS = 35  # = SCM_TIMESTAMPNS; socket.SO_TIMESTAMPNS is missing before Python 3.12 on some builds
 # Room for one cmsg carrying a struct timespec (CMSG_SPACE(16) is 32 on 64-bit Linux).
 ANCILLARY_SIZE = socket.CMSG_SPACE(16)
-_TIMESPEC = struct.Struct("@qq")
+TIMESPEC = struct.Struct("@qq")  # struct timespec on 64-bit Linux
 
 CLOCK_MONOTONIC = 1
 TFD_NONBLOCK = os.O_NONBLOCK
@@ -68,6 +68,24 @@ class Timer:
         if _libc.timerfd_settime(self.fd, TFD_TIMER_ABSTIME, self._ref, None) < 0:
             _check(-1, "timerfd_settime")
 
+    def arm_periodic(self, first_monotonic_ns: int, period_ns: int) -> None:
+        """Expire at ``first_monotonic_ns`` and every ``period_ns`` after it; each expiry must be
+        consumed with :meth:`consume` (epoll reports the timer readable until then)."""
+        value, interval = self._spec.it_value, self._spec.it_interval
+        value.tv_sec, value.tv_nsec = divmod(max(first_monotonic_ns, 1), 1_000_000_000)
+        interval.tv_sec, interval.tv_nsec = divmod(max(period_ns, 1), 1_000_000_000)
+        try:
+            _check(_libc.timerfd_settime(self.fd, TFD_TIMER_ABSTIME, self._ref, None), "timerfd_settime")
+        finally:
+            interval.tv_sec = interval.tv_nsec = 0
+
+    def consume(self) -> int:
+        """The number of expiries since the last call (0 if none)."""
+        try:
+            return int.from_bytes(os.read(self.fd, 8), "little")
+        except BlockingIOError:
+            return 0
+
     def disarm(self) -> None:
         value = self._spec.it_value
         value.tv_sec = value.tv_nsec = 0
@@ -86,7 +104,7 @@ def stamp_of(ancdata: list[tuple[int, int, bytes]]) -> int:
     """The receive time in Unix ns carried by ``recvmsg`` ancillary data; now if there is none."""
     for level, kind, data in ancdata:
         if kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET and len(data) >= 16:
-            sec, nsec = _TIMESPEC.unpack_from(data)
+            sec, nsec = TIMESPEC.unpack_from(data)
             return int(sec * 1_000_000_000 + nsec)
     return time.time_ns()
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from bench.loadgen.conn import connect_blocking, send_all
 from bench.loadgen.http1 import ProtocolError, ResponseReader, request_bytes
-from bench.loadgen.kernel import ANCILLARY_SIZE, Timer, raise_nofile, set_timer_slack, stamp_of
+from bench.loadgen.kernel import ANCILLARY_SIZE, SO_TIMESTAMPNS, TIMESPEC, Timer, raise_nofile, set_timer_slack
 from bench.loadgen.stats import ErrorCounts, percentiles_ms
 
 S = 1_000_000_000
@@ -44,13 +44,15 @@ class RateOptions:
 
 
 class _Conn:
-    __slots__ = ("backlog", "busy", "done_ns", "fd", "from_ns", "intended_ns", "reader", "sent_ns", "sock")
+    __slots__ = ("backlog", "busy", "done_ns", "fd", "from_ns", "intended_ns", "partial", "reader", "sent_ns",
+                 "sock")
 
     def __init__(self) -> None:
         self.sock: socket.socket | None = None
         self.fd = -1
         self.reader = ResponseReader()
         self.busy = False
+        self.partial = False  # part of the current response has been read
         self.backlog: deque[int] = deque()  # intended times (Unix ns) that found the connection busy
         self.done_ns = 0  # when the previous response completed (kernel stamp)
         self.from_ns = 0
@@ -111,9 +113,11 @@ def run(o: RateOptions) -> dict[str, Any]:
     raise_nofile()
     req = request_bytes("GET", o.path, o.host)
     n = o.connections
-    interval = int(S * n / o.rate)  # each connection's period
-    if interval <= 0:
-        raise ValueError(f"--rate {o.rate} is too high for {n} connections")
+    # Slot j (connection j % n) is due at start + j * spacing: each connection's own schedule has
+    # the period n * spacing, and the connections are staggered by one spacing.
+    spacing = int(S / o.rate)
+    if spacing <= 0:
+        raise ValueError(f"--rate {o.rate} is too high")
     timeout_ns = int(o.timeout_s * S)
     conns = [_Conn() for _ in range(n)]
     ep = select.epoll()
@@ -143,7 +147,6 @@ def run(o: RateOptions) -> dict[str, Any]:
     end_mono = measure_mono + int(o.duration_s * S)
     measure_from = measure_mono + offset
     give_up = end_mono + offset + timeout_ns
-    slots = [interval * i // n for i in range(n)]
 
     def close(c: _Conn) -> None:
         if c.sock is not None:
@@ -152,6 +155,7 @@ def run(o: RateOptions) -> dict[str, Any]:
             c.sock.close()
             c.sock, c.fd = None, -1
         c.reader.reset()
+        c.partial = False
 
     def send(c: _Conn, intended: int) -> None:
         """Send the request meant for ``intended``; on failure, the connection's next late one."""
@@ -170,7 +174,9 @@ def run(o: RateOptions) -> dict[str, Any]:
                     now = time.time_ns()
                 assert c.sock is not None
                 c.sent_ns = now
-                send_all(c.sock, req)
+                sent = c.sock.send(req)
+                if sent != len(req):
+                    send_all(c.sock, req[sent:])
             except OSError as exc:
                 errs.add_exc(exc)
                 close(c)
@@ -202,6 +208,7 @@ def run(o: RateOptions) -> dict[str, Any]:
                 close(c)
             else:
                 c.reader.reset()
+                c.partial = False
         if c.backlog:
             send(c, c.backlog.popleft())
 
@@ -213,34 +220,38 @@ def run(o: RateOptions) -> dict[str, Any]:
     timer = Timer()
     tfd = timer.fd
     ep.register(tfd, select.EPOLLIN)
-    k = i = 0
-    next_t = start  # slot (k, i): start + k * interval + slots[i], monotonic
-    timer.arm_at(next_t)
+    i = j = 0
+    next_t = start  # when slot j is due (monotonic)
+    # One periodic expiry per slot (the rate's spacing): no re-arming per request.
+    timer.arm_periodic(next_t, spacing)
+    consume = timer.consume
     scheduling = True
     last_check = time.monotonic_ns()
-    recvmsg_size = 65536
+    recvmsg_size = 16384
+    memo: dict[bytes, tuple[int, bool]] = {}  # whole one-read responses → (status, closing)
+    unpack_timespec = TIMESPEC.unpack
     try:
         while scheduling or busy:
             for fd, _ in ep.poll(0.1):
                 if fd == tfd:
+                    consume()  # before reading the clock: a tick after this read is not lost
                     now = time.monotonic_ns()
                     while next_t <= now:
-                        c = conns[i]
+                        c = conns[i]  # i == j % n
                         if c.busy:
                             c.backlog.append(next_t + offset)
                         else:
                             send(c, next_t + offset)
                         i += 1
                         if i == n:
-                            i, k = 0, k + 1
-                        next_t = start + k * interval + slots[i]
+                            i = 0
+                        j += 1
+                        next_t = start + j * spacing
                         if next_t >= end_mono:
                             scheduling = False
                             break
                         now = time.monotonic_ns()
-                    if scheduling:
-                        timer.arm_at(next_t)
-                    else:
+                    if not scheduling:
                         timer.disarm()
                     continue
                 got = by_fd.get(fd)
@@ -262,15 +273,42 @@ def run(o: RateOptions) -> dict[str, Any]:
                         errs.add("unexpected bytes on an idle connection")
                     close(c)
                     continue
+                if anc and anc[0][1] == SO_TIMESTAMPNS:
+                    sec, nsec = unpack_timespec(anc[0][2])
+                    done = sec * S + nsec
+                else:
+                    done = time.time_ns()
+                    unstamped += 1
+                fresh = not c.partial
+                seen = memo.get(data) if fresh else None
+                if seen is not None:  # byte for byte a whole response parsed before: the common case
+                    status, closing = seen
+                    c.busy = False
+                    busy -= 1
+                    c.done_ns = done
+                    if not 200 <= status <= 299:
+                        non_2xx += 1
+                    if c.intended_ns >= measure_from:
+                        samples.append(done - c.from_ns)
+                    if closing:
+                        close(c)
+                    if c.backlog:
+                        send(c, c.backlog.popleft())
+                    continue
                 try:
                     complete = c.reader.feed(data) if data else c.reader.eof()
                 except ProtocolError as exc:
                     finish(c, time.time_ns(), exc)
                     continue
-                if complete:
-                    if not anc:
-                        unstamped += 1
-                    finish(c, stamp_of(anc) if data else time.time_ns(), None, eof=not data)
+                if not complete:
+                    c.partial = True
+                    continue
+                head = c.reader.head
+                if fresh and data and head is not None:
+                    if len(memo) >= 1024:  # a Date header changes every second
+                        memo.clear()
+                    memo[data] = (head.status, head.closing)
+                finish(c, done, None, eof=not data)
             mono = time.monotonic_ns()
             if mono - last_check > 100_000_000:
                 last_check = mono
