@@ -173,3 +173,17 @@ def test_reader_eof() -> None:
     r = ResponseReader()
     assert not r.feed(b"HTTP/1.1 200 OK\r\n\r\nuntil close")
     assert r.eof()
+
+
+def test_dechunk_for_the_watch() -> None:
+    from bench.loadgen.watch import dechunk
+
+    stream = b'1d\r\n{"type":"ADDED","object":{}}\n\r\n5;x=y\r\n{}\n{}\r\n0\r\n\r\n'
+    for cut in range(len(stream) + 1):
+        buf, out = bytearray(stream[:cut]), bytearray()
+        ended = dechunk(buf, out)
+        buf += stream[cut:]
+        ended = dechunk(buf, out) or ended
+        assert ended and bytes(out) == b'{"type":"ADDED","object":{}}\n{}\n{}', cut
+    with pytest.raises(ProtocolError, match="chunk size"):
+        dechunk(bytearray(b"zz\r\n"), bytearray())
