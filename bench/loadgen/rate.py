@@ -229,7 +229,7 @@ def run(o: RateOptions) -> dict[str, Any]:
     last_check = time.monotonic_ns()
     recvmsg_size = 16384
     memo: dict[bytes, tuple[int, bool]] = {}  # whole one-read responses → (status, closing)
-    unpack_timespec = TIMESPEC.unpack
+    unpack_timespec = TIMESPEC.unpack_from
     try:
         while scheduling or busy:
             for fd, _ in ep.poll(0.1):
