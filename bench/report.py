@@ -218,7 +218,8 @@ def charts(results: Sequence[ScenarioResult], out_dir: Path, subtitle: str) -> l
         ax.set_ylabel("ms")
         added = [r for r in lat.rows if r.metric.startswith("added")]
         bars(axes[0][1], added, "Added latency vs direct (system - direct)", "ms")
-        axes[0][1].set_yscale("symlog", linthresh=1.0)  # spans sub-ms to seconds, may dip below zero
+        if max((abs(v) for r in added for v in (r.min, r.max)), default=0.0) > 10.0:
+            axes[0][1].set_yscale("symlog", linthresh=1.0)  # spans sub-ms to seconds, may dip below zero
         fig.suptitle(f"wakegate vs nginx vs direct — {subtitle}", fontsize=9)
         fig.tight_layout()
         path = out_dir / "latency.png"
