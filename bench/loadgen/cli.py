@@ -1,5 +1,5 @@
-"""Command line of ``python -m bench.loadgen``: the flags of the former Go generator, argparse style
-(``--addr 127.0.0.1:8080`` or ``--addr=...``; durations as Go wrote them, ``10s``, ``250ms``, or seconds)."""
+"""Command line of ``python -m bench.loadgen`` (``--addr 127.0.0.1:8080`` or ``--addr=...``; durations
+as ``10s``, ``250ms``, ``1m30s`` or plain seconds)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pure helpers: Go-style durations on the command line, percentiles, error tallies."""
+"""Pure helpers: durations on the command line (``10s``, ``250ms``), percentiles, error tallies."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds in ``text``: a bare number of seconds (``2.5``) or a Go duration (``300ms``, ``1m30s``)."""
+    """Seconds in ``text``: a bare number of seconds (``2.5``) or a duration with units (``300ms``, ``1m30s``)."""
     s = text.strip()
     if not s:
         raise ValueError("empty duration")
@@ -30,7 +30,7 @@ def parse_duration(text: str) -> float:
 
 
 def percentiles_ms(samples_ns: list[int]) -> dict[str, float]:
-    """p50, p90, p99, p99.9, max and mean in milliseconds (nearest rank, as the Go generator did);
+    """p50, p90, p99, p99.9, max and mean in milliseconds (nearest rank);
     {} without samples. Sorts ``samples_ns`` in place."""
     if not samples_ns:
         return {}
@@ -67,5 +67,5 @@ class ErrorCounts:
         return sum(self.kinds.values())
 
     def as_json(self) -> dict[str, int] | None:
-        """The tally, or None when nothing failed (the Go generator printed null)."""
+        """The tally, or None when nothing failed (reported as null)."""
         return dict(self.kinds) if self.kinds else None
