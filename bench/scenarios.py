@@ -409,20 +409,28 @@ def cold_start(ctx: Context) -> ScenarioResult:
     return res
 
 
+def _served_direct_and_by_nginx(ctx: Context, stack: ExitStack, d: Path, label: str) -> tuple[int, int, Proc]:
+    """Two ``loadgen serve`` upstreams: one reached directly (on the proxy's core, as a proxy would be)
+    and one behind nginx (on the upstream core). Returns (direct port, nginx port, nginx)."""
+    lay = ctx.layout
+    direct_port, up_port, px_port = free_port(), free_port(), free_port()
+    for name, port, cores in ((f"{label}-upstream-direct", direct_port, lay.proxy),
+                              (f"{label}-upstream", up_port, lay.upstream)):
+        up = _owned(stack, spawn(name, ctx.loadgen.serve_argv(listen=f"127.0.0.1:{port}"), ctx.logs, cores))
+        wait_until(functools.partial(up.listening, port), 10, name)
+    proxy = _owned(stack, nginx.start(f"nginx-{label}", nginx.proxy_config(d / f"{label}-proxy", px_port, up_port),
+                                      px_port, ctx.logs, lay.proxy))
+    return direct_port, px_port, proxy
+
+
 def _simultaneous_peers(ctx: Context, d: Path, res: ScenarioResult) -> dict[str, list[float]]:
     """``cold_many`` requests at once to an already-running ``loadgen serve``, through nginx and
     directly; per repeat, the p99 of first byte - send in ms. A peer that fails is noted, not fatal."""
-    cfg, lay = ctx.config, ctx.layout
+    cfg = ctx.config
     n = cfg.cold_many
     out: dict[str, list[float]] = {}
     with ExitStack() as stack:
-        direct_port, up_port, px_port = free_port(), free_port(), free_port()
-        for name, port, cores in (("burst-upstream-direct", direct_port, lay.proxy),
-                                  ("burst-upstream", up_port, lay.upstream)):
-            up = _owned(stack, spawn(name, ctx.loadgen.serve_argv(listen=f"127.0.0.1:{port}"), ctx.logs, cores))
-            wait_until(functools.partial(up.listening, port), 10, name)
-        _owned(stack, nginx.start("nginx-burst", nginx.proxy_config(d / "burst-proxy", px_port, up_port), px_port,
-                                  ctx.logs, lay.proxy))
+        direct_port, px_port, _ = _served_direct_and_by_nginx(ctx, stack, d, "burst")
         for system, port in (("nginx", px_port), ("direct", direct_port)):
             try:
                 _burst(ctx, port, 1, d / f"{system}-warm.progress", 30)  # connections and workers are up
@@ -733,16 +741,9 @@ def streaming(ctx: Context) -> ScenarioResult:
     """One large download and one large upload through each system; throughput and memory growth."""
     cfg, res = ctx.config, ScenarioResult("streaming", "6. Streaming")
     d = ctx.dir("streaming")
-    lay = ctx.layout
     size = cfg.stream_bytes
     with ExitStack() as stack:
-        direct_port, up_port, px_port = free_port(), free_port(), free_port()
-        for name, port, cores in (("stream-upstream-direct", direct_port, lay.proxy),
-                                  ("stream-upstream", up_port, lay.upstream)):
-            up = _owned(stack, spawn(name, ctx.loadgen.serve_argv(listen=f"127.0.0.1:{port}"), ctx.logs, cores))
-            wait_until(functools.partial(up.listening, port), 10, name)
-        proxy = _owned(stack, nginx.start("nginx-stream", nginx.proxy_config(d / "proxy", px_port, up_port), px_port,
-                                          ctx.logs, lay.proxy))
+        direct_port, px_port, proxy = _served_direct_and_by_nginx(ctx, stack, d, "stream")
         systems = [System("direct", direct_port, wakegate.host("stream")),
                    System("nginx", px_port, wakegate.host("stream"), proxy, True)]
         try:
