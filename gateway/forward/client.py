@@ -68,7 +68,7 @@ MAX_DEFERRED_WRITES = 64
 # Client connections closed by their client between exchanges wait for their own close while
 # requests are in flight (Listener.close_later): at most this many, for at most this long.
 MAX_CLOSE_LATER = 4096
-CLOSE_LATER_S = 0.05
+CLOSE_LATER_S = 0.25
 # Descriptors the process's table is sized for up front (grow_fd_table).
 FD_TABLE_SIZE = 1 << 16
 # Request heads remembered per listener (Listener.known_requests), and the longest read remembered.
