@@ -69,6 +69,7 @@ MAX_DEFERRED_WRITES = 64
 # requests are in flight (Listener.close_later): at most this many, for at most this long.
 MAX_CLOSE_LATER = 4096
 CLOSE_LATER_S = 0.25
+CLOSE_BATCH = 64  # closed per round of the event loop
 # Descriptors the process's table is sized for up front (grow_fd_table).
 FD_TABLE_SIZE = 1 << 16
 # Request heads remembered per listener (Listener.known_requests), and the longest read remembered.
@@ -835,7 +836,7 @@ class ClientConnection(asyncio.Protocol):
             if listener.drain_waiter is not None:
                 listener.wake_drain()
             if listener.to_close:
-                listener.close_deferred()
+                listener.close_soon()
         if self.closed:
             return
         if ex.close_after or self._upgraded:
@@ -981,6 +982,13 @@ def _request_error(ex: Exchange, version: str) -> tuple[int, bytes] | None:
     return None
 
 
+def _close_all(conns: list[ClientConnection]) -> None:
+    for conn in conns:
+        t = conn.transport
+        if t is not None and not conn.closed:
+            t.close()
+
+
 def grow_fd_table(limit: int = FD_TABLE_SIZE) -> None:
     """Have the kernel size the process's descriptor table for ``limit`` descriptors (or the
     open-file limit, if lower) now. It grows by doubling as descriptors are allocated, and in a
@@ -1045,6 +1053,7 @@ class Listener:
         # Connections the client closed between exchanges, closed once no request is in flight.
         self.to_close: list[ClientConnection] = []
         self._close_timer: asyncio.TimerHandle | None = None
+        self._close_next: asyncio.Handle | None = None
 
     def defer_upstream(self, transport: asyncio.Transport, head: bytes) -> None:
         """Write ``head`` to an upstream connection at the end of this round: only for a request
@@ -1071,24 +1080,41 @@ class Listener:
 
     def close_later(self, conn: ClientConnection) -> bool:
         """Close ``conn`` (its client closed its side between exchanges) once no request is in
-        flight, within CLOSE_LATER_S, or at once when nothing is in flight. True when deferred."""
+        flight or within CLOSE_LATER_S; at once (False) when nothing is in flight or too many wait."""
         if self.in_flight == 0 or len(self.to_close) >= MAX_CLOSE_LATER:
-            return False  # uvloop closes the transport now
+            return False  # the transport closes now
         self.to_close.append(conn)
-        if self._close_timer is None:
-            self._close_timer = self.loop.call_later(CLOSE_LATER_S, self.close_deferred)
+        if self._close_timer is None and self._close_next is None:
+            self._close_timer = self.loop.call_later(CLOSE_LATER_S, self.close_soon)
         return True
 
-    def close_deferred(self) -> None:
-        """Close the connections :meth:`close_later` kept."""
+    def close_soon(self) -> None:
+        """Start closing the connections :meth:`close_later` kept (from the next callback on)."""
         if self._close_timer is not None:
             self._close_timer.cancel()
             self._close_timer = None
+        if self._close_next is None and self.to_close:
+            self._close_next = self.loop.call_soon(self._close_some)
+
+    def _close_some(self) -> None:
+        # CLOSE_BATCH per round of the loop: a long list closed at once would stall that round.
+        self._close_next = None
+        conns = self.to_close
+        if len(conns) > CLOSE_BATCH:
+            conns, self.to_close = conns[:CLOSE_BATCH], conns[CLOSE_BATCH:]
+            self._close_next = self.loop.call_soon(self._close_some)
+        else:
+            self.to_close = []
+        _close_all(conns)
+
+    def close_deferred(self) -> None:
+        """Close every connection :meth:`close_later` kept, now."""
+        for handle in (self._close_timer, self._close_next):
+            if handle is not None:
+                handle.cancel()
+        self._close_timer = self._close_next = None
         conns, self.to_close = self.to_close, []
-        for conn in conns:
-            t = conn.transport
-            if t is not None and not conn.closed:
-                t.close()
+        _close_all(conns)
 
     def flush(self) -> None:
         """Write everything deferred (transports closed meanwhile are skipped)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.forward.client import Listener
+from gateway.forward.client import CLOSE_BATCH, Listener
 from tests.support import (
     DOMAIN,
     Gateway,
@@ -102,3 +102,34 @@ async def test_a_client_closing_mid_request_still_abandons_it() -> None:
         release.set()
         r = await other.response()
         assert r.status == 200
+
+
+async def test_many_deferred_closes_all_happen_over_several_rounds() -> None:
+    release = asyncio.Event()
+    up = _upstream(release)
+    backend = TableBackend({"app": up}, running=("app",))
+    n = CLOSE_BATCH + 6  # more than one round's worth
+    async with running_gateway(backend) as gw, gw.client() as slow:
+        listener = gw.server.listener
+        assert listener is not None
+        await slow.send(build_request("GET", "/slow"))
+        await up.wait_seen(1)
+        clients = [gw.client() for _ in range(n)]
+        try:
+            for c in clients:
+                await c.connect()
+                r = await c.request("GET", "/quick")
+                assert r.status == 200
+                assert c.writer is not None
+                c.writer.write_eof()
+            async with gw.client() as probe:  # answered after the gateway read every FIN above
+                assert (await probe.request("GET", "/probe")).status == 200
+            assert len(listener.to_close) == n
+            release.set()
+            assert (await slow.response()).status == 200
+            for c in clients:
+                assert await c.read_until_closed() == b""
+            assert listener.to_close == []
+        finally:
+            for c in clients:
+                c.close()
