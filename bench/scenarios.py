@@ -324,13 +324,7 @@ def _held_burst(ctx: Context, gw: wakegate.Gateway, project: str, n: int, releas
 
 def _one_request(ctx: Context, gw: wakegate.Gateway, project: str, d: Path, timeout_s: float) -> dict[str, Any]:
     """One request (a burst of one) to a sleeping project; the burst's result."""
-    argv = ctx.loadgen.burst_argv(gw.port, wakegate.host(project), 1, d / f"{project}.progress", timeout_s)
-    done = subprocess.run(argv, capture_output=True, timeout=timeout_s + 30, preexec_fn=pinned(ctx.layout.loadgen),
-                          check=False)
-    if done.returncode != 0:
-        raise BenchError(f"request to {project} failed: {done.stderr.decode(errors='replace')[-1000:]}")
-    result: dict[str, Any] = json.loads(done.stdout)
-    return result
+    return _burst(ctx, gw.port, 1, d / f"{project}.progress", timeout_s, project)
 
 
 def _wait_held(gw: wakegate.Gateway, n: int, timeout_s: float) -> None:
@@ -447,13 +441,14 @@ def _simultaneous_peers(ctx: Context, d: Path, res: ScenarioResult) -> dict[str,
     return out
 
 
-def _burst(ctx: Context, port: int, n: int, progress: Path, timeout_s: float) -> dict[str, Any]:
-    """A burst of ``n`` requests for the 'warm' host at ``port``; its result."""
-    argv = ctx.loadgen.burst_argv(port, wakegate.host("warm"), n, progress, timeout_s)
+def _burst(ctx: Context, port: int, n: int, progress: Path, timeout_s: float,
+           project: str = "warm") -> dict[str, Any]:
+    """A burst of ``n`` requests for ``project``'s host at ``port``, sent at once; its result."""
+    argv = ctx.loadgen.burst_argv(port, wakegate.host(project), n, progress, timeout_s)
     done = subprocess.run(argv, capture_output=True, timeout=timeout_s + 30, preexec_fn=pinned(ctx.layout.loadgen),
                           check=False)
     if done.returncode != 0:
-        raise BenchError(f"burst of {n} failed: {done.stderr.decode(errors='replace')[-1000:]}")
+        raise BenchError(f"burst of {n} to {project} failed: {done.stderr.decode(errors='replace')[-1000:]}")
     result: dict[str, Any] = json.loads(done.stdout)
     return result
 

@@ -10,6 +10,7 @@ from gateway.forward.client import CLOSE_BATCH, Listener
 from tests.support import (
     DOMAIN,
     Gateway,
+    RawClient,
     RecordingUpstream,
     SeenRequest,
     TableBackend,
@@ -37,20 +38,28 @@ async def _after_the_eof(gw: Gateway, listener: Listener) -> None:
     assert len(listener.to_close) == 1
 
 
+async def _quick_client_closes_while_slow_in_flight(gw: Gateway, up: RecordingUpstream, slow: RawClient,
+                                                     quick: RawClient) -> Listener:
+    """/slow in flight on ``slow``; /quick answered on ``quick``, whose client then sends its FIN;
+    returns the listener once it has deferred that close."""
+    listener = gw.server.listener
+    assert listener is not None
+    await slow.send(build_request("GET", "/slow"))
+    await up.wait_seen(1)
+    r = await quick.request("GET", "/quick")
+    assert (r.status, r.body) == (200, b"/quick")
+    assert quick.writer is not None
+    quick.writer.write_eof()  # the client is done with the connection
+    await _after_the_eof(gw, listener)
+    return listener
+
+
 async def test_a_closed_idle_connection_is_closed_once_nothing_is_in_flight() -> None:
     release = asyncio.Event()
     up = _upstream(release)
     backend = TableBackend({"app": up}, running=("app",))
     async with running_gateway(backend) as gw, gw.client() as slow, gw.client() as quick:
-        listener = gw.server.listener
-        assert listener is not None
-        await slow.send(build_request("GET", "/slow"))
-        await up.wait_seen(1)
-        r = await quick.request("GET", "/quick")
-        assert (r.status, r.body) == (200, b"/quick")
-        assert quick.writer is not None
-        quick.writer.write_eof()  # the client is done with the connection
-        await _after_the_eof(gw, listener)
+        listener = await _quick_client_closes_while_slow_in_flight(gw, up, slow, quick)
         kept = listener.to_close[0]
         assert kept in listener.connections and not kept.closed  # its close waits for /slow
         assert gw.server.in_flight == 1
@@ -70,15 +79,7 @@ async def test_a_deferred_close_happens_even_while_a_request_stays_in_flight() -
     up = _upstream(release)
     backend = TableBackend({"app": up}, running=("app",))
     async with running_gateway(backend) as gw, gw.client() as slow, gw.client() as quick:
-        listener = gw.server.listener
-        assert listener is not None
-        await slow.send(build_request("GET", "/slow"))
-        await up.wait_seen(1)
-        r = await quick.request("GET", "/quick")
-        assert r.status == 200
-        assert quick.writer is not None
-        quick.writer.write_eof()
-        await _after_the_eof(gw, listener)
+        listener = await _quick_client_closes_while_slow_in_flight(gw, up, slow, quick)
         assert await quick.read_until_closed() == b""  # CLOSE_LATER_S bounds the wait
         assert gw.server.in_flight == 1
         assert listener.to_close == []
