@@ -472,6 +472,7 @@ async def _provision(kubeconfig: Path, names: list[str]) -> dict[str, str]:
 
 
 KUBE_IMAGE = "wakegate.test/echo:1"
+WATCH_CONNECTIONS = 3
 
 
 def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
@@ -484,6 +485,7 @@ def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
         raise BenchError(f"needs the repository's test control plane (tests/cluster): {exc}") from exc
     overhead: list[float] = []
     whole: list[float] = []
+    spread: list[float] = []
     with ExitStack() as stack:
         cluster = Cluster.start(d / "cluster")
         stack.callback(cluster.stop)
@@ -496,7 +498,7 @@ def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
             progress = d / f"{name}.watching"
             url = f"{cluster.server}/apis/discovery.k8s.io/v1/namespaces/{namespaces[name]}/endpointslices"
             argv = ctx.loadgen.watch_argv(url, cluster.ca_file, cluster.pki / "admin.crt", cluster.pki / "admin.key",
-                                          progress, 180)
+                                          progress, 180, WATCH_CONNECTIONS)
             watcher = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                        preexec_fn=pinned(ctx.layout.loadgen))
             try:
@@ -516,21 +518,30 @@ def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
                 raise BenchError(f"{name}: no ready EndpointSlice seen: {stderr.decode()[-500:]}")
             if out["ok"] != 1:
                 raise BenchError(f"{name}: the request was not answered: {out}")
-            ready_ns = json.loads(stdout)["ready_unix_ns"]
+            seen = json.loads(stdout)
+            ready_ns = seen["ready_unix_ns"]
+            spread.append((seen["arrivals_unix_ns"][-1] - ready_ns) / 1e6)
             first = out["first_byte_unix_ns"][0]
             overhead.append((first - ready_ns) / 1e6)
             whole.append((first - out["sent_unix_ns"]) / 1e6)
         res.raw["counters"] = wakegate.counters(gw.metrics())
+    res.raw["watch_spread_ms"] = spread
     res.add("wakegate", "1 held: EndpointSlice ready → first byte, each wake", "ms", overhead)
-    row = res.add("wakegate", f"1 held: p99 over {len(overhead)} wakes", "ms", [_pct(overhead, 0.99)])
+    row = res.add("wakegate", f"1 held: EndpointSlice ready → first byte, p99 over {len(overhead)} wakes", "ms",
+                  [_pct(overhead, 0.99)])
     row.target = Target("≤ 10 ms", row.median <= 10)
     res.add("wakegate", "1 held: request → first byte (whole wake)", "ms", whole)
     res.notes.append(
         "tests/cluster control plane (etcd, kube-apiserver, kube-controller-manager, node agent); projects "
         f"created by the provisioner with the {KUBE_IMAGE} test image (an aiohttp app). 'Ready' is when a watch "
-        "of the project's EndpointSlices (a process of its own) receives the event with a ready endpoint, the "
-        "event the gateway's informer also waits for. 1,000 held requests are measured with the local backend "
-        "only: here the Python test app's own time to answer them would dominate.")
+        "of the project's EndpointSlices (a process of its own) first receives the event with a ready endpoint, "
+        "the event the gateway's informer also waits for. The apiserver writes that event to each watcher from "
+        "a goroutine of its own, so two watchers can see it milliseconds apart on a busy machine: the watch "
+        f"uses {WATCH_CONNECTIONS} connections and takes the earliest arrival (median spread between them "
+        f"{statistics.median(spread) if spread else float('nan'):.2f} ms). The gateway's own watch can still be "
+        "earlier than all of them, so a single sample may come out slightly below zero. 1,000 held requests "
+        "are measured with the local backend only: here the Python test app's own time to answer them would "
+        "dominate.")
     return res
 
 

@@ -99,10 +99,10 @@ class Loadgen:
                 f"--timeout={timeout_s}", f"--progress-file={progress_file}"]
 
     def watch_argv(self, url: str, ca: Path, cert: Path, key: Path, progress_file: Path,
-                   timeout_s: float) -> list[str]:
+                   timeout_s: float, connections: int) -> list[str]:
         """The command line of an EndpointSlice watch (started in the background by the caller)."""
         return [*self.command, "watch", f"--url={url}", f"--ca={ca}", f"--cert={cert}", f"--key={key}",
-                f"--progress-file={progress_file}", f"--timeout={timeout_s}"]
+                f"--progress-file={progress_file}", f"--timeout={timeout_s}", f"--connections={connections}"]
 
     def stream(self, port: int, host: str, mode: str, size: int, timeout_s: float = 300) -> dict[str, Any]:
         """One download or upload of ``size`` bytes; bytes per second."""

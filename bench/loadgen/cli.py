@@ -98,7 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cert", required=True, help="client certificate (PEM)")
     p.add_argument("--key", required=True, help="client key (PEM)")
     p.add_argument("--timeout", type=_duration, default=180.0, help="give up after")
-    p.add_argument("--progress-file", default="", help="write 'watching' here once the watch is open")
+    p.add_argument("--progress-file", default="", help="write 'watching' here once every watch is open")
+    p.add_argument("--connections", type=int, default=3,
+                   help="watch connections; the earliest arrival counts (default 3)")
     return parser
 
 
@@ -132,7 +134,7 @@ def _serve(a: argparse.Namespace) -> None:
 def _watch(a: argparse.Namespace) -> dict[str, Any]:
     from bench.loadgen import watch
 
-    return watch.run(a.url, a.ca, a.cert, a.key, a.timeout, a.progress_file or None)
+    return watch.run(a.url, a.ca, a.cert, a.key, a.timeout, a.progress_file or None, a.connections)
 
 
 _RUN: dict[str, Callable[[argparse.Namespace], dict[str, Any] | None]] = {

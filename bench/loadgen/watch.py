@@ -1,7 +1,7 @@
-"""``watch``: list an EndpointSlice collection (none may be ready yet), watch it, and print when the
-event with a ready endpoint arrived: the kernel's receive stamp (Unix ns) of the first segment of the
-read that delivered its line, so the watch's own TLS and JSON work is not counted. A process of its
-own, started and confirmed open before the request that wakes the project."""
+"""``watch``: list an EndpointSlice collection (none may be ready yet), watch it on several connections,
+and print when the event with a ready endpoint first arrived: the kernel's receive stamp (Unix ns) of
+the first segment of the read that delivered its line, so the watch's own TLS and JSON work is not
+counted. A process of its own, started and confirmed open before the request that wakes the project."""
 
 from __future__ import annotations
 
@@ -71,8 +71,76 @@ def _list(host: str, port: int, ctx: ssl.SSLContext, target: str, timeout_s: flo
     return str((listing.get("metadata") or {}).get("resourceVersion", ""))
 
 
-def run(url: str, ca: str, cert: str, key: str, timeout_s: float, progress_file: str | None) -> dict[str, Any]:
-    """List, check, watch; the JSON object ``watch`` prints."""
+class _Watch:
+    """One watch connection: its TLS socket, a duplicate of the TCP socket under it (for the kernel's
+    receive stamps) and what has been read so far."""
+
+    def __init__(self, host: str, port: int, ctx: ssl.SSLContext, timeout_s: float) -> None:
+        raw = socket.create_connection((host, port), timeout=timeout_s)
+        enable_rx_timestamps(raw)
+        self.tls = ctx.wrap_socket(raw, server_hostname=host)
+        self.peek = socket.socket(fileno=os.dup(self.tls.fileno()))
+        self.buf, self.lines = bytearray(), bytearray()
+        self.chunked: bool | None = None  # None until the head is read
+        self.arrived = time.time_ns()  # replaced by the kernel stamp before anything is read
+
+    def fileno(self) -> int:
+        return self.tls.fileno()
+
+    def close(self) -> None:
+        self.peek.close()
+        self.tls.close()
+
+    def stamp(self) -> None:
+        """Note the kernel's arrival stamp of the next unread segment (call when readable)."""
+        _, anc, _, _ = self.peek.recvmsg(1, ANCILLARY_SIZE, socket.MSG_PEEK)
+        self.arrived = stamp_of(anc)
+
+    def read(self) -> tuple[bool, int | None]:
+        """One read: (the head has been read, the arrival stamp once an event with a ready endpoint
+        has come)."""
+        data = self.tls.recv(65536)
+        if not data:
+            raise RuntimeError("watch ended before an endpoint was ready")
+        self.buf += data
+        if self.chunked is None:
+            head = parse_response_head(bytes(self.buf))
+            if head is None:
+                return False, None
+            if head.status != 200:
+                raise RuntimeError(f"watch: status {head.status}")
+            self.chunked = head.chunked
+            del self.buf[:head.length]
+        ended = False
+        if self.chunked:
+            ended = dechunk(self.buf, self.lines)
+        else:
+            self.lines += self.buf
+            self.buf.clear()
+        while (nl := self.lines.find(b"\n")) >= 0:
+            line = bytes(self.lines[:nl]).strip()
+            del self.lines[:nl + 1]
+            if not line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                raise RuntimeError(f"watch: malformed event: {exc}") from exc
+            if event.get("type") in ("ADDED", "MODIFIED") and _ready(event.get("object")):
+                return True, self.arrived
+        if ended:
+            raise RuntimeError("watch ended before an endpoint was ready")
+        return True, None
+
+
+def run(url: str, ca: str, cert: str, key: str, timeout_s: float, progress_file: str | None,
+        connections: int = 3) -> dict[str, Any]:
+    """List, check, then watch on ``connections`` connections from the same resourceVersion; the JSON
+    object ``watch`` prints. The apiserver writes an event to each watcher from its own goroutine, so
+    one connection can receive it milliseconds after another on a busy machine; the earliest arrival
+    is the moment the EndpointSlice was first seen ready, and each connection's stamp is reported."""
+    if connections < 1:
+        raise ValueError(f"--connections: want at least 1, got {connections}")
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         raise ValueError(f"--url: want an https:// URL, got {url!r}")
@@ -85,58 +153,37 @@ def run(url: str, ca: str, cert: str, key: str, timeout_s: float, progress_file:
     path = parts.path or "/"
     version = _list(host, port, ctx, path + (f"?{parts.query}" if parts.query else ""), timeout_s)
     deadline = time.monotonic() + timeout_s
-
-    raw = socket.create_connection((host, port), timeout=timeout_s)
-    enable_rx_timestamps(raw)
-    tls = ctx.wrap_socket(raw, server_hostname=host)
-    peek = socket.socket(fileno=os.dup(tls.fileno()))  # the TCP socket under TLS, for its receive stamps
+    query = urllib.parse.urlencode({"watch": "1", "resourceVersion": version, "timeoutSeconds": int(timeout_s)})
+    request = (f"GET {path}?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
+               "User-Agent: wakegate-bench\r\n\r\n").encode()
+    watches: list[_Watch] = []
     try:
-        query = urllib.parse.urlencode({"watch": "1", "resourceVersion": version, "timeoutSeconds": int(timeout_s)})
-        tls.sendall(f"GET {path}?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
-                    "User-Agent: wakegate-bench\r\n\r\n".encode())
-        buf, lines = bytearray(), bytearray()
-        chunked: bool | None = None  # None until the head is read
-        arrived = time.time_ns()  # replaced by the kernel stamp before anything is read
-        while True:
-            if not tls.pending():
+        for _ in range(connections):
+            watches.append(_Watch(host, port, ctx, timeout_s))
+            watches[-1].tls.sendall(request)
+        opened: set[_Watch] = set()
+        stamps: dict[_Watch, int] = {}
+        while len(stamps) < len(watches):
+            waiting = [w for w in watches if w not in stamps]
+            ready = [w for w in waiting if w.tls.pending()]
+            if not ready:
                 left = deadline - time.monotonic()
-                if left <= 0 or not select.select([tls], [], [], left)[0]:
-                    raise RuntimeError(f"no ready endpoint within {timeout_s:g} s")
-                _, anc, _, _ = peek.recvmsg(1, ANCILLARY_SIZE, socket.MSG_PEEK)
-                arrived = stamp_of(anc)
-            data = tls.recv(65536)
-            if not data:
-                raise RuntimeError("watch ended before an endpoint was ready")
-            buf += data
-            if chunked is None:
-                head = parse_response_head(bytes(buf))
-                if head is None:
-                    continue
-                if head.status != 200:
-                    raise RuntimeError(f"watch: status {head.status}")
-                chunked = head.chunked
-                del buf[:head.length]
-                if progress_file:
-                    Path(progress_file).write_text("watching\n")
-            ended = False
-            if chunked:
-                ended = dechunk(buf, lines)
-            else:
-                lines += buf
-                buf.clear()
-            while (nl := lines.find(b"\n")) >= 0:
-                line = bytes(lines[:nl]).strip()
-                del lines[:nl + 1]
-                if not line:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError as exc:
-                    raise RuntimeError(f"watch: malformed event: {exc}") from exc
-                if event.get("type") in ("ADDED", "MODIFIED") and _ready(event.get("object")):
-                    return {"ready_unix_ns": arrived}
-            if ended:
-                raise RuntimeError("watch ended before an endpoint was ready")
+                if left <= 0 or not (readable := select.select(waiting, [], [], left)[0]):
+                    raise RuntimeError(f"no ready endpoint within {timeout_s:g} s "
+                                       f"({len(stamps)} of {len(watches)} watches saw one)")
+                for w in readable:
+                    w.stamp()
+                ready = readable
+            for w in ready:
+                head_read, stamp = w.read()
+                if head_read and w not in opened:
+                    opened.add(w)
+                    if progress_file and len(opened) == len(watches):
+                        Path(progress_file).write_text("watching\n")
+                if stamp is not None:
+                    stamps[w] = stamp
+        arrivals = sorted(stamps.values())
+        return {"ready_unix_ns": arrivals[0], "arrivals_unix_ns": arrivals}
     finally:
-        peek.close()
-        tls.close()
+        for w in watches:
+            w.close()
