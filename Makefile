@@ -5,20 +5,24 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # Debian packages the suite needs: network namespaces for pods (iproute2), headless Chromium for the
-# waiting-page test, nginx and wrk for the benchmark smoke runs.
-APT_PACKAGES := iproute2 chromium nginx-light wrk
+# waiting-page test, nginx and wrk for the benchmark smoke runs, gcc for the compiled data path.
+APT_PACKAGES := iproute2 chromium nginx-light wrk gcc
 
-.PHONY: run demo test lint unit venv system-deps cluster-build cluster-up cluster-down bench clean
+.PHONY: run demo test lint unit venv native system-deps cluster-build cluster-up cluster-down bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pip install -q -e '.[dev,bench,native]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+native: $(STAMP)  ## Compile the data path with mypyc (gateway/native.py); a no-op when up to date.
+	$(PY) -m gateway.native build --if-needed
+
 run: $(STAMP)  ## Start the demo gateway on the embedded local backend (no cluster needed).
+	$(PY) -m gateway.native build --if-needed || echo "note: the data path runs as plain Python (slower, same behaviour)"
 	$(VENV)/bin/wakegate demo
 
 demo: run
@@ -34,10 +38,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check gateway provisioner tests bench
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)  ## Only the tests that need no cluster.
+unit: native  ## Only the tests that need no cluster.
 	$(VENV)/bin/pytest -m "not cluster"
 
-test: $(STAMP) system-deps cluster-build lint  ## Install everything, then run the whole suite.
+test: $(STAMP) system-deps cluster-build lint native  ## Install everything, then run the whole suite.
 	$(VENV)/bin/pytest
 
 cluster-build:  ## Build (or reuse) kube-apiserver, kube-controller-manager and etcd.
@@ -49,8 +53,9 @@ cluster-up: $(STAMP) cluster-build
 cluster-down: $(STAMP)
 	$(PY) -m tests.cluster.controlplane down
 
-bench: $(STAMP) system-deps cluster-build  ## Benchmarks vs nginx and direct (bench/README.md); writes bench/results/
+bench: $(STAMP) system-deps cluster-build native  ## Benchmarks vs nginx and direct (bench/README.md); writes bench/results/
 	$(PY) -m bench.run
 
 clean:
-	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .cluster .mypy_cache .ruff_cache .pytest_cache gateway/_native.json
+	find gateway -name '*.so' -delete

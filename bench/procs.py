@@ -227,9 +227,21 @@ def machine_info() -> dict[str, object]:
         "kernel": platform.release(),
         "os": _os_name(),
         "python": platform.python_version(),
+        "wakegate_data_path": _data_path(),
         "nginx": nginx_version,
         "wrk": wrk_version,
     }
+
+
+def _data_path() -> str:
+    """How the gateway's data path runs: compiled by mypyc (gateway/native.py) or plain Python."""
+    from gateway import native
+
+    done = native.compiled()
+    if native.stale():
+        return "stale compiled modules (wakegate serve refuses to start)"
+    return ("compiled (mypyc)" if set(done) == set(native.NATIVE_MODULES) else
+            "plain Python" if not done else f"partly compiled ({len(done)} of {len(native.NATIVE_MODULES)} modules)")
 
 
 def _os_name() -> str:

@@ -118,6 +118,7 @@ def markdown(results: Sequence[ScenarioResult], meta: dict[str, Any]) -> str:
     lines = [
         f"Measured {meta['started']} on {m['cpu']} ({m['cores_usable']} cores), {m['memory_gib']} GiB, "
         f"{m['os']}, kernel {m['kernel']}, Python {m['python']}, nginx {m['nginx']}, {m['wrk']}. "
+        f"wakegate's data path: {m.get('wakegate_data_path', 'plain Python')}. "
         f"Load average before/after: {meta['load_before']} / {meta['load_after']}. "
         f"Repeats: {meta['config']['repeat']}, {meta['config']['duration_s']} s each"
         f"{' (smoke configuration)' if meta['config']['smoke'] else ''}. "

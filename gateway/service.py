@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 import uvloop
 from aiohttp import web
 
-from gateway import logs
+from gateway import logs, native
 from gateway.admin import create_admin_app, mark_draining, start_admin
 from gateway.backends.base import Backend
 from gateway.config import Settings
@@ -197,5 +197,13 @@ def serve(settings: Settings, *, ready_callback: Callable[[Service], None] | Non
     """Configure logs, check the C extensions and run the gateway on uvloop until signalled."""
     logs.configure(settings.log_format)
     check_extensions()
+    try:
+        native.check()
+    except native.NativeError as exc:
+        raise StartupError(str(exc)) from exc
+    compiled = native.compiled()
+    logs.event("data_path", compiled=len(compiled), modules=len(native.NATIVE_MODULES),
+               mode="compiled (mypyc)" if len(compiled) == len(native.NATIVE_MODULES) else
+               "plain Python" if not compiled else "partly compiled")
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(run(settings, ready_callback=ready_callback))

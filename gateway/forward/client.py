@@ -1140,7 +1140,8 @@ class Listener:
         self._server = await self.loop.create_server(
             lambda: ClientConnection(self), host, port, reuse_address=True, backlog=1024
         )
-        self.port = self._server.sockets[0].getsockname()[1]
+        server: Any = self._server  # uvloop's sockets are a list, typeshed says tuple (compiled code checks)
+        self.port = server.sockets[0].getsockname()[1]
         self._sweeper = self.loop.call_later(1.0, self._sweep)
 
     def _sweep(self) -> None:

@@ -488,9 +488,9 @@ class UpstreamConnection(asyncio.Protocol):
                 if self.read_paused:
                     self.resume_reading()
                 idle = self.idle_list
-                if not idle.dead and not self.pool.waiting and len(idle) < self.pool.max_idle_per_endpoint:
+                if not idle.dead and not self.pool.waiting and len(idle.conns) < self.pool.max_idle_per_endpoint:
                     self.idle_since = self.pool.now
-                    idle.append(self)
+                    idle.conns.append(self)
                 else:
                     self.pool.release(self)
             else:
@@ -536,13 +536,13 @@ def _with_extra(relay: bytes, extra: Sequence[tuple[bytes, bytes]]) -> bytes:
     return relay[:-2] + b"".join(name + b": " + value + b"\r\n" for name, value in extra) + b"\r\n"
 
 
-class _IdleList(list[UpstreamConnection]):
-    """Idle connections of one endpoint; ``dead`` once the pool forgot it."""
+class _IdleList:
+    """Idle connections of one endpoint (most recently used last); ``dead`` once the pool forgot it."""
 
-    __slots__ = ("dead",)
+    __slots__ = ("conns", "dead")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.conns: list[UpstreamConnection] = []
         self.dead = False
 
 
@@ -666,8 +666,11 @@ class UpstreamPool:
     def acquire(self, endpoint: Endpoint) -> UpstreamConnection | None:
         """An idle open connection to ``endpoint``, most recently used first, or ``None``."""
         idle = self._idle.get(endpoint)
-        while idle:
-            up = idle.pop()
+        if idle is None:
+            return None
+        conns = idle.conns
+        while conns:
+            up = conns.pop()
             if not up.closed:
                 return up
         return None
@@ -679,23 +682,24 @@ class UpstreamPool:
         idle = up.idle_list
         if idle.dead:
             idle = up.idle_list = self.idle_list(up.endpoint)
-        if len(idle) >= self.max_idle_per_endpoint:
+        if len(idle.conns) >= self.max_idle_per_endpoint:
             up.abort()
             return
         up.idle_since = self.now
-        idle.append(up)
+        idle.conns.append(up)
 
     def discard(self, up: UpstreamConnection) -> None:
         """Forget a connection that closed while idle."""
-        idle = up.idle_list
-        if up in idle:
-            idle.remove(up)
+        conns = up.idle_list.conns
+        if up in conns:
+            conns.remove(up)
 
     def idle_count(self, endpoint: Endpoint | None = None) -> int:
         """Idle connections to ``endpoint`` (or to all endpoints)."""
         if endpoint is not None:
-            return len(self._idle.get(endpoint, ()))
-        return sum(len(v) for v in self._idle.values())
+            idle = self._idle.get(endpoint)
+            return 0 if idle is None else len(idle.conns)
+        return sum(len(v.conns) for v in self._idle.values())
 
     def sweep(self, now: float) -> None:
         """Close connections idle for longer than the idle timeout; forget empty endpoints."""
@@ -704,11 +708,11 @@ class UpstreamPool:
             del self._handed_at[endpoint]
         limit = now - self.idle_timeout_s
         for endpoint, idle in list(self._idle.items()):
-            stale = [up for up in idle if up.closed or up.idle_since <= limit]
+            stale = [up for up in idle.conns if up.closed or up.idle_since <= limit]
             for up in stale:
-                idle.remove(up)
+                idle.conns.remove(up)
                 up.abort()
-            if not idle:
+            if not idle.conns:
                 idle.dead = True  # connections in use that hold it move to a new list on release
                 del self._idle[endpoint]
 
@@ -718,8 +722,8 @@ class UpstreamPool:
             timer.cancel()
         self._stall_timers.clear()
         for idle in self._idle.values():
-            for up in list(idle):
+            for up in list(idle.conns):
                 up.abort()
-            idle.clear()
+            idle.conns.clear()
             idle.dead = True
         self._idle.clear()
