@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import importlib
 import importlib.machinery
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 # The modules every proxied request runs through (profiled: these hold most of the gateway's own
 # Python time per request). Compiled classes cannot be subclassed by interpreted ones, so a module
@@ -128,7 +130,8 @@ def build(package_dir: Path = PACKAGE_DIR, if_needed: bool = False, verbose: boo
         return False
     try:
         from mypyc.build import mypycify
-        from setuptools import Distribution  # type: ignore[import-untyped]
+        # Untyped in some setuptools releases and typed in others: keep mypy out of it.
+        distribution: Any = importlib.import_module("setuptools").Distribution
     except ImportError as exc:
         raise NativeError(f"compiling needs mypy (mypyc) and setuptools: {exc}") from exc
     root = package_dir.parent
@@ -137,10 +140,10 @@ def build(package_dir: Path = PACKAGE_DIR, if_needed: bool = False, verbose: boo
     clean(package_dir)
     try:
         with tempfile.TemporaryDirectory(prefix="wakegate-native-") as tmp, contextlib.chdir(root), \
-                _quiet(not verbose):
+                _quiet(not verbose), _environ("MYPY_CACHE_DIR", os.path.join(tmp, "mypy-cache")):
             extensions = mypycify([str(p.relative_to(root)) for p in sources.values()], group_name=GROUP,
                                   target_dir=os.path.join(tmp, "c"), opt_level="3")
-            dist = Distribution({"name": "wakegate-native", "ext_modules": extensions})
+            dist = distribution({"name": "wakegate-native", "ext_modules": extensions})
             dist.script_args = []
             cmd = dist.get_command_obj("build_ext")
             cmd.inplace = True
@@ -156,6 +159,21 @@ def build(package_dir: Path = PACKAGE_DIR, if_needed: bool = False, verbose: boo
         raise NativeError(f"compiling produced no extension for {', '.join(missing)}")
     (package_dir / MANIFEST).write_text(json.dumps({"sources": digests}, indent=2) + "\n")
     return True
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``name=value`` in the environment meanwhile (mypy's cache goes to the build's temp dir, not
+    into the tree or site-packages)."""
+    old = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = old
 
 
 @contextlib.contextmanager
