@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,10 @@ class Loadgen:
         return [*self.command, "burst", f"--addr=127.0.0.1:{port}", f"--host={host}", f"--n={n}",
                 f"--timeout={timeout_s}", f"--progress-file={progress_file}"]
 
-    def watch_argv(self, url: str, ca: Path, cert: Path, key: Path, progress_file: Path,
+    def watch_argv(self, urls: Sequence[str], ca: Path, cert: Path, key: Path, progress_file: Path,
                    timeout_s: float, connections: int) -> list[str]:
         """The command line of an EndpointSlice watch (started in the background by the caller)."""
-        return [*self.command, "watch", f"--url={url}", f"--ca={ca}", f"--cert={cert}", f"--key={key}",
+        return [*self.command, "watch", *(f"--url={u}" for u in urls), f"--ca={ca}", f"--cert={cert}", f"--key={key}",
                 f"--progress-file={progress_file}", f"--timeout={timeout_s}", f"--connections={connections}"]
 
     def stream(self, port: int, host: str, mode: str, size: int, timeout_s: float = 300) -> dict[str, Any]:

@@ -92,15 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--body-size", type=int, default=1024, help="bytes of the / response")
 
     p = sub.add_parser("watch", help="when an EndpointSlice collection first has a ready endpoint")
-    p.add_argument("--url", required=True,
-                   help="https://HOST:PORT/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices")
+    p.add_argument("--url", required=True, action="append",
+                   help="https://HOST:PORT/apis/discovery.k8s.io/v1/namespaces/NS/endpointslices (repeatable; "
+                        "a query such as ?labelSelector=... is kept)")
     p.add_argument("--ca", required=True, help="cluster CA (PEM)")
     p.add_argument("--cert", required=True, help="client certificate (PEM)")
     p.add_argument("--key", required=True, help="client key (PEM)")
     p.add_argument("--timeout", type=_duration, default=180.0, help="give up after")
     p.add_argument("--progress-file", default="", help="write 'watching' here once every watch is open")
     p.add_argument("--connections", type=int, default=3,
-                   help="watch connections; the earliest arrival counts (default 3)")
+                   help="watch connections per --url; the earliest arrival counts (default 3)")
     return parser
 
 

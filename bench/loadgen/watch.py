@@ -13,6 +13,7 @@ import socket
 import ssl
 import time
 import urllib.parse
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,34 +134,44 @@ class _Watch:
         return True, None
 
 
-def run(url: str, ca: str, cert: str, key: str, timeout_s: float, progress_file: str | None,
+def run(urls: Sequence[str], ca: str, cert: str, key: str, timeout_s: float, progress_file: str | None,
         connections: int = 3) -> dict[str, Any]:
-    """List, check, then watch on ``connections`` connections from the same resourceVersion; the JSON
-    object ``watch`` prints. The apiserver writes an event to each watcher from its own goroutine, so
-    one connection can receive it milliseconds after another on a busy machine; the earliest arrival
-    is the moment the EndpointSlice was first seen ready, and each connection's stamp is reported."""
+    """For each URL (an EndpointSlice collection, its query kept): list, check, then watch it on
+    ``connections`` connections from the listed resourceVersion; the JSON object ``watch`` prints.
+
+    The apiserver writes an event to each watcher from a goroutine of its own, so one connection
+    can receive it milliseconds after another on a busy machine, and watches of one kind (say,
+    namespaced) can lag those of another (cluster-wide, by label, as the gateway's informer) together.
+    The earliest arrival over all of them is the moment the EndpointSlice was first seen ready."""
     if connections < 1:
         raise ValueError(f"--connections: want at least 1, got {connections}")
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "https" or not parts.hostname:
-        raise ValueError(f"--url: want an https:// URL, got {url!r}")
+    if not urls:
+        raise ValueError("--url: give at least one")
     try:
         ctx = ssl.create_default_context(cafile=ca)
         ctx.load_cert_chain(cert, key)
     except (ssl.SSLError, OSError) as exc:
         raise ValueError(f"--ca/--cert/--key: {exc}") from exc
-    host, port = parts.hostname, parts.port or 443
-    path = parts.path or "/"
-    version = _list(host, port, ctx, path + (f"?{parts.query}" if parts.query else ""), timeout_s)
+    targets = []
+    for url in urls:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme != "https" or not parts.hostname:
+            raise ValueError(f"--url: want an https:// URL, got {url!r}")
+        targets.append(parts)
     deadline = time.monotonic() + timeout_s
-    query = urllib.parse.urlencode({"watch": "1", "resourceVersion": version, "timeoutSeconds": int(timeout_s)})
-    request = (f"GET {path}?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
-               "User-Agent: wakegate-bench\r\n\r\n").encode()
     watches: list[_Watch] = []
     try:
-        for _ in range(connections):
-            watches.append(_Watch(host, port, ctx, timeout_s))
-            watches[-1].tls.sendall(request)
+        for parts in targets:
+            host, port = parts.hostname or "", parts.port or 443
+            path = parts.path or "/"
+            version = _list(host, port, ctx, path + (f"?{parts.query}" if parts.query else ""), timeout_s)
+            query = urllib.parse.urlencode([*urllib.parse.parse_qsl(parts.query), ("watch", "1"),
+                                            ("resourceVersion", version), ("timeoutSeconds", int(timeout_s))])
+            request = (f"GET {path}?{query} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: application/json\r\n"
+                       "User-Agent: wakegate-bench\r\n\r\n").encode()
+            for _ in range(connections):
+                watches.append(_Watch(host, port, ctx, timeout_s))
+                watches[-1].tls.sendall(request)
         opened: set[_Watch] = set()
         stamps: dict[_Watch, int] = {}
         while len(stamps) < len(watches):
