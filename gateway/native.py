@@ -20,6 +20,7 @@ import importlib
 import importlib.machinery
 import json
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -39,6 +40,16 @@ NATIVE_MODULES = (
 )
 GROUP = "gateway._native"  # the shared library: gateway/_native__mypyc.<suffix>
 MANIFEST = "_native.json"
+# Packages the compiled modules' imports reach, copied beside the package for the type check.
+_ALSO_COPIED = ("provisioner",)
+# The type check mypyc runs before compiling (the lint's settings in pyproject.toml are stricter):
+# libraries without type information are taken as Any.
+_MYPY_INI = """[mypy]
+python_version = 3.11
+
+[mypy-kubernetes_asyncio.*,httptools.*,uvloop.*,prometheus_client.*]
+ignore_missing_imports = True
+"""
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -134,22 +145,29 @@ def build(package_dir: Path = PACKAGE_DIR, if_needed: bool = False, verbose: boo
         distribution: Any = importlib.import_module("setuptools").Distribution
     except ImportError as exc:
         raise NativeError(f"compiling needs mypy (mypyc) and setuptools: {exc}") from exc
-    root = package_dir.parent
     sources = {m: source_path(m, package_dir) for m in NATIVE_MODULES}
     digests = {m: digest(p) for m, p in sources.items()}
     clean(package_dir)
     try:
-        with tempfile.TemporaryDirectory(prefix="wakegate-native-") as tmp, contextlib.chdir(root), \
-                _quiet(not verbose), _environ("MYPY_CACHE_DIR", os.path.join(tmp, "mypy-cache")):
-            extensions = mypycify([str(p.relative_to(root)) for p in sources.values()], group_name=GROUP,
-                                  target_dir=os.path.join(tmp, "c"), opt_level="3")
-            dist = distribution({"name": "wakegate-native", "ext_modules": extensions})
-            dist.script_args = []
-            cmd = dist.get_command_obj("build_ext")
-            cmd.inplace = True
-            cmd.build_temp = os.path.join(tmp, "temp")
-            cmd.build_lib = os.path.join(tmp, "lib")
-            dist.run_command("build_ext")
+        with tempfile.TemporaryDirectory(prefix="wakegate-native-") as tmp:
+            # Compiled from a copy: mypy treats the directory holding the package as a source root,
+            # which must not be site-packages (an installed copy) and must hold our mypy settings.
+            src = Path(tmp) / "src"
+            for pkg in (package_dir, *[d for d in (package_dir.parent / name for name in _ALSO_COPIED) if d.is_dir()]):
+                shutil.copytree(pkg, src / pkg.name, ignore=shutil.ignore_patterns("__pycache__", "*.so", MANIFEST))
+            (src / "mypy.ini").write_text(_MYPY_INI)
+            with contextlib.chdir(src), _quiet(not verbose), _environ("MYPY_CACHE_DIR", os.path.join(tmp, "cache")):
+                extensions = mypycify([str(p.relative_to(package_dir.parent)) for p in sources.values()],
+                                      group_name=GROUP, target_dir=os.path.join(tmp, "c"), opt_level="3")
+                dist = distribution({"name": "wakegate-native", "ext_modules": extensions})
+                dist.script_args = []
+                cmd = dist.get_command_obj("build_ext")
+                cmd.inplace = True
+                cmd.build_temp = os.path.join(tmp, "temp")
+                cmd.build_lib = os.path.join(tmp, "lib")
+                dist.run_command("build_ext")
+            for ext in _extensions(src / package_dir.name):
+                shutil.copy2(ext, package_dir / ext.relative_to(src / package_dir.name))
     except (Exception, SystemExit) as exc:
         clean(package_dir)
         raise NativeError(f"compiling {', '.join(NATIVE_MODULES)} failed: {exc} (it needs a C compiler and "
