@@ -10,7 +10,7 @@ COPY provisioner ./provisioner
 RUN python -m venv /opt/wakegate && /opt/wakegate/bin/pip install --no-cache-dir '.[native]' \
  && /opt/wakegate/bin/python -m gateway.native build \
  && /opt/wakegate/bin/python -m gateway.native check \
- && /opt/wakegate/bin/pip uninstall -y -q mypy mypy_extensions
+ && /opt/wakegate/bin/pip uninstall -y -q mypy mypy_extensions librt pathspec ast-serialize
 
 FROM python:3.11-slim
 COPY --from=build /opt/wakegate /opt/wakegate
