@@ -32,8 +32,10 @@ from gateway.backends.base import Backend, BackendError, BackendUnavailable, End
 from gateway.config import Settings
 
 _monotonic = time.monotonic
-# Held requests released per round of the event loop when their project becomes ready.
-RELEASE_BATCH = 16
+# Held requests released per round of the event loop when their project becomes ready. Measured
+# with 1,000 held (bench rig, 4 wakes each): 8 answers the first ones in 4-5 ms and half in 25 ms;
+# 16 takes 8 and 27 ms; 4 answers the first sooner still but the last ones later.
+RELEASE_BATCH = 8
 # The waiters of a project nobody waits for (most of them, with 10,000s of projects): one shared
 # empty set instead of a set per project.
 _NO_WAITERS: frozenset[asyncio.Future[None]] = frozenset()
