@@ -161,7 +161,8 @@ class CpuTrace:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _sample(self) -> None:
-        self.samples.append((time.time_ns(), self.proc.cpu_ns()))
+        with contextlib.suppress(OSError):  # the process has ended: no more samples
+            self.samples.append((time.time_ns(), self.proc.cpu_ns()))
 
     def _run(self) -> None:
         if self.cores:

@@ -100,3 +100,16 @@ def test_cpu_trace_tells_busy_from_idle(tmp_path: Path) -> None:
     finally:
         popen.kill()
         popen.wait()
+
+
+@pytest.mark.timeout(30)
+def test_cpu_trace_of_a_process_that_ended_keeps_what_it_sampled(tmp_path: Path) -> None:
+    popen = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    proc = Proc("short", popen, tmp_path / "short.log")
+    with CpuTrace(proc) as trace:
+        assert popen.stdin is not None
+        popen.stdin.close()
+        assert popen.wait(timeout=10) == 0
+    assert trace.samples  # the first one, at least; none after the process was reaped, and no error
+    with pytest.raises(OSError):
+        proc.cpu_ns()
