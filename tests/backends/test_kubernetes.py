@@ -537,27 +537,33 @@ async def test_sleeps_racing_requests_never_drop_one(cluster: Cluster, sa_kubeco
         async with gateway(sa_kubeconfig, replica="gw-b") as other:
             assert (await get(other, "race"))[0] == 200
             statuses: list[tuple[int, str]] = []
+            answered = asyncio.Condition()
             done = asyncio.Event()
 
             async def stream() -> None:
                 # A steady stream of requests through the replica that does not reap ...
                 while not done.is_set():
                     statuses.append(await get(other, "race", f"/{len(statuses)}"))
-                    await asyncio.sleep(0.02)
+                    async with answered:
+                        answered.notify_all()
+                    await asyncio.sleep(0.02)  # the stream's pace, not a wait for anything
 
             async def sleeps() -> list[int]:
-                # ... while the leader is told to put the project to sleep, again and again.
+                # ... while the leader is told to put the project to sleep, again and again; each
+                # time, a few requests (the first of them held while the project wakes again) are
+                # answered before the next attempt.
                 answers = []
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
                     for _ in range(6):
                         async with s.post(f"{leader.admin_url}/api/v1/projects/race/deactivate") as resp:
                             answers.append(resp.status)
-                        await asyncio.sleep(0.7)
+                        target = len(statuses) + 3
+                        async with answered:
+                            await asyncio.wait_for(answered.wait_for(lambda t=target: len(statuses) >= t), 60)
                 done.set()
                 return answers
 
             answers, _ = await asyncio.gather(sleeps(), stream())
-            assert len(statuses) > 20
             bad = [(s, body) for s, body in statuses if s != 200]
             assert not bad, bad
             # every attempt either slept it (and the next request woke it) or was refused for the traffic
