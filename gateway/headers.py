@@ -1,11 +1,18 @@
 """Pure header rules of the proxy, on raw ``(name, value)`` byte pairs as the parser gives them.
 
 - Hop-by-hop fields (RFC 9110 §7.6.1) are removed in both directions: the fixed set below plus every
-  field named in ``Connection``.
-- Requests gain ``X-Forwarded-For`` (appended to any incoming one), ``X-Forwarded-Proto``,
-  ``X-Forwarded-Host`` and ``Via``. Incoming ``X-Forwarded-Proto``/``-Host`` are kept only when the
-  gateway sits behind a trusted ingress (``trust_forwarded``); otherwise a client could lie about them.
-- Responses gain ``Via``; the body framing header is the forwarder's choice, never upstream's.
+  field named in ``Connection`` — except the fields in :data:`NEVER_LISTED`, which frame or route the
+  message (``Content-Length``, ``Transfer-Encoding``, ``Host``) or which the proxy manages itself (the
+  identity fields, ``X-Request-Id``). RFC 9110 §7.6.1 is about hop-by-hop fields, not framing: a
+  ``Connection: content-length`` obeyed would forward a body without its length, which the next hop
+  would parse as the next request. Such a token is ignored (not rejected): the message stays
+  unambiguous, since the proxy frames it by the very field the token names.
+- Identity fields (``X-Forwarded-For``/``-Proto``/``-Host``, ``Forwarded``, ``X-Real-IP``) follow one
+  rule: from a trusted peer (``trusted``: a known ingress) they are kept and appended to; from any
+  other peer they are replaced by the gateway's own, since a client could lie about them.
+- Requests gain ``Via``; so do responses. A response's body framing is the forwarder's choice, never
+  upstream's; the only transfer coding accepted from upstream is ``chunked`` alone
+  (:func:`transfer_coding_ok`).
 
 The builders return a complete message head (start line, fields, blank line) in one pass: they sit
 on the hot path of every request.
@@ -35,9 +42,30 @@ HOP_BY_HOP: frozenset[bytes] = frozenset(
 
 VIA_VALUE = b"1.1 wakegate"
 
+# Fields a ``Connection`` token never removes (see the module docstring).
+NEVER_LISTED: frozenset[bytes] = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"transfer-encoding",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"x-real-ip",
+        b"x-request-id",
+    }
+)
+
 _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
+_FORWARDED = b"forwarded"
+_XRIP = b"x-real-ip"
+_REQUEST_ID = b"x-request-id"
+_IDENTITY = frozenset({_XFF, _XFP, _XFH, _FORWARDED, _XRIP})
+# A client's X-Request-Id is kept (forwarded and logged) when it is short and of these characters.
+_SAFE_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:@/+=-]{1,128}")
 _HOST = b"host"
 _CONNECTION = b"connection"
 _CONTENT_LENGTH = b"content-length"
@@ -82,7 +110,8 @@ REASONS: dict[int, bytes] = {
 
 
 def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
-    """The lower-cased field names listed in every ``Connection`` header (``close`` included)."""
+    """The lower-cased field names listed in every ``Connection`` header (``close`` included),
+    less :data:`NEVER_LISTED`: the fields those tokens make hop-by-hop."""
     tokens: set[bytes] | None = None
     for name, value in headers:
         if len(name) == 10 and name.lower() == _CONNECTION:
@@ -90,9 +119,25 @@ def connection_tokens(headers: Iterable[Header]) -> frozenset[bytes]:
                 tokens = set()
             for token in value.split(b","):
                 token = token.strip().lower()
-                if token:
+                if token and token not in NEVER_LISTED:
                     tokens.add(token)
     return frozenset(tokens) if tokens else _EMPTY
+
+
+def transfer_coding_ok(value: bytes) -> bool:
+    """Whether a (joined) ``Transfer-Encoding`` value is ``chunked`` alone, the only coding the
+    proxy relays: any other would reach the next hop still encoded, and a response whose final
+    coding is not chunked is delimited by close (RFC 9112 §6.3), not by chunks."""
+    return [c.strip(b" \t").lower() for c in value.split(b",")] == [b"chunked"]
+
+
+def forwarded_element(client_ip: bytes, host: bytes | None, scheme: bytes) -> bytes:
+    """The gateway's ``Forwarded`` element (RFC 7239): ``for=...;host="...";proto=...``."""
+    node = b'"[' + client_ip + b']"' if b":" in client_ip else client_ip
+    out = b"for=" + node
+    if host is not None:
+        out += b';host="' + host.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+    return out + b";proto=" + scheme
 
 
 def is_hop_by_hop(lower_name: bytes, tokens: frozenset[bytes] = _EMPTY) -> bool:
@@ -119,22 +164,29 @@ def request_head(
     extra: Sequence[Header] = (),
     connection: bool = True,
 ) -> bytes:
-    """The head to send upstream for a client request (always HTTP/1.1).
+    """The head to send upstream for a client request (always HTTP/1.1): the readable statement of
+    the rules that the forwarder's one-pass parse (:func:`kept_parts`, :func:`request_suffix`)
+    applies; tests hold the two equal.
 
-    ``target`` is the raw request-target, passed through byte for byte. ``chunked`` adds
+    ``target`` is the request-target in origin-form, passed through byte for byte. ``chunked`` adds
     ``Transfer-Encoding: chunked`` (the forwarder re-chunks a chunked request body); a
     ``Content-Length`` passes through as received. ``upgrade`` (the client's ``Upgrade`` value)
-    keeps the connection upgrade for a WebSocket tunnel. ``extra`` fields are appended (e.g. a
+    keeps the connection upgrade for a WebSocket tunnel. ``trust_forwarded``: the peer is a trusted
+    proxy, whose identity fields are kept. The first ``X-Request-Id`` is kept when it is a safe token
+    (:func:`safe_request_id`), the others are dropped; ``extra`` fields are appended (e.g. a
     generated ``X-Request-Id``). ``connection=False`` skips the scan for ``Connection`` tokens when
     the caller knows the request had no ``Connection`` header.
     """
     tokens = connection_tokens(headers) if connection else _EMPTY
     parts = [method, b" ", target, b" HTTP/1.1\r\n"]
     append = parts.append
-    xff: list[bytes] | None = None
+    xff: list[bytes] = []
+    forwarded: list[bytes] = []
     host: bytes | None = None
     xfp: bytes | None = None
     xfh: bytes | None = None
+    xrip: bytes | None = None
+    request_id_seen = False
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP or lname in tokens:
@@ -142,55 +194,37 @@ def request_head(
         if lname == _HOST:
             if host is None:
                 host = value
-        elif lname == _XFF:
-            if xff is None:
-                xff = []
-            xff.append(value)
+        elif lname in _IDENTITY:
+            if lname == _XFF:
+                xff.append(value)
+            elif lname == _FORWARDED:
+                forwarded.append(value)
+            elif lname == _XFP:
+                xfp = value if xfp is None else xfp
+            elif lname == _XFH:
+                xfh = value if xfh is None else xfh
+            elif xrip is None:
+                xrip = value
             continue
-        elif lname == _XFP:
-            if trust_forwarded and xfp is None:
-                xfp = value
-            continue
-        elif lname == _XFH:
-            if trust_forwarded and xfh is None:
-                xfh = value
-            continue
+        elif lname == _REQUEST_ID:
+            keep = not request_id_seen and safe_request_id(value)
+            request_id_seen = True
+            if not keep:
+                continue
         append(name)
         append(b": ")
         append(value)
         append(b"\r\n")
-    if xff:
-        xff.append(client_ip)
-        append(b"X-Forwarded-For: ")
-        append(b", ".join(v.strip() for v in xff if v.strip()))
-        append(b"\r\n")
-    else:
-        append(b"X-Forwarded-For: ")
-        append(client_ip)
-        append(b"\r\n")
-    append(b"X-Forwarded-Proto: ")
-    append(xfp if xfp is not None else scheme)
-    append(b"\r\n")
-    if xfh is None:
-        xfh = host
-    if xfh is not None:
-        append(b"X-Forwarded-Host: ")
-        append(xfh)
-        append(b"\r\n")
-    append(b"Via: 1.1 wakegate\r\n")
-    for name, value in extra:
-        append(name)
-        append(b": ")
-        append(value)
-        append(b"\r\n")
-    if upgrade is not None:
-        append(b"Connection: upgrade\r\nUpgrade: ")
-        append(upgrade)
-        append(b"\r\n")
-    if chunked:
-        append(b"Transfer-Encoding: chunked\r\n")
-    append(b"\r\n")
+    joined_xff = b", ".join(v.strip() for v in xff if v.strip()) or None
+    append(request_suffix(client_ip=client_ip, scheme=scheme, xff=joined_xff, xfp=xfp, xfh=xfh, host=host,
+                          xrip=xrip, forwarded=b", ".join(forwarded) or None, trust_forwarded=trust_forwarded,
+                          extra=extra, upgrade=upgrade, chunked=chunked))
     return b"".join(parts)
+
+
+def safe_request_id(value: bytes) -> bool:
+    """Whether a client's ``X-Request-Id`` is safe to forward and to log as it is."""
+    return _SAFE_REQUEST_ID.fullmatch(value) is not None
 
 
 # --- the forwarder's one-pass request parse ---------------------------------------------------------
@@ -204,7 +238,7 @@ F_HOST = 2
 F_CONNECTION = 3
 F_UPGRADE = 4
 F_EXPECT = 5
-F_REQUEST_ID = 6
+F_REQUEST_ID = 6  # kept if the first and a safe token (safe_request_id), else dropped
 F_USER_AGENT = 7
 F_TE = 8
 F_LENGTH = 9
@@ -212,9 +246,11 @@ F_XFF = 10
 F_XFP = 11
 F_XFH = 12
 F_ROUTE = 13
+F_FORWARDED = 14
+F_XRIP = 15
 
 # Classes whose fields are forwarded as received (the others are dropped or rewritten).
-KEPT_CLASSES = frozenset({F_HOST, F_EXPECT, F_REQUEST_ID, F_USER_AGENT, F_LENGTH, F_ROUTE})
+KEPT_CLASSES = frozenset({F_HOST, F_EXPECT, F_USER_AGENT, F_LENGTH, F_ROUTE})
 
 REQUEST_FIELDS: dict[bytes, int] = {
     **{name: F_DROP for name in HOP_BY_HOP},
@@ -229,6 +265,8 @@ REQUEST_FIELDS: dict[bytes, int] = {
     b"x-forwarded-for": F_XFF,
     b"x-forwarded-proto": F_XFP,
     b"x-forwarded-host": F_XFH,
+    b"forwarded": F_FORWARDED,
+    b"x-real-ip": F_XRIP,
 }
 
 
@@ -244,23 +282,30 @@ def request_fields_table(route_header: str | None) -> dict[bytes, int]:
 
 
 def listed_tokens(connection_value: bytes) -> frozenset[bytes]:
-    """Tokens of a ``Connection`` value that name fields beyond the fixed hop-by-hop set."""
+    """Tokens of a ``Connection`` value that name fields beyond the fixed hop-by-hop set (and
+    beyond :data:`NEVER_LISTED`, which no token removes)."""
     tokens = {t.strip().lower() for t in connection_value.split(b",")}
     tokens -= HOP_BY_HOP
+    tokens -= NEVER_LISTED
     tokens.discard(b"close")
     tokens.discard(b"")
     return frozenset(tokens)
 
 
 def kept_parts(headers: Sequence[Header], table: dict[bytes, int], tokens: frozenset[bytes]) -> list[bytes]:
-    """The serialised fields a request keeps (slow path: ``Connection`` lists extra fields)."""
+    """The serialised fields a request keeps (slow path: ``Connection`` lists extra fields).
+    ``tokens`` come from :func:`listed_tokens`; the route header is never dropped by them."""
     parts: list[bytes] = []
+    request_id_seen = False
     for name, value in headers:
         lname = name.lower()
-        if lname in tokens:
-            continue
         cls = table.get(lname)
-        if cls is None or cls in KEPT_CLASSES:
+        if cls == F_REQUEST_ID:
+            keep = not request_id_seen and safe_request_id(value)
+            request_id_seen = True
+            if keep:
+                parts += (name, b": ", value, b"\r\n")
+        elif (cls is None and lname not in tokens) or (cls in KEPT_CLASSES and (cls == F_ROUTE or lname not in tokens)):
             parts += (name, b": ", value, b"\r\n")
     return parts
 
@@ -274,23 +319,33 @@ def request_suffix(
     xfh: bytes | None,
     host: bytes | None,
     trust_forwarded: bool,
+    xrip: bytes | None = None,
+    forwarded: bytes | None = None,
     extra: Sequence[Header] = (),
     upgrade: bytes | None = None,
     chunked: bool = False,
 ) -> bytes:
-    """The fields the proxy adds after a request's kept fields, and the blank line. ``xff`` is the
-    incoming ``X-Forwarded-For`` (lines joined with ``", "``); ``xfp``/``xfh`` the first incoming
-    ``X-Forwarded-Proto``/``-Host``, used only when ``trust_forwarded``."""
+    """The fields the proxy adds after a request's kept fields, and the blank line.
+
+    The incoming identity fields — ``xff`` (``X-Forwarded-For`` lines joined with ``", "``),
+    ``forwarded`` (``Forwarded`` lines joined), ``xfp``/``xfh``/``xrip`` (the first
+    ``X-Forwarded-Proto``/``-Host``/``X-Real-IP``) — are used only when ``trust_forwarded`` (the
+    peer is a trusted proxy): appended to (``X-Forwarded-For``, ``Forwarded``) or kept. Otherwise
+    the gateway's own values replace them."""
+    if not trust_forwarded:
+        xff = xfp = xfh = xrip = forwarded = None
     client = xff + b", " + client_ip if xff else client_ip
-    if not trust_forwarded or xfp is None:
+    if xfp is None:
         xfp = scheme
-    if not trust_forwarded or xfh is None:
+    if xfh is None:
         xfh = host
+    own = forwarded_element(client_ip, host, scheme)
     if xfh is not None:
-        out = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nVia: 1.1 wakegate\r\n" % (
-            client, xfp, xfh)
+        out = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\n" % (client, xfp, xfh)
     else:
-        out = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\nVia: 1.1 wakegate\r\n" % (client, xfp)
+        out = b"X-Forwarded-For: %s\r\nX-Forwarded-Proto: %s\r\n" % (client, xfp)
+    out += b"X-Real-IP: %s\r\nForwarded: %s\r\nVia: 1.1 wakegate\r\n" % (
+        xrip if xrip is not None else client_ip, forwarded + b", " + own if forwarded else own)
     for name, value in extra:
         out += name + b": " + value + b"\r\n"
     if upgrade is not None:
@@ -299,6 +354,12 @@ def request_suffix(
         out += b"Transfer-Encoding: chunked\r\n"
     return out + b"\r\n"
 
+
+class FramingError(ValueError):
+    """An upstream response head the proxy cannot frame unambiguously for its client."""
+
+
+UNSUPPORTED_CODING = "the project answered with a transfer coding other than chunked"
 
 # Response framing chosen by the forwarder.
 FRAME_NONE = 0  # no body (HEAD, 1xx, 204, 304): fields pass through, nothing is added
@@ -391,16 +452,17 @@ def relay_response_head(
     ``no_body``: a HEAD request or a 204/304 (fields pass through; nothing is added). Otherwise a
     ``Content-Length`` passes through; without one the body is chunked for HTTP/1.1 clients and
     close-delimited for HTTP/1.0 ones. ``close`` adds ``Connection: close`` (always for
-    close-delimited bodies).
+    close-delimited bodies). Raises :class:`FramingError` for a transfer coding other than chunked.
     """
     parts = [status_line(status)]
-    length = chunked = False
+    length = False
+    te: bytes | None = None
     connection: bytes | None = None
     for name, value in headers:
         lname = name.lower()
         if lname in HOP_BY_HOP:
             if lname == b"transfer-encoding":
-                chunked = True
+                te = value if te is None else te + b"," + value
             elif lname == b"connection":
                 connection = value if connection is None else connection + b"," + value
             continue
@@ -415,6 +477,9 @@ def relay_response_head(
                 lname = name.lower()
                 if lname not in HOP_BY_HOP and lname not in tokens:
                     parts += (name, b": ", value, b"\r\n")
+    if te is not None and not no_body and not transfer_coding_ok(te):
+        raise FramingError(UNSUPPORTED_CODING)
+    chunked = te is not None
     if no_body:
         framing = FRAME_NONE
     elif length:
@@ -530,7 +595,11 @@ def _cut_hop_by_hop(block: bytes, lowered: bytes, m: re.Match[bytes] | None) -> 
         if name == b"connection" and lowered[m.end():eol].strip(b" \t") not in _PLAIN_CONNECTION:
             return None
         if name == b"transfer-encoding":
+            if chunked:
+                return None  # more than one line: the general path joins them
             chunked = True
+            if not transfer_coding_ok(lowered[m.end():eol]):
+                return None  # the general path refuses it
         pieces.append(block[start:m.start()])
         start = eol
         m = _HOP_FIELD.search(lowered, eol)

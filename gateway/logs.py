@@ -17,10 +17,11 @@ import itertools
 import json
 import logging
 import os
-import re
 import sys
 import time
 from typing import Any
+
+from gateway.headers import safe_request_id
 
 LOGGER_NAME = "wakegate"
 log = logging.getLogger(LOGGER_NAME)
@@ -30,8 +31,6 @@ _STD_ATTRS = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("wakegate_request_id", default=None)
 
-# A client's X-Request-Id is kept when it is short and of these characters; otherwise one is made.
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _ID_PREFIX = os.urandom(4).hex()
 _ID_COUNTER = itertools.count(1)
 MAX_PATH_CHARS = 200
@@ -53,9 +52,9 @@ def new_request_id() -> str:
 def request_id(incoming: str | bytes | None) -> str:
     """The client's ``X-Request-Id`` when it is safe to log and propagate, else a new one."""
     if incoming is not None:
-        text = incoming.decode("latin-1") if isinstance(incoming, bytes) else incoming
-        if _REQUEST_ID_RE.fullmatch(text):
-            return text
+        raw = incoming if isinstance(incoming, bytes) else incoming.encode("latin-1", "replace")
+        if safe_request_id(raw):
+            return raw.decode("ascii")
     return new_request_id()
 
 

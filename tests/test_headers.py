@@ -95,10 +95,13 @@ def test_request_end_to_end_fields_keep_case_order_and_duplicates() -> None:
     assert fields[:4] == [(b"Host", b"p.d"), (b"x-CaSe", b"1"), (b"Cookie", b"a=1"), (b"Cookie", b"b=2")]
 
 
-def test_x_forwarded_for_is_set_or_appended_across_multiple_lines() -> None:
+def test_x_forwarded_for_is_replaced_unless_trusted_and_appended_across_lines_when_trusted() -> None:
     _, fields = req([(b"Host", b"p.d")])
     assert values(fields, b"X-Forwarded-For") == [b"10.0.0.7"]
-    _, fields = req([(b"Host", b"p.d"), (b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2"), (b"x-forwarded-for", b"3.3.3.3")])
+    incoming = [(b"Host", b"p.d"), (b"X-Forwarded-For", b"1.1.1.1, 2.2.2.2"), (b"x-forwarded-for", b"3.3.3.3")]
+    _, fields = req(incoming)
+    assert values(fields, b"X-Forwarded-For") == [b"10.0.0.7"]
+    _, fields = req(incoming, trust_forwarded=True)
     assert values(fields, b"X-Forwarded-For") == [b"1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.7"]
 
 
@@ -113,6 +116,40 @@ def test_x_forwarded_proto_and_host_are_set_from_the_listener_unless_trusted() -
     _, fields = req([(b"Host", b"p.d")], trust_forwarded=True, scheme=b"https")
     assert values(fields, b"X-Forwarded-Proto") == [b"https"]
     assert values(fields, b"X-Forwarded-Host") == [b"p.d"]
+
+
+def test_forwarded_and_x_real_ip_follow_the_same_rule_as_x_forwarded() -> None:
+    incoming = [(b"Host", b"p.d"), (b"Forwarded", b"for=6.6.6.6;proto=https"), (b"X-Real-IP", b"6.6.6.6"),
+                (b"forwarded", b"for=7.7.7.7")]
+    _, fields = req(incoming)
+    assert values(fields, b"Forwarded") == [b'for=10.0.0.7;host="p.d";proto=http']
+    assert values(fields, b"X-Real-IP") == [b"10.0.0.7"]
+    _, fields = req(incoming, trust_forwarded=True)
+    assert values(fields, b"Forwarded") == [b'for=6.6.6.6;proto=https, for=7.7.7.7, for=10.0.0.7;host="p.d";proto=http']
+    assert values(fields, b"X-Real-IP") == [b"6.6.6.6"]
+    _, fields = req([(b"Host", b"p.d")], trust_forwarded=True)
+    assert values(fields, b"X-Real-IP") == [b"10.0.0.7"]
+
+
+def test_forwarded_element_quotes_ipv6_and_escapes_the_host() -> None:
+    assert h.forwarded_element(b"::1", b'a"b\\c', b"http") == b'for="[::1]";host="a\\"b\\\\c";proto=http'
+    assert h.forwarded_element(b"1.2.3.4", None, b"https") == b"for=1.2.3.4;proto=https"
+
+
+@pytest.mark.parametrize(("incoming", "kept"), [
+    ([b"abc-1"], b"abc-1"),
+    ([b"bad id with spaces"], None),
+    ([b"x" * 129], None),
+    ([b"\xff\xfe"], None),
+    ([b"good", b"second"], b"good"),
+    ([b"bad id", b"good"], None),  # the first one decides; a later one never sneaks in
+])
+def test_a_client_request_id_is_kept_only_when_the_first_is_a_safe_token(
+    incoming: list[bytes], kept: bytes | None
+) -> None:
+    _, fields = req([(b"Host", b"p.d"), *((b"X-Request-Id", v) for v in incoming)])
+    assert values(fields, b"X-Request-Id") == ([kept] if kept is not None else [])
+    assert h.safe_request_id(incoming[0]) is (kept is not None)
 
 
 def test_without_host_no_forwarded_host_is_invented() -> None:
@@ -156,6 +193,30 @@ def test_request_head_parses_as_valid_http() -> None:
     assert (b"X-Forwarded-For", b"::1") in seen
 
 
+@pytest.mark.parametrize("token", sorted(h.NEVER_LISTED))
+def test_connection_never_removes_framing_routing_or_identity_fields(token: bytes) -> None:
+    # RFC 9110 7.6.1 is about hop-by-hop fields: obeying "Connection: content-length" would forward
+    # a body without its length (the next request on a pooled connection, for the next hop).
+    assert h.connection_tokens([(b"Connection", b"keep-alive, " + token.upper() + b", X-Hop")]) == {
+        b"keep-alive", b"x-hop"}
+    assert h.listed_tokens(b"close," + token + b" ,x-hop") == {b"x-hop"}
+    _, fields = req([(b"Host", b"p.d"), (b"Connection", token + b", x-hop"), (b"Content-Length", b"3"),
+                     (b"X-Hop", b"1")])
+    assert values(fields, b"Host") == [b"p.d"]
+    assert values(fields, b"Content-Length") == [b"3"]
+    assert values(fields, b"X-Hop") == []
+
+
+def test_kept_parts_keep_framing_and_route_fields_whatever_connection_lists() -> None:
+    table = h.request_fields_table("x-project")
+    headers = [(b"Host", b"p.d"), (b"Content-Length", b"3"), (b"X-Project", b"p"), (b"X-Hop", b"1"),
+               (b"User-Agent", b"u"), (b"X-Request-Id", b"ok-1"), (b"X-Request-Id", b"dup")]
+    tokens = h.listed_tokens(b"host, content-length, x-project, x-hop, user-agent")
+    assert tokens == {b"x-project", b"x-hop", b"user-agent"}
+    kept = b"".join(h.kept_parts(headers, table, tokens))
+    assert kept == b"Host: p.d\r\nContent-Length: 3\r\nX-Project: p\r\nX-Request-Id: ok-1\r\n"
+
+
 def test_connection_false_skips_token_scan() -> None:
     # The caller promises there is no Connection header; listed tokens are then not looked for.
     _, fields = req([(b"Host", b"p.d"), (b"X-A", b"1")], connection=False)
@@ -191,6 +252,42 @@ def test_response_strips_hop_by_hop_and_listed_fields_and_adds_via() -> None:
         (b"Set-Cookie", b"b=2"),
         (b"Via", b"1.1 wakegate"),
     ]
+
+
+@pytest.mark.parametrize("listed", [b"content-length", b"Content-Length, X-A", b"x-a, CONTENT-LENGTH"])
+def test_a_response_keeps_its_content_length_whatever_connection_lists(listed: bytes) -> None:
+    block = b"\r\nConnection: " + listed + b"\r\nContent-Length: 3\r\nX-A: 1\r\n"
+    head, framing, _, length = h.relay_raw_response_head(200, block, False, True, False)
+    _, fields = parse_head(head)
+    assert framing == h.FRAME_LENGTH and length == 3
+    assert values(fields, b"Content-Length") == [b"3"]
+    assert values(fields, b"X-A") == ([] if b"x-a" in listed.lower() else [b"1"])
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"identity", b"gzip, chunked", b"chunked, gzip", b"chunked, chunked",
+                                    b"deflate,chunked", b"x"])
+def test_a_response_transfer_coding_other_than_chunked_alone_is_refused(coding: bytes) -> None:
+    block = b"\r\nTransfer-Encoding: " + coding + b"\r\nX-A: 1\r\n"
+    with pytest.raises(h.FramingError, match="transfer coding"):
+        h.relay_raw_response_head(200, block, False, True, False)
+    with pytest.raises(h.FramingError):
+        h.relay_response_head(200, h.parse_fields(block), no_body=False, http11=True, close=False)
+    # Without a body (HEAD, 204, 304) there is nothing to frame: the head passes.
+    h.relay_raw_response_head(200, block, True, True, False)
+
+
+@pytest.mark.parametrize("coding", [b"chunked", b"Chunked", b" CHUNKED "])
+def test_a_chunked_response_is_accepted_in_any_case(coding: bytes) -> None:
+    assert h.transfer_coding_ok(coding)
+    _, framing, chunked, _ = h.relay_raw_response_head(200, b"\r\nTransfer-Encoding: " + coding + b"\r\n",
+                                                       False, True, False)
+    assert (framing, chunked) == (h.FRAME_CHUNKED, True)
+
+
+def test_two_transfer_encoding_lines_are_judged_joined() -> None:
+    block = b"\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"
+    with pytest.raises(h.FramingError):
+        h.relay_raw_response_head(200, block, False, True, False)
 
 
 def test_response_framing_variants() -> None:
@@ -252,6 +349,7 @@ RESPONSE_FIELD_SETS = [
     [(b"Set-Cookie", b"a=1"), (b"Set-Cookie", b"b=2"), (b"Connection", b"keep-alive"), (b"Connection", b"close")],
     [(b"X-Connection", b"keep-alive"), (b"X-Keep-Alive", b"1"), (b"Content-Length", b"1")],
     [(b"Connection", b"  keep-alive  "), (b"Content-Length", b"1")],
+    [(b"Connection", b"content-length, host"), (b"Content-Length", b"1"), (b"Host", b"h")],
 ]
 
 

@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import fcntl
+import ipaddress
 import logging
 import os
 import resource
@@ -36,6 +37,7 @@ from gateway.forward.upstream import UpstreamConnection, UpstreamPool
 from gateway.headers import (
     F_CONNECTION,
     F_EXPECT,
+    F_FORWARDED,
     F_HOST,
     F_LENGTH,
     F_REQUEST_ID,
@@ -46,6 +48,7 @@ from gateway.headers import (
     F_XFF,
     F_XFH,
     F_XFP,
+    F_XRIP,
     FRAME_NONE,
     REASONS,
     kept_parts,
@@ -53,6 +56,7 @@ from gateway.headers import (
     request_fields_table,
     request_suffix,
     response_head,
+    safe_request_id,
     simple_response,
     strip_hop_by_hop,
 )
@@ -88,7 +92,7 @@ _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE
 _CRLF = b"\r\n"
 _LAST_CHUNK = b"0\r\n\r\n"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
-_KEPT_SPECIAL = frozenset({F_HOST, F_EXPECT, F_REQUEST_ID, F_USER_AGENT, F_LENGTH, F_ROUTE})
+_KEPT_SPECIAL = frozenset({F_HOST, F_EXPECT, F_USER_AGENT, F_LENGTH, F_ROUTE})
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +138,9 @@ class Exchange:
     xff: bytes | None = None
     xfp: bytes | None = None
     xfh: bytes | None = None
+    forwarded: bytes | None = None
+    xrip: bytes | None = None
+    id_seen = False  # an X-Request-Id field was seen (only the first counts)
     expect_continue = False
     got_continue = False
     http11 = True
@@ -162,7 +169,7 @@ class Exchange:
     tracked = False
     proxied = False
     refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
-    special = False  # Transfer-Encoding, Upgrade, X-Forwarded-* or a Connection naming fields: no fast path
+    special = False  # Transfer-Encoding, Upgrade, identity fields or a Connection naming fields: no fast path
     id_field = b""  # a generated ``X-Request-Id: ...\r\n`` line for the upstream
 
     def __init__(self, conn: ClientConnection, headers: Sequence[tuple[bytes, bytes]] | None = None,
@@ -226,7 +233,9 @@ class Exchange:
                     xfp=self.xfp,
                     xfh=self.xfh,
                     host=self.host,
-                    trust_forwarded=listener.trust_forwarded,
+                    xrip=self.xrip,
+                    forwarded=self.forwarded,
+                    trust_forwarded=conn.trusted,
                     extra=extra,
                     upgrade=self.upgrade,
                     chunked=self.chunked,
@@ -382,19 +391,21 @@ class Exchange:
             parts.append(_CRLF)
             conn.transport.write(b"".join(parts))
 
-    def response_starts(self, status: int) -> bool:
-        """The final response head is about to be written; returns whether to close afterwards."""
-        conn = self.conn
-        self.status = status
-        self.head_sent = True
-        close = (
+    def closes_after_response(self) -> bool:
+        """Whether the connection must close after the response now starting."""
+        return (
             not self.keep_alive
-            or conn.closing
+            or self.conn.closing
             or self.upgrade is not None
             or (self.expect_continue and not self.got_continue and not self.request_done)
         )
+
+    def response_starts(self, status: int, close: bool) -> None:
+        """The final response head (closing the connection after it if ``close``) is about to be
+        written."""
+        self.status = status
+        self.head_sent = True
         self.close_after = close
-        return close
 
     def response_complete(self) -> None:
         """The upstream response has been relayed completely."""
@@ -520,6 +531,7 @@ class ClientConnection(asyncio.Protocol):
         self.queue: collections.deque[Exchange] = collections.deque()
         self.closed = False  # connection_lost happened (or the transport was given up)
         self.closing = False  # no exchange after the current one
+        self.trusted = False  # the peer is a trusted proxy: its identity fields are kept
         self.write_paused = False
         self.deferred = False  # a complete response waits in Listener.defer_response
         self._known = listener.known_requests
@@ -538,6 +550,7 @@ class ClientConnection(asyncio.Protocol):
         self._upgrade_tail: list[bytes] = []
         self._tunnel: Exchange | None = None
         self.since = listener.now
+        self._read_at = listener.now  # the last read (or resumption of reading): body timeout
         # The proxy's own request fields for the last Host seen on this connection.
         self.suffix_host: bytes | bool | None = False  # never equal to a Host value at first
         self.suffix = b""
@@ -549,12 +562,14 @@ class ClientConnection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.ip = str(peer[0]).encode() if isinstance(peer, tuple) and peer else b"unknown"
         listener = self.listener
+        self.trusted = listener.trust_forwarded or (bool(listener.trusted_proxies) and listener.is_trusted(self.ip))
         listener.connections.add(self)
         self.since = listener.now
         if listener.draining:
             self.closing = True
 
     def data_received(self, data: bytes) -> None:
+        self._read_at = self.listener.now
         if self.deferred:
             self.listener.flush()  # whatever this data leads to is written after that response
         if self._tunnel is not None:
@@ -711,12 +726,18 @@ class ClientConnection(asyncio.Protocol):
                 ex.user_agent = value
             elif cls == F_LENGTH:
                 ex.has_body = value != b"0"
-            elif cls == F_REQUEST_ID:
-                ex.request_id = value
             elif cls == F_EXPECT:
                 ex.expect_continue = value.lower() == b"100-continue"
             elif cls == F_ROUTE:
                 ex.route_value = value
+        elif cls == F_REQUEST_ID:
+            # The first one, if a safe token, is forwarded and logged; otherwise the gateway's own
+            # id replaces it in both places (Handler.handle generates one when request_id is None).
+            if not ex.id_seen:
+                ex.id_seen = True
+                if safe_request_id(value):
+                    ex.request_id = value
+                    ex.parts += (name, b": ", value, _CRLF)
         elif cls == F_CONNECTION:
             ex.connection = value if ex.connection is None else ex.connection + b"," + value
         elif cls == F_XFF:
@@ -737,6 +758,13 @@ class ClientConnection(asyncio.Protocol):
             ex.special = True
             if ex.xfh is None:
                 ex.xfh = value
+        elif cls == F_FORWARDED:
+            ex.special = True
+            ex.forwarded = value if ex.forwarded is None else ex.forwarded + b", " + value
+        elif cls == F_XRIP:
+            ex.special = True
+            if ex.xrip is None:
+                ex.xrip = value
         # otherwise F_DROP: hop-by-hop, not forwarded
 
     def on_headers_complete(self) -> None:
@@ -749,10 +777,10 @@ class ClientConnection(asyncio.Protocol):
         parser = self.parser
         ex.method = method = parser.get_method()
         ex.keep_alive = parser.should_keep_alive()
-        # HTTP/1.1 GET-like requests need no further checks. (The version must be read now: with
-        # pipelining the parser moves on before the exchange starts.)
+        # HTTP/1.1 GET-like requests in origin-form need no further checks. (The version must be
+        # read now: with pipelining the parser moves on before the exchange starts.)
         if ex.special or ex.connection is not None or not ex.keep_alive or method == b"HEAD" \
-                or method == b"CONNECT" or len(ex.headers) > MAX_HEADER_COUNT:
+                or method == b"CONNECT" or len(ex.headers) > MAX_HEADER_COUNT or not ex.target.startswith(b"/"):
             self._unusual_head(ex, method)
         ex.started = self._clock()
         self.queue.append(ex)
@@ -769,9 +797,16 @@ class ClientConnection(asyncio.Protocol):
             if tokens:
                 ex.special = True
                 ex.parts[1:] = kept_parts(ex.headers, self._fields, tokens)
+        refusal = None
         if ex.connection is not None or ex.te is not None or not ex.keep_alive or method == b"CONNECT" \
                 or len(ex.headers) > MAX_HEADER_COUNT:
-            ex.refusal = _request_error(ex, parser.get_http_version())
+            refusal = _request_error(ex, parser.get_http_version())
+        if refusal is None and not ex.target.startswith(b"/"):
+            refusal = _origin_form(ex)
+        if refusal is None and ex.upgrade is not None and ex.has_body:
+            # llhttp takes the body for the upgraded protocol's first bytes: it would never be sent.
+            refusal = 400, b"an Upgrade request cannot carry a body\n"
+        ex.refusal = refusal
 
     def on_body(self, body: bytes) -> None:
         ex = self.parsing
@@ -873,6 +908,7 @@ class ClientConnection(asyncio.Protocol):
         if want != self._reading and self.transport is not None and not self.closed:
             self._reading = want
             if want:
+                self._read_at = self.listener.now  # a body's timeout counts from here
                 self.transport.resume_reading()
             else:
                 self.transport.pause_reading()
@@ -926,10 +962,17 @@ class ClientConnection(asyncio.Protocol):
             transport.close()
 
     def idle_check(self, now: float) -> None:
-        """Close the connection if it has been idle (keep-alive) or slow to send a head too long."""
+        """Close the connection if it has been idle (keep-alive), slow to send a head, or sent
+        nothing of a body it is being read for, too long."""
+        listener = self.listener
+        body = self.parsing
+        if (body is not None and not self._in_head and self._reading and not self._upstream_bp
+                and body.body_mode != BODY_BUFFER and now - self._read_at > listener.body_timeout_s
+                and not self.closed):
+            self._body_timeout(body)
+            return
         if self.closed or self.current is not None or self.queue or self._tunnel is not None:
             return
-        listener = self.listener
         if self._in_head:
             if now - self.since > listener.header_timeout_s:
                 self.closing = True
@@ -938,6 +981,23 @@ class ClientConnection(asyncio.Protocol):
                     self.transport.close()
         elif self.parsing is None and (now - self.since > listener.keepalive_timeout_s or listener.draining):
             self.close()
+
+    def _body_timeout(self, ex: Exchange) -> None:
+        """A request body stalled: answer 408 if nothing was answered yet, and close. The exchange
+        ends, so the stalled upload stops counting as the project's activity."""
+        logs.event("client_body_timeout", logging.DEBUG, request_id=logs.request_id(ex.rid) if ex.rid else None)
+        self.closing = True
+        transport = self.transport
+        if ex.finished or ex.head_sent:
+            ex.abort("body_timeout")  # a response is on its way (or done): it cannot end cleanly
+        else:
+            up = ex.upstream
+            if up is not None:  # it got part of a body: never reused
+                ex.upstream = None
+                up.abort()
+            ex.respond(408, b"timed out reading the request body\n", close=True)
+        if transport is not None and not self.closed:
+            transport.close()
 
     def close(self) -> None:
         """Close gracefully (pending writes are flushed)."""
@@ -982,6 +1042,36 @@ def _request_error(ex: Exchange, version: str) -> tuple[int, bytes] | None:
     return None
 
 
+def _origin_form(ex: Exchange) -> tuple[int, bytes] | None:
+    """Rewrite an absolute-form target (``http://host/path``) to origin-form, or refuse it.
+
+    RFC 9112 §3.2.2: the target's authority wins over Host. The gateway routes by Host, so the two
+    must name the same host (else 400): a project never receives a target naming another one.
+    ``OPTIONS *`` passes as it is; other forms (authority-form) are refused."""
+    target = ex.target
+    if target == b"*":
+        return None if ex.method == b"OPTIONS" else (400, b"the request target * is only valid for OPTIONS\n")
+    lowered = target.lower()
+    if lowered.startswith(b"http://"):
+        rest = target[7:]
+    elif lowered.startswith(b"https://"):
+        rest = target[8:]
+    else:
+        return 400, b"invalid request target (expected a path, or an absolute http URL)\n"
+    end = len(rest)
+    for sep in (b"/", b"?", b"#"):
+        at = rest.find(sep)
+        if 0 <= at < end:
+            end = at
+    authority, path = rest[:end], rest[end:]
+    if not authority or b"@" in authority:
+        return 400, b"invalid authority in the request target\n"
+    if ex.host is None or authority.lower() != ex.host.lower():
+        return 400, b"the request target names a different host than the Host header\n"
+    ex.target = path if path.startswith(b"/") else b"/" + path
+    return None
+
+
 def _close_all(conns: list[ClientConnection]) -> None:
     for conn in conns:
         t = conn.transport
@@ -1017,18 +1107,22 @@ class Listener:
         *,
         scheme: bytes = b"http",
         trust_forwarded: bool = False,
+        trusted_proxies: Sequence[str] = (),
         connect_timeout_s: float = 5.0,
         keepalive_timeout_s: float = 75.0,
         header_timeout_s: float = 30.0,
+        body_timeout_s: float = 60.0,
         route_header: str | None = None,
         pool: UpstreamPool | None = None,
     ) -> None:
         self.handler = handler
         self.scheme = scheme
-        self.trust_forwarded = trust_forwarded
+        self.trust_forwarded = trust_forwarded  # every peer is trusted
+        self.trusted_proxies = tuple(ipaddress.ip_network(n, strict=False) for n in trusted_proxies)
         self.connect_timeout_s = connect_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
         self.header_timeout_s = header_timeout_s
+        self.body_timeout_s = body_timeout_s
         self.pool = pool or UpstreamPool()
         self.fields = request_fields_table(route_header)
         # Reads that were exactly one plain request head -> what llhttp made of them (ClientConnection).
@@ -1054,6 +1148,16 @@ class Listener:
         self.to_close: list[ClientConnection] = []
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_next: asyncio.Handle | None = None
+
+    def is_trusted(self, ip: bytes) -> bool:
+        """Whether a peer address is inside one of the trusted proxies' networks."""
+        try:
+            addr = ipaddress.ip_address(ip.decode("ascii"))
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted_proxies)
 
     def defer_upstream(self, transport: asyncio.Transport, head: bytes) -> None:
         """Write ``head`` to an upstream connection at the end of this round: only for a request

@@ -25,6 +25,7 @@ from gateway.headers import (
     FRAME_CLOSE,
     FRAME_LENGTH,
     FRAME_NONE,
+    FramingError,
     parse_fields,
     relay_raw_response_head,
 )
@@ -120,6 +121,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._unfed = False  # a known head was relayed without llhttp: its body is not fed either
         self._learn: tuple[bytes, tuple[bytes, int, int, bool]] | None = None  # a head for _KNOWN
         self._headers: list[tuple[bytes, bytes]] = []  # a 101's fields, for the tunnel
+        self._head_error = ""  # why on_headers_complete refused a head
 
     @property
     def tunnel(self) -> bool:
@@ -242,7 +244,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         except HttpParserError as exc:
             if self._state == _S_HEAD:
-                self._broken(ex, "protocol", f"invalid response from the project: {exc}")
+                reason, self._head_error = self._head_error or str(exc), ""
+                self._broken(ex, "protocol", f"invalid response from the project: {reason}")
                 return
             self._extra = True  # junk after the response's end: never relayed
         if self.exchange is not ex:
@@ -406,7 +409,41 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self._keep_alive = self.parser.should_keep_alive() and ex.upgrade is None
         no_body = ex.is_head or status == 204 or status == 304
-        close = ex.response_starts(status)
+        close = ex.closes_after_response()
+        try:
+            framing, chunked, length, plain = self._relay_head(ex, status, block, no_body, close)
+        except FramingError as exc:
+            self._head_error = str(exc)
+            raise _BadHead from None
+        ex.response_starts(status, close)
+        self._dechunker = None
+        if no_body:
+            self._state = _S_DONE
+            if ex.is_head and (length or chunked):
+                self._stale_parser = True  # llhttp does not know the method: it waits for a body
+        elif length is not None:
+            self._remaining = length
+            self._state = _S_LENGTH if length else _S_DONE
+            if framing == FRAME_LENGTH and not chunked and not close and plain and _plain(ex):
+                self._learn = (buf[pos:head_end], (plain, status, length, self._keep_alive))
+        elif chunked:
+            self._last = b""
+            if framing == FRAME_CHUNKED:
+                self._state = _S_CHUNKED
+            else:
+                self._state = _S_DECHUNK
+                self._dechunker = httptools.HttpResponseParser(_Dechunk(ex.conn.transport))  # type: ignore[arg-type]
+                self._dechunker.feed_data(_DECHUNK_HEAD)
+        else:
+            self._state = _S_UNTIL_CLOSE
+            self._close_delimited = framing == FRAME_CLOSE  # relayed as is to an HTTP/1.0 client
+        if framing == FRAME_CLOSE:
+            ex.close_after = True
+
+    def _relay_head(self, ex: Exchange, status: int, block: bytes, no_body: bool,
+                    close: bool) -> tuple[int, bool, int | None, bytes]:
+        """Make the client's head (``self._relay``): ``(framing, upstream_chunked, length, plain)``
+        where ``plain`` is the head without the exchange's extra fields (for _KNOWN), or empty."""
         extra = ex.response_extra
         if len(block) > _RELAYED_MAX_BLOCK:
             self._relay, framing, chunked, length = relay_raw_response_head(
@@ -431,29 +468,7 @@ class UpstreamConnection(asyncio.Protocol):
                 self._relay, framing, chunked, length = relay_raw_response_head(
                     status, block, no_body, ex.http11, close, extra
                 )
-        self._dechunker = None
-        if no_body:
-            self._state = _S_DONE
-            if ex.is_head and (length or chunked):
-                self._stale_parser = True  # llhttp does not know the method: it waits for a body
-        elif length is not None:
-            self._remaining = length
-            self._state = _S_LENGTH if length else _S_DONE
-            if framing == FRAME_LENGTH and not chunked and not close and plain and _plain(ex):
-                self._learn = (buf[pos:head_end], (plain, status, length, self._keep_alive))
-        elif chunked:
-            self._last = b""
-            if framing == FRAME_CHUNKED:
-                self._state = _S_CHUNKED
-            else:
-                self._state = _S_DECHUNK
-                self._dechunker = httptools.HttpResponseParser(_Dechunk(ex.conn.transport))  # type: ignore[arg-type]
-                self._dechunker.feed_data(_DECHUNK_HEAD)
-        else:
-            self._state = _S_UNTIL_CLOSE
-            self._close_delimited = framing == FRAME_CLOSE  # relayed as is to an HTTP/1.0 client
-        if framing == FRAME_CLOSE:
-            ex.close_after = True
+        return framing, chunked, length, plain
 
     def on_message_complete(self) -> None:
         if self._interim:
