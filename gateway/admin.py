@@ -2,7 +2,9 @@
 
 Served on ``--admin-listen`` only; the public listener never routes here. When
 ``--admin-token-file`` is set, every ``/api/`` call needs ``Authorization: Bearer <token>``;
-``/metrics``, ``/healthz`` and ``/readyz`` stay open for probes and scrapers.
+``/metrics``, ``/healthz`` and ``/readyz`` stay open for probes and scrapers. Without a token the
+admin API listens on loopback only: by default on ``127.0.0.1:9090`` (``0.0.0.0:9090`` with a token),
+and an explicit non-loopback ``--admin-listen`` without a token is refused at start-up.
 
 Every error answer is JSON ``{"error": "..."}`` with a message a person can act on.
 """
@@ -17,7 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,7 +26,8 @@ from aiohttp import web
 from gateway import logs
 from gateway.activity import seconds_until_idle
 from gateway.backends.base import Backend
-from gateway.config import ConfigError, HostPort, Settings
+from gateway.backends.k8s.peers import Activity, encode_activity
+from gateway.config import HostPort, Settings, read_token
 from gateway.lifecycle import Lifecycle, Project, State
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.routing import is_project_name
@@ -48,21 +50,6 @@ DRAIN = web.AppKey("wakegate_drain", DrainFlag)
 def mark_draining(app: web.Application) -> None:
     """Report not-ready on ``/readyz`` from now on (called by the service on SIGTERM)."""
     app[DRAIN].draining = True
-
-
-def read_token(path: Path) -> bytes:
-    """The admin bearer token from ``path`` (surrounding whitespace stripped). Raises ConfigError."""
-    try:
-        token = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"--admin-token-file: cannot read {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"--admin-token-file: {path} is not UTF-8 text") from None
-    if not token:
-        raise ConfigError(f"--admin-token-file: {path} is empty; put the bearer token in it")
-    if any(c.isspace() for c in token):
-        raise ConfigError(f"--admin-token-file: {path} holds more than one word; put only the token in it")
-    return token.encode()
 
 
 def rfc3339(wall_s: float | None) -> str | None:
@@ -256,6 +243,30 @@ class AdminApi:
                          "it may still become ready: poll GET /api/v1/projects/" + p.name)
         return web.json_response(body, status=504)
 
+    async def activity(self, request: web.Request) -> web.Response:
+        """This replica's activity map for the reaper Lease holder (:mod:`gateway.backends.k8s.peers`):
+        projects with requests open (in flight or held), or with activity at or after ``?since=``
+        (wall-clock seconds); ``?project=`` narrows it to one project."""
+        raw = request.query.get("since", "0")
+        try:
+            since = float(raw)
+        except ValueError:
+            since = float("nan")
+        if since != since:
+            raise _bad_request(f"?since= must be wall-clock seconds, got {raw[:50]!r}")
+        name = request.query.get("project")
+        if name is not None:
+            p = self.lifecycle.get(name)
+            candidates = [p] if p is not None else []
+        else:
+            candidates = list(self.lifecycle.projects.values())
+        found = {
+            p.name: Activity(p.last_activity_wall, p.in_flight + p.held)
+            for p in candidates
+            if p.in_flight or p.held or (p.last_activity_wall is not None and p.last_activity_wall >= since)
+        }
+        return web.json_response(encode_activity(self.settings.replica_id or "", time.time(), found, since))
+
     async def deactivate(self, request: web.Request) -> web.Response:
         p = await self._project(request)
         force = _flag(request, "force")
@@ -291,6 +302,7 @@ def create_admin_app(settings: Settings, lifecycle: Lifecycle, metrics: Metrics,
     app.router.add_get("/api/v1/projects/{name}", api.get_project)
     app.router.add_post("/api/v1/projects/{name}/activate", api.activate)
     app.router.add_post("/api/v1/projects/{name}/deactivate", api.deactivate)
+    app.router.add_get("/api/v1/activity", api.activity)
     return app
 
 

@@ -122,7 +122,7 @@ def call(admin_url: str, path: str, *, method: str = "POST", query: dict[str, st
     url = admin_url.rstrip("/") + path + ("?" + urllib.parse.urlencode(query) if query else "")
     headers = {"Accept": "application/json"}
     if token_file is not None:
-        from gateway.admin import read_token  # ConfigError (exit 2) for a missing or empty file
+        from gateway.config import read_token  # ConfigError (exit 2) for a missing or empty file
 
         headers["Authorization"] = "Bearer " + read_token(token_file).decode()
     request = urllib.request.Request(url, method=method, headers=headers)

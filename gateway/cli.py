@@ -146,7 +146,7 @@ def _run(settings: Settings, ready_callback: Callable[[Any], None] | None = None
 def _print_demo_help(svc: Any) -> None:
     s: Settings = svc.settings
     host = "127.0.0.1" if s.listen.host in ("0.0.0.0", "::", "") else s.listen.host
-    admin_host = "127.0.0.1" if s.admin_listen.host in ("0.0.0.0", "::", "") else s.admin_listen.host
+    admin_host = "127.0.0.1" if s.admin_address.host in ("0.0.0.0", "::", "") else s.admin_address.host
     base = f"{s.domain}:{svc.port}"
     admin = f"http://{admin_host}:{svc.admin_port}"
     names = ", ".join(sorted(svc.lifecycle.projects)) or "none"

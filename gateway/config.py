@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -50,7 +51,10 @@ class Settings:
     projects_file: Path | None = None
     domain: str = DEFAULT_DOMAIN
     listen: HostPort = HostPort("0.0.0.0", 8080)
-    admin_listen: HostPort = HostPort("0.0.0.0", 9090)
+    # None: port 9090 on every interface when admin_token_file is set, else on loopback only (the
+    # admin API can wake and sleep projects). Read it through admin_address. An explicit
+    # non-loopback address without a token is refused by validate().
+    admin_listen: HostPort | None = None
     idle_timeout_s: float = 300.0
     hold_timeout_s: float = 120.0
     max_held_per_project: int = 1000
@@ -64,8 +68,16 @@ class Settings:
     drain_timeout_s: float = 30.0
     log_format: str = "json"
     access_log: bool = False
-    # Keep incoming X-Forwarded-Proto/-Host: only when a trusted ingress sits in front of the gateway.
+    # Identity fields (X-Forwarded-*, Forwarded, X-Real-IP) from a peer are kept (and appended to)
+    # only when the peer is trusted: any peer with trust_forwarded, else a peer inside one of the
+    # trusted_proxies networks (the ingress controller's addresses). Otherwise they are replaced.
     trust_forwarded: bool = False
+    trusted_proxies: tuple[str, ...] = ()
+    # Wakes that public (unauthenticated) requests may start, per minute: in all, and per client
+    # address. Past either, the request is answered 429 with Retry-After (admin activations are not
+    # limited).
+    wake_rate_per_min: float = 600.0
+    wake_rate_per_client_per_min: float = 60.0
     default_strategy: str = "auto"
     ignore_paths: tuple[str, ...] = ()
     ignore_user_agents: tuple[str, ...] = DEFAULT_IGNORE_USER_AGENTS
@@ -74,15 +86,29 @@ class Settings:
     # still incomplete after this long gets a 408. Both are checked once a second.
     client_keepalive_timeout_s: float = 75.0
     client_header_timeout_s: float = 30.0
+    # A request body that sends nothing for this long gets a 408 (nginx's client_body_timeout).
+    client_body_timeout_s: float = 60.0
     stop_grace_s: float = 10.0
     # Kubernetes backend
     kubeconfig: Path | None = None
     context: str | None = None
     namespace_selector: str | None = None
     gateway_namespace: str = "wakegate-system"
-    activity_write_interval_s: float = 5.0
+    # Activity exchange between replicas: the reaper Lease holder pulls each replica's activity
+    # from its admin port, finding them in this Service's EndpointSlices (gateway namespace).
+    activity_pull_interval_s: float = 5.0
+    peer_service: str = "wakegate"
     replica_id: str | None = None  # default: $POD_NAME, else <hostname>-<pid>
     leader_lease_s: float = 15.0
+
+    @property
+    def admin_address(self) -> HostPort:
+        """Where the admin API listens: ``--admin-listen`` if given, else ``0.0.0.0:9090`` with
+        ``--admin-token-file`` (probes and Prometheus reach it from outside the pod) and
+        ``127.0.0.1:9090`` without (an unauthenticated admin API is never on every interface)."""
+        if self.admin_listen is not None:
+            return self.admin_listen
+        return HostPort("0.0.0.0" if self.admin_token_file is not None else "127.0.0.1", 9090)
 
     def url_for(self, project: str) -> str:
         """The public URL of a project, as handed to the platform backend."""
@@ -156,6 +182,23 @@ def _bool(text: str) -> bool:
     raise ValueError(f"expected true or false, got {text!r}")
 
 
+def _networks(text: str) -> tuple[str, ...]:
+    parts = _csv(text)
+    for part in parts:
+        try:
+            ipaddress.ip_network(part, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{part!r} is not an address or CIDR network: {exc}") from None
+    return parts
+
+
+def _positive_rate(text: str) -> float:
+    value = float(text)
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"expected a positive number per minute, got {text!r}")
+    return value
+
+
 def _public_url(text: str) -> str:
     if "{project}" not in text:
         raise ValueError("the template must contain {project}")
@@ -182,7 +225,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("projects_file", "--projects", Path, "YAML projects file (local backend)", "FILE"),
     Option("domain", "--domain", str, "projects are served at <project>.<domain>"),
     Option("listen", "--listen", parse_host_port, "public listener", "HOST:PORT"),
-    Option("admin_listen", "--admin-listen", parse_host_port, "admin API and /metrics", "HOST:PORT"),
+    Option("admin_listen", "--admin-listen", parse_host_port,
+           "admin API and /metrics (default 0.0.0.0:9090 with --admin-token-file, else 127.0.0.1:9090)",
+           "HOST:PORT"),
     Option("idle_timeout_s", "--idle-timeout", _positive_float, "seconds without activity before sleep", "S"),
     Option("hold_timeout_s", "--hold-timeout", _positive_float, "seconds a request may wait for a wake", "S"),
     Option("max_held_per_project", "--max-held-per-project", _positive_int, "held requests per project", "N"),
@@ -192,12 +237,19 @@ OPTIONS: tuple[Option, ...] = (
     Option("unknown_cache_size", "--unknown-cache-size", _positive_int, "remembered unknown names", "N"),
     Option("unknown_cache_ttl_s", "--unknown-cache-ttl", _positive_float, "seconds to remember them", "S"),
     Option("public_url", "--public-url", _public_url, "URL template, {project} and {domain}", "TEMPLATE"),
-    Option("admin_token_file", "--admin-token-file", Path, "bearer token required by /api/", "FILE"),
+    Option("admin_token_file", "--admin-token-file", Path,
+           "bearer token required by /api/ (without it the admin API listens on loopback only)", "FILE"),
     Option("drain_timeout_s", "--drain-timeout", _positive_float, "seconds to finish requests on SIGTERM", "S"),
     Option("log_format", "--log-format", _choice("json", "text"), "json or text"),
     Option("access_log", "--access-log", _bool, "log every request (off by default)", "BOOL"),
     Option("trust_forwarded", "--trust-forwarded", _bool,
-           "keep incoming X-Forwarded-Proto/-Host (only behind a trusted ingress)", "BOOL"),
+           "trust identity fields (X-Forwarded-*, Forwarded, X-Real-IP) from every peer", "BOOL"),
+    Option("trusted_proxies", "--trusted-proxies", _networks,
+           "peers whose identity fields are trusted: addresses or CIDRs, comma-separated", "LIST"),
+    Option("wake_rate_per_min", "--wake-rate", _positive_rate,
+           "wakes per minute public requests may start in all (then 429)", "N"),
+    Option("wake_rate_per_client_per_min", "--wake-rate-per-client", _positive_rate,
+           "wakes per minute one client address may start (then 429)", "N"),
     Option("default_strategy", "--strategy", _choice("auto", "block", "page"), "cold browser requests"),
     Option("ignore_paths", "--ignore-paths", _csv, "path prefixes that never wake (comma-separated)", "LIST"),
     Option("ignore_user_agents", "--ignore-user-agents", _regex_list, "User-Agent regexes that never wake",
@@ -208,13 +260,17 @@ OPTIONS: tuple[Option, ...] = (
            "seconds an idle client keep-alive connection stays open", "S"),
     Option("client_header_timeout_s", "--client-header-timeout", _positive_float,
            "seconds a client may take to send a request head (then 408)", "S"),
+    Option("client_body_timeout_s", "--client-body-timeout", _positive_float,
+           "seconds a request body may send nothing (then 408)", "S"),
     Option("stop_grace_s", "--stop-grace", _positive_float, "SIGTERM→SIGKILL grace (local backend)", "S"),
     Option("kubeconfig", "--kubeconfig", Path, "kubeconfig (default: in-cluster config)", "FILE"),
     Option("context", "--context", str, "kubeconfig context"),
     Option("namespace_selector", "--namespace-selector", str, "label selector for project namespaces"),
     Option("gateway_namespace", "--gateway-namespace", str, "namespace of the gateway (Leases)"),
-    Option("activity_write_interval_s", "--activity-write-interval", _positive_float,
-           "seconds between shared activity writes per project", "S"),
+    Option("activity_pull_interval_s", "--activity-pull-interval", _positive_float,
+           "seconds between the reaper's pulls of the other replicas' activity", "S"),
+    Option("peer_service", "--peer-service", str,
+           "the gateway's Service, whose EndpointSlices list the replicas (port 'admin')", "NAME"),
     Option("replica_id", "--replica-id", str, "this gateway replica's name (default $POD_NAME or host-pid)"),
     Option("leader_lease_s", "--leader-lease", _positive_float, "seconds the idle-reaper Lease lasts", "S"),
 )
@@ -261,6 +317,34 @@ def validate(settings: Settings) -> None:
     label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
     if not domain or not re.fullmatch(rf"{label}(\.{label})*", domain):
         raise ConfigError(f"--domain: {settings.domain!r} is not a DNS name")
+    admin = settings.admin_listen
+    if admin is not None and settings.admin_token_file is None:
+        # Only a literal loopback address (or "localhost") keeps an unauthenticated admin API
+        # private; any other address or host name might be reachable from elsewhere.
+        try:
+            loopback = admin.host.lower() == "localhost" or ipaddress.ip_address(admin.host).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            raise ConfigError(
+                f"--admin-listen: {admin} is not a loopback address and --admin-token-file is not set; "
+                "the admin API (which can wake and sleep projects) would be open to anyone who can reach it: "
+                "set --admin-token-file, or listen on 127.0.0.1")
+
+
+def read_token(path: Path) -> bytes:
+    """The admin bearer token from ``path`` (surrounding whitespace stripped). Raises ConfigError."""
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"--admin-token-file: cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"--admin-token-file: {path} is not UTF-8 text") from None
+    if not token:
+        raise ConfigError(f"--admin-token-file: {path} is empty; put the bearer token in it")
+    if any(c.isspace() for c in token):
+        raise ConfigError(f"--admin-token-file: {path} holds more than one word; put only the token in it")
+    return token.encode()
 
 
 def option_names() -> Sequence[str]:

@@ -11,6 +11,9 @@ Concurrency rules:
 - Scale operations of one project are serialised by a per-project lock, so a request arriving while
   a scale-down runs is held; its wake scales up again once the scale-down is done.
 - Held requests are bounded per project and in total; every wait has a timeout.
+- A request that is not served is rejected once, counted once (``held_rejected(reason)``) and
+  logged once; a hold timeout is a 504 "timeout" whether its own timer or the wake's deadline
+  fired first. Rejection messages are public; the reasons behind them (``detail``) are not.
 """
 
 from __future__ import annotations
@@ -49,20 +52,28 @@ class State(enum.StrEnum):
 
 
 class HoldRejected(Exception):
-    """A held request cannot be served; carries the HTTP answer the data path should give."""
+    """A held request cannot be served; carries the HTTP answer the data path should give.
 
-    def __init__(self, status: int, reason: str, message: str, retry_after_s: int | None = None) -> None:
+    ``message`` is public (the body anonymous clients see): it says what happened to the project,
+    never why. ``detail`` (stderr lines, Kubernetes reasons, backend errors) is private: it goes to
+    the logs only (the admin API shows the project's ``last_error``)."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after_s: int | None = None,
+                 detail: str | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.reason = reason  # overflow | timeout | failed | unavailable | removed | draining
+        # overflow | timeout | failed | unavailable | removed | draining | rate_limited
+        self.reason = reason
         self.message = message
         self.retry_after_s = retry_after_s
+        self.detail = detail
 
 
 class WakeFailed(Exception):
     """Set on held requests' futures when a wake fails. ``unavailable``: the backend could not be
     reached (answered 503, worth retrying) rather than the project failing (502). ``reason``
-    "removed" (the project was deleted) and "draining" (the gateway stops) get their own answers."""
+    "removed" (the project was deleted), "draining" (the gateway stops) and "timeout" (the wake
+    passed its deadline: each waiter gets what its own hold timeout gives) get their own answers."""
 
     def __init__(self, message: str, unavailable: bool = False, reason: str = "failed") -> None:
         super().__init__(message)
@@ -215,8 +226,6 @@ class Lifecycle:
         self._tasks: set[asyncio.Task[None]] = set()
         self._wall_offset = 0.0
         self._wall_anchor_until = float("-inf")
-        self._note_activity: Callable[[str, float, int], None] | None = (
-            None if type(backend).note_activity is Backend.note_activity else backend.note_activity)
         backend.set_listener(self)
 
     # --- start / stop ----------------------------------------------------------------------------
@@ -276,7 +285,7 @@ class Lifecycle:
     # --- activity --------------------------------------------------------------------------------
 
     # begin/end run twice per request: one clock read (the wall time is derived from the monotonic
-    # one, re-anchored every second), and no backend call when its note_activity does nothing.
+    # one, re-anchored every second). Other replicas learn activity from the admin API's activity map.
 
     def begin(self, p: Project) -> None:
         """A request (or WebSocket, or stream) to ``p`` starts."""
@@ -284,9 +293,7 @@ class Lifecycle:
         p.last_activity_mono = now = _monotonic()
         if now >= self._wall_anchor_until:
             self._anchor_wall(now)
-        p.last_activity_wall = wall = now + self._wall_offset
-        if self._note_activity is not None:
-            self._note_activity(p.name, wall, p.in_flight)
+        p.last_activity_wall = now + self._wall_offset
 
     def end(self, p: Project) -> None:
         """A request to ``p`` ends (its response is complete or the connection is gone)."""
@@ -294,17 +301,13 @@ class Lifecycle:
         p.last_activity_mono = now = _monotonic()
         if now >= self._wall_anchor_until:
             self._anchor_wall(now)
-        p.last_activity_wall = wall = now + self._wall_offset
-        if self._note_activity is not None:
-            self._note_activity(p.name, wall, p.in_flight)
+        p.last_activity_wall = now + self._wall_offset
 
     def _touch(self, p: Project) -> None:
         p.last_activity_mono = now = _monotonic()
         if now >= self._wall_anchor_until:
             self._anchor_wall(now)
-        p.last_activity_wall = wall = now + self._wall_offset
-        if self._note_activity is not None:
-            self._note_activity(p.name, wall, p.in_flight)
+        p.last_activity_wall = now + self._wall_offset
 
     def _anchor_wall(self, now: float) -> None:
         # Follows wall-clock steps (NTP) within a second.
@@ -338,28 +341,58 @@ class Lifecycle:
         logs.event("wake", project=p.name, previous_state=prev.value)
         self._spawn(self._run_wake(p, p._wake_id))
 
-    async def hold(self, p: Project) -> Held:
-        """Park the caller until ``p`` has a ready endpoint. Raises :class:`HoldRejected`, and logs
-        each rejection as one ``request_failed`` line (with the request id the caller bound)."""
-        try:
-            return await self._hold(p)
-        except HoldRejected as exc:
-            logs.event("request_failed", logging.WARNING, project=p.name, status=exc.status, reason=exc.reason,
-                       error=exc.message)
-            raise
+    def would_wake(self, p: Project) -> bool:
+        """Whether :meth:`wake` would start a wake of ``p`` now (rather than join one or do nothing)."""
+        return not self.draining and p.state is not State.WAKING and not (p.state is State.READY and p.endpoints)
 
-    async def _hold(self, p: Project) -> Held:
+    def refuse_hold(self, p: Project) -> HoldRejected | None:
+        """Why a new request for ``p`` may not wait for it now (draining, too many waiting), or None."""
         if self.draining:
-            raise HoldRejected(503, "draining", "the gateway is shutting down; retry shortly", 1)
+            return HoldRejected(503, "draining", "the gateway is shutting down; retry shortly", 1)
         if p.held >= self.settings.max_held_per_project or self.held_total >= self.settings.max_held_total:
-            self.observer.held_rejected("overflow")
             which = "this project" if p.held >= self.settings.max_held_per_project else "the gateway"
-            raise HoldRejected(
+            return HoldRejected(
                 503, "overflow",
                 f"project {p.name} is starting and too many requests are already waiting for {which}; "
                 "retry shortly",
                 max(1, int(p.hold_timeout_s // 10)),
             )
+        return None
+
+    def rejected(self, p: Project, exc: HoldRejected, request_id: str | None = None) -> None:
+        """Count (``held_rejected``) and log one request answered ``exc`` instead of being served.
+        Called exactly once per rejected request: by :meth:`hold`, or by the data path for the
+        rejections it decides itself (the waiting page's, rate limits)."""
+        self.observer.held_rejected(exc.reason)
+        # The log line has what the client was told and why (the private detail).
+        error = exc.message if exc.detail is None else f"{exc.message}: {exc.detail}"
+        if request_id is None:
+            logs.event("request_failed", logging.WARNING, project=p.name, status=exc.status, reason=exc.reason,
+                       error=error)
+        else:
+            logs.event("request_failed", logging.WARNING, project=p.name, request_id=request_id,
+                       status=exc.status, reason=exc.reason, error=error)
+
+    async def hold(self, p: Project, gate: Callable[[], HoldRejected | None] | None = None) -> Held:
+        """Park the caller until ``p`` has a ready endpoint. Raises :class:`HoldRejected`, after
+        counting and logging it once (:meth:`rejected`, with the request id the caller bound).
+
+        ``gate`` is asked, only when this request would start a wake (not join one), whether it
+        may; a :class:`HoldRejected` it returns is raised instead of waking (public rate limits)."""
+        try:
+            return await self._hold(p, gate)
+        except HoldRejected as exc:
+            self.rejected(p, exc)
+            raise
+
+    async def _hold(self, p: Project, gate: Callable[[], HoldRejected | None] | None) -> Held:
+        refusal = self.refuse_hold(p)
+        if refusal is not None:
+            raise refusal
+        if gate is not None and p.pick() is None and self.would_wake(p):
+            refusal = gate()
+            if refusal is not None:
+                raise refusal
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + p.hold_timeout_s
@@ -383,14 +416,7 @@ class Lifecycle:
                 except TimeoutError:
                     raise self._hold_timeout(p) from None
                 except WakeFailed as exc:
-                    if exc.reason == "removed":
-                        raise HoldRejected(404, "removed", str(exc)) from None
-                    if exc.reason == "draining":
-                        raise HoldRejected(503, "draining", f"{exc}; retry shortly", 1) from None
-                    if exc.unavailable:
-                        raise HoldRejected(503, "unavailable", f"project {p.name} cannot be started now: {exc}",
-                                           5) from None
-                    raise HoldRejected(502, "failed", f"project {p.name} failed to start: {exc}") from None
+                    raise self._wake_rejection(p, exc) from None
                 finally:
                     timer.cancel()
                     p._discard_waiter(fut)
@@ -400,12 +426,23 @@ class Lifecycle:
             self.observer.held_changed(-1)
 
     def _hold_timeout(self, p: Project) -> HoldRejected:
-        self.observer.held_rejected("timeout")
-        why = p.last_error or f"it is {p.state.value} and has no ready endpoint"
         return HoldRejected(
-            504, "timeout",
-            f"project {p.name} is not ready after {p.hold_timeout_s:g}s: {why}",
+            504, "timeout", f"project {p.name} is not ready after {p.hold_timeout_s:g}s",
+            detail=p.last_error or f"it is {p.state.value} and has no ready endpoint",
         )
+
+    def _wake_rejection(self, p: Project, exc: WakeFailed) -> HoldRejected:
+        # The public messages name the project and what happened, never the backend's reason.
+        if exc.reason == "timeout":
+            return self._hold_timeout(p)
+        if exc.reason == "removed":
+            return HoldRejected(404, "removed", f"project {p.name} was removed", detail=str(exc))
+        if exc.reason == "draining":
+            return HoldRejected(503, "draining", "the gateway is shutting down; retry shortly", 1, detail=str(exc))
+        if exc.unavailable:
+            return HoldRejected(503, "unavailable", f"project {p.name} cannot be started now; retry shortly", 5,
+                                detail=str(exc))
+        return HoldRejected(502, "failed", f"project {p.name} failed to start", detail=str(exc))
 
     async def wait_ready(self, p: Project, timeout_s: float | None = None) -> bool:
         """Wake ``p`` and wait until it is ready (admin ``activate?wait=true``). False on timeout."""
@@ -463,7 +500,9 @@ class Lifecycle:
 
     def _wake_deadline(self, p: Project, wake_id: int) -> None:
         if p._wake_id == wake_id and p.state is State.WAKING:
-            self._wake_done(p, "timeout", f"no ready endpoint after {p.hold_timeout_s:g}s")
+            # Its waiters get what their own hold timeouts would give them (504, counted as
+            # "timeout" once each), not a failed wake.
+            self._wake_done(p, "timeout", f"no ready endpoint after {p.hold_timeout_s:g}s", reason="timeout")
 
     def _become_ready(self, p: Project) -> None:
         was_waking = p.state is State.WAKING
@@ -487,12 +526,13 @@ class Lifecycle:
         if end < len(waiters):
             asyncio.get_running_loop().call_soon(self._release, waiters, end)
 
-    def _wake_done(self, p: Project, result: str, error: str, unavailable: bool = False) -> None:
+    def _wake_done(self, p: Project, result: str, error: str, unavailable: bool = False,
+                   reason: str = "failed") -> None:
         p.state = State.FAILED
         p.last_error = error
         self._finish_wake_metrics(p, result)
         logs.event("wake_failed", logging.WARNING, project=p.name, result=result, error=error)
-        self._fail_waiters(p, error, unavailable)
+        self._fail_waiters(p, error, unavailable, reason)
 
     def _finish_wake_metrics(self, p: Project, result: str) -> None:
         duration = time.monotonic() - (p.wake_started_mono or time.monotonic())
@@ -507,15 +547,13 @@ class Lifecycle:
 
     def idle(self, p: Project, now_wall_s: float | None = None) -> bool:
         """Whether ``p`` may be put to sleep now, across all gateway replicas."""
-        shared_last, shared_in_flight = self.backend.shared_activity(p.name)
         return is_idle(
             now_wall_s=time.time() if now_wall_s is None else now_wall_s,
             idle_timeout_s=p.idle_timeout_s,
             last_activity_wall_s=p.last_activity_wall,
             in_flight=p.in_flight,
             held=p.held,
-            shared_last_activity_wall_s=shared_last,
-            shared_in_flight=shared_in_flight,
+            shared=self.backend.shared_activity(p.name),
         )
 
     async def sleep(self, p: Project, reason: str = "idle") -> bool:
@@ -533,7 +571,7 @@ class Lifecycle:
         ok = False
         try:
             async with p.op_lock:
-                ok = await self.backend.scale_down(p.name)
+                ok = await self.backend.scale_down(p.name, p.last_activity_wall)
             if ok:
                 p._up = False
             self.observer.scale_operation("down", True)

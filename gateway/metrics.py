@@ -45,7 +45,12 @@ REQUEST_BUCKETS_S = (
 )
 WAKEUP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 WAKE_RESULTS = ("ready", "timeout", "failed")
-HELD_REJECT_REASONS = ("overflow", "timeout")
+# Why a request for a project without a ready endpoint was answered with an error, counted once per
+# request: overflow (too many waiting, 503), timeout (not ready within the hold timeout, 504),
+# failed (the wake failed, 502), unavailable (the backend could not be reached, 503), removed (404),
+# draining (the gateway stops, 503), rate_limited (it would have started a wake past the public
+# wake rate limits, 429).
+HELD_REJECT_REASONS = ("overflow", "timeout", "failed", "unavailable", "removed", "draining", "rate_limited")
 UPSTREAM_ERROR_REASONS = ("connect", "timeout", "reset", "protocol")
 # Per-project lines formatted, or projects counted by state, between two yields to the event loop.
 RENDER_SLICE = 500
@@ -108,7 +113,10 @@ class Metrics:
         self._wakes_started = Counter("wakegate_wakeups_started_total", "Wakes started.", registry=core)
 
         self._held_rejected = Counter("wakegate_held_rejected_total",
-                                      "Held requests answered with an error instead of being proxied.",
+                                      "Requests for a project without a ready endpoint (held, or asking for "
+                                      "the waiting page) answered with an error instead of being proxied, "
+                                      "once per request, by reason: overflow, timeout, failed, unavailable, "
+                                      "removed, draining, rate_limited (429: past the public wake rate limits).",
                                       ["reason"], registry=core)
         self._held_rejected_by = {r: self._held_rejected.labels(r) for r in HELD_REJECT_REASONS}
 

@@ -6,6 +6,15 @@ cold one is parked in :meth:`Lifecycle.hold` before its body is read, then forwa
 ``X-Wakegate-Cold-Start``. Browsers may get the waiting page instead; probes and uptime bots
 (ignore rules) never wake a project nor count as activity. A refused connection drops the endpoint
 and holds again, which is how a request racing a scale-down is still served.
+
+A public request that would start a wake (its project asleep or failed, no wake in progress) takes
+a token from the wake rate limits (:mod:`gateway.wake_limit`: in all and per client address);
+past either it is answered 429 with ``Retry-After`` and wakes nothing. Joining a wake in progress,
+or reaching a ready project, is never limited; nor are admin activations.
+
+Public answers say what happened (failed to start, not ready, cannot be reached) and carry the
+request id; why (stderr lines, backend errors, endpoint addresses) goes to the logs and the admin
+API only.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import time
 from collections.abc import Coroutine
 from typing import Any, Protocol
@@ -24,6 +34,7 @@ from gateway.forward.client import Exchange, Listener
 from gateway.ignore import IgnoreRules
 from gateway.lifecycle import HoldRejected, Lifecycle, Project, State
 from gateway.routing import RouteError, Router
+from gateway.wake_limit import SCOPE_CLIENT, WakeLimiter
 
 # Forwarding attempts per request (refused endpoints, stale keep-alive connections) before 502.
 MAX_ATTEMPTS = 5
@@ -31,6 +42,13 @@ _UA_CACHE_SIZE = 2048
 _ROUTE_CACHE_SIZE = 4096
 
 _JSON = b"application/json"
+# What a client sees when forwarding failed, by reason: nothing of the OS error or the endpoint.
+_UPSTREAM_PUBLIC = {
+    "refused": "cannot be reached: it refused the connection",
+    "timeout": "cannot be reached: connecting to it timed out",
+    "reset": "cannot be reached: it closed the connection before responding",
+    "protocol": "sent an invalid response",
+}
 
 
 class RequestObserver(Protocol):
@@ -91,6 +109,8 @@ class PublicServer:
         self._rid_counter = itertools.count(1)
         self._id_format = b"X-Request-Id: " + self._rid_prefix + b"%08x\r\n"
         self._clock = time.monotonic
+        self._wake_limiter = WakeLimiter(settings.wake_rate_per_min, settings.wake_rate_per_client_per_min,
+                                         self._clock())
         # Bound once: the warm path calls them for every request.
         self._begin = lifecycle.begin
         self._end = lifecycle.end
@@ -111,9 +131,11 @@ class PublicServer:
             self,
             scheme=b"http",
             trust_forwarded=s.trust_forwarded,
+            trusted_proxies=s.trusted_proxies,
             connect_timeout_s=s.upstream_connect_timeout_s,
             keepalive_timeout_s=s.client_keepalive_timeout_s,
             header_timeout_s=s.client_header_timeout_s,
+            body_timeout_s=s.client_body_timeout_s,
             route_header=s.route_header,
         )
         await listener.start(s.listen.host, s.listen.port)
@@ -224,16 +246,47 @@ class PublicServer:
             self._cold(ex, p)
 
     def _cold(self, ex: Exchange, p: Project) -> None:
-        """No ready endpoint: the waiting page for browsers, else hold until the project is ready."""
+        """No ready endpoint: the waiting page for browsers, else hold until the project is ready.
+        Both obey the same bounds: draining, too many waiting, and the wake rate limits."""
         if waiting_page.wants_page(ex.method.decode("latin-1"), _text(ex.header(b"accept")),
                                    _text(ex.header(b"sec-fetch-mode")), p.strategy):
-            self.lifecycle.wake(p)
+            lifecycle = self.lifecycle
+            rid = _rid(ex)
+            refusal = lifecycle.refuse_hold(p)
+            if refusal is None and lifecycle.would_wake(p):
+                refusal = self._wake_gate(ex, p)
+            if refusal is not None:
+                lifecycle.rejected(p, refusal, rid)
+                self._reject(ex, refusal, rid)
+                return
+            lifecycle.wake(p)
             elapsed = time.monotonic() - p.wake_started_mono if p.wake_started_mono is not None else 0.0
             ex.respond(waiting_page.PAGE_STATUS,
-                       waiting_page.render_page(p.name, p.state.value, elapsed, p.hold_timeout_s),
+                       waiting_page.render_page(p.name, p.state.value, elapsed, p.hold_timeout_s, rid),
                        content_type=b"text/html; charset=utf-8", extra=self._page_headers)
             return
-        self._spawn(ex, self._hold(ex, p))
+        self._spawn(ex, self._hold(ex, p, True))
+
+    def _wake_gate(self, ex: Exchange, p: Project) -> HoldRejected | None:
+        """Take a token for a wake this public request would start; the 429 when there is none."""
+        limited = self._wake_limiter.take(ex.client_address, self._clock())
+        if limited is None:
+            return None
+        retry_after = max(1, math.ceil(limited.retry_after_s))
+        if limited.scope == SCOPE_CLIENT:
+            which = (f"the wake rate limit per client address "
+                     f"({self.settings.wake_rate_per_client_per_min:g} per minute)")
+        else:
+            which = f"the gateway's wake rate limit ({self.settings.wake_rate_per_min:g} per minute)"
+        return HoldRejected(
+            429, "rate_limited",
+            f"project {p.name} was not started: {which} is reached; retry in {retry_after}s",
+            retry_after, detail=f"wake rate limit: {limited.scope}",
+        )
+
+    def _reject(self, ex: Exchange, exc: HoldRejected, rid: str | None) -> None:
+        extra = ((b"Retry-After", str(exc.retry_after_s).encode()),) if exc.retry_after_s else ()
+        ex.respond(exc.status, _public_body(exc.message, rid), extra=extra)
 
     def _forward(self, ex: Exchange, ep: Endpoint, track: bool, fresh: bool = False) -> None:
         if track and not ex.tracked:
@@ -244,15 +297,15 @@ class PublicServer:
             self.observer.inflight_changed(1)
         ex.forward(ep, fresh)
 
-    async def _hold(self, ex: Exchange, p: Project) -> None:
-        rid = ex.rid
-        if rid is not None:
-            logs.request_id_var.set(rid.decode("latin-1"))
+    async def _hold(self, ex: Exchange, p: Project, gated: bool = False) -> None:
+        """Hold ``ex`` until ``p`` is ready. ``gated``: a new public request, subject to the wake
+        rate limits should it start a wake (not one that was already forwarded once)."""
+        rid = _rid(ex)
+        logs.request_id_var.set(rid)
         try:
-            held = await self.lifecycle.hold(p)
+            held = await self.lifecycle.hold(p, (lambda: self._wake_gate(ex, p)) if gated else None)
         except HoldRejected as exc:
-            extra = ((b"Retry-After", str(exc.retry_after_s).encode()),) if exc.retry_after_s else ()
-            ex.respond(exc.status, exc.message.encode("utf-8", "replace") + b"\n", extra=extra)
+            self._reject(ex, exc, rid)
             return
         ex.task = None  # the exchange owns its own tasks from here on
         ex.response_extra = ((b"X-Wakegate-Cold-Start", b"%.3f" % held.held_s),)
@@ -279,8 +332,9 @@ class PublicServer:
     def upstream_failed(self, ex: Exchange, reason: str, message: str) -> None:
         p: Project | None = ex.project
         self.observer.upstream_error(reason)
-        logs.event("upstream_error", logging.WARNING, project=ex.name, request_id=_rid(ex), reason=reason,
-                   endpoint=str(ex.endpoint), attempt=ex.attempts)
+        rid = _rid(ex)
+        logs.event("upstream_error", logging.WARNING, project=ex.name, request_id=rid, reason=reason,
+                   endpoint=str(ex.endpoint), attempt=ex.attempts, error=message)
         connect_failed = reason in ("refused", "timeout")
         if p is not None and ex.attempts < MAX_ATTEMPTS and (connect_failed or (reason == "reset" and ex.replayable)):
             if connect_failed and ex.endpoint is not None:
@@ -295,7 +349,8 @@ class PublicServer:
                 self._spawn(ex, self._hold(ex, p))
             return
         status = 504 if reason == "timeout" else 502
-        ex.respond(status, f"project {ex.name}: {message}\n".encode("utf-8", "replace"))
+        what = _UPSTREAM_PUBLIC.get(reason, "cannot be reached")
+        ex.respond(status, _public_body(f"project {ex.name} {what}", rid))
 
     def finished(self, ex: Exchange) -> None:
         if ex.tracked:
@@ -347,3 +402,9 @@ def _text(value: bytes | None) -> str | None:
 def _rid(ex: Exchange) -> str | None:
     rid = ex.rid
     return logs.request_id(rid) if rid is not None else None
+
+
+def _public_body(message: str, rid: str | None) -> bytes:
+    """A gateway answer's body: the public message, and the request id a user can quote."""
+    text = f"{message}\nrequest id: {rid}\n" if rid is not None else f"{message}\n"
+    return text.encode("utf-8", "replace")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,15 @@ def check_extensions() -> None:
             + "; reinstall them from binary wheels (pip install --force-reinstall aiohttp httptools)"
             " and make sure AIOHTTP_NO_EXTENSIONS is not set"
         )
+
+
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a literal loopback address (or ``localhost``): only there may the admin
+    API listen without a token."""
+    try:
+        return host.lower() == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -110,7 +120,12 @@ class Service:
             except OSError as exc:
                 listen = self.settings.listen
                 raise StartupError(f"--listen: cannot listen on {listen}: {exc.strerror or exc}") from None
-            admin = self.settings.admin_listen
+            admin = self.settings.admin_address
+            authenticated = self.settings.admin_token_file is not None
+            if not authenticated and not _is_loopback(admin.host):
+                # config.validate refuses this for flags; this also covers Settings built in code.
+                raise StartupError(f"--admin-listen: {admin} is not a loopback address and "
+                                   "--admin-token-file is not set; refusing to serve the admin API unauthenticated")
             try:
                 self._admin_runner, self.admin_port = await start_admin(self.admin_app, admin)
             except OSError as exc:
@@ -119,7 +134,8 @@ class Service:
             await self.stop()
             raise
         logs.event("listening", listen=f"{self.settings.listen.host}:{self.port}",
-                   admin_listen=f"{self.settings.admin_listen.host}:{self.admin_port}",
+                   admin_listen=f"{admin.host}:{self.admin_port}",
+                   admin_auth="token" if authenticated else "none (loopback only)",
                    port=self.port, admin_port=self.admin_port, backend=self.settings.backend,
                    domain=self.settings.domain, projects=len(self.lifecycle.projects))
 

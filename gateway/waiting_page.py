@@ -9,6 +9,10 @@ soon as the project is ready. Without JavaScript a ``<noscript>`` meta refresh r
 :data:`NOSCRIPT_REFRESH_S` seconds. The data path sends it with :func:`page_response_headers`
 (503, ``Retry-After``, ``Cache-Control: no-store`` and a slower ``Refresh`` header as a safety net
 should the script be blocked).
+
+Neither the page nor the status answer says why a project failed (its stderr, the backend's
+reasons): they are public. The page shows the request id, which a user can quote to an operator,
+who finds the details in the logs and the admin API.
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ def page_response_headers() -> dict[str, str]:
 
 
 def render_status(project: str, state: str, ready: bool) -> bytes:
-    """The JSON answer of ``GET`` :data:`STATUS_PATH`: ``{"project", "state", "ready"}``."""
+    """The JSON answer of ``GET`` :data:`STATUS_PATH`: ``{"project", "state", "ready"}`` (nothing
+    else: the reason of a failure is not public)."""
     return json.dumps({"project": project, "state": state, "ready": ready}).encode()
 
 
@@ -67,8 +72,10 @@ _MESSAGES = {
 }
 
 
-def render_page(project: str, state: str, elapsed_s: float, hold_timeout_s: float) -> bytes:
-    """The waiting page for ``project`` (in ``state``, waking for ``elapsed_s`` seconds)."""
+def render_page(project: str, state: str, elapsed_s: float, hold_timeout_s: float,
+                request_id: str | None = None) -> bytes:
+    """The waiting page for ``project`` (in ``state``, waking for ``elapsed_s`` seconds), showing
+    ``request_id`` when given."""
     name = html.escape(project, quote=True)
     elapsed = max(0, int(elapsed_s))
     elapsed_text = f"{elapsed} s" if elapsed < 60 else f"{elapsed // 60} min {elapsed % 60} s"
@@ -81,6 +88,8 @@ def render_page(project: str, state: str, elapsed_s: float, hold_timeout_s: floa
         name=name, message=message, elapsed=elapsed_text, hold=f"{hold_timeout_s:g}", config=config,
         refresh=NOSCRIPT_REFRESH_S, slow="" if elapsed_s >= hold_timeout_s else " hidden",
         state=html.escape(state, quote=True),
+        rid="" if request_id is None else
+        f'\n<p class="rid">Request id: <code id="rid">{html.escape(request_id, quote=True)}</code></p>',
     ).encode()
 
 
@@ -110,6 +119,7 @@ p {{ margin: .4rem 0; color: var(--muted); }}
 @keyframes spin {{ to {{ transform: rotate(360deg); }} }}
 @media (prefers-reduced-motion: reduce) {{ .spinner {{ animation: none; }} }}
 #elapsed {{ font-variant-numeric: tabular-nums; color: var(--fg); }}
+.rid {{ font-size: .8rem; }}
 </style>
 </head>
 <body>
@@ -118,7 +128,7 @@ p {{ margin: .4rem 0; color: var(--muted); }}
 <h1><span id="name">{name}</span> <span id="message">{message}</span></h1>
 <p>This environment was asleep and is starting. This page loads it as soon as it is ready.</p>
 <p>Waiting for <span id="elapsed">{elapsed}</span><span id="slow"{slow}> — longer than usual
-(the limit is {hold} s)</span>.</p>
+(the limit is {hold} s)</span>.</p>{rid}
 </main>
 <script>
 (function () {{

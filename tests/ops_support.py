@@ -108,7 +108,7 @@ class ScriptedBackend(Backend):
         assert self.listener is not None
         self.listener.endpoints_changed(name, [Endpoint("127.0.0.1", port)])
 
-    async def scale_down(self, name: str) -> bool:
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
         self.scale_downs.append(name)
         await self._stop(name)
         return True

@@ -208,7 +208,7 @@ class TableBackend(Backend):
     def _listening(up: Upstream) -> bool:
         return getattr(up, "_server", None) is not None
 
-    async def scale_down(self, name: str) -> bool:
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
         self.scale_downs[name] += 1
         await self.upstreams[name].stop()
         assert self.listener is not None

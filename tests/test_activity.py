@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.activity import is_idle, seconds_until_idle
+from gateway.activity import SharedActivity, is_idle, seconds_until_idle
 
 NOW = 1_000_000.0
 
@@ -29,25 +29,30 @@ def test_just_before_the_timeout_is_not_idle() -> None:
     assert not idle(last_activity_wall_s=NOW - 29.999)
 
 
-@pytest.mark.parametrize("field", ["in_flight", "held", "shared_in_flight"])
-def test_anything_in_flight_or_held_keeps_it_awake_forever(field: str) -> None:
-    assert not idle(**{field: 1}, last_activity_wall_s=NOW - 10**6)
+@pytest.mark.parametrize("kw", [{"in_flight": 1}, {"held": 1}, {"shared": SharedActivity(open=1)}])
+def test_anything_in_flight_or_held_keeps_it_awake_forever(kw: dict[str, object]) -> None:
+    assert not idle(**kw, last_activity_wall_s=NOW - 10**6)
+
+
+def test_a_replica_that_did_not_answer_keeps_it_awake_forever() -> None:
+    assert not idle(shared=SharedActivity(unknown=("gw-b",)), last_activity_wall_s=NOW - 10**6)
+    assert not idle(shared=SharedActivity(NOW - 10**6, 0, ("gw-b",)), last_activity_wall_s=NOW - 10**6)
 
 
 def test_no_recorded_activity_is_never_idle() -> None:
     assert not idle(last_activity_wall_s=None)
-    assert not idle(last_activity_wall_s=None, shared_last_activity_wall_s=None)
+    assert not idle(last_activity_wall_s=None, shared=SharedActivity())
 
 
 def test_recent_activity_on_another_replica_keeps_it_awake() -> None:
-    assert not idle(last_activity_wall_s=NOW - 60, shared_last_activity_wall_s=NOW - 5)
-    assert not idle(last_activity_wall_s=None, shared_last_activity_wall_s=NOW - 5)
+    assert not idle(last_activity_wall_s=NOW - 60, shared=SharedActivity(NOW - 5))
+    assert not idle(last_activity_wall_s=None, shared=SharedActivity(NOW - 5))
 
 
 def test_the_latest_of_local_and_shared_activity_counts() -> None:
-    assert idle(last_activity_wall_s=NOW - 60, shared_last_activity_wall_s=NOW - 45)
-    assert idle(last_activity_wall_s=None, shared_last_activity_wall_s=NOW - 45)
-    assert not idle(last_activity_wall_s=NOW - 1, shared_last_activity_wall_s=NOW - 45)
+    assert idle(last_activity_wall_s=NOW - 60, shared=SharedActivity(NOW - 45))
+    assert idle(last_activity_wall_s=None, shared=SharedActivity(NOW - 45))
+    assert not idle(last_activity_wall_s=NOW - 1, shared=SharedActivity(NOW - 45))
 
 
 def test_per_project_timeout_is_used() -> None:

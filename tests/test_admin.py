@@ -16,9 +16,9 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 
-from gateway.admin import create_admin_app, mark_draining, read_token, rfc3339, start_admin
+from gateway.admin import create_admin_app, mark_draining, rfc3339, start_admin
 from gateway.backends.base import ProjectInfo, ProjectSettings
-from gateway.config import ConfigError, HostPort, Settings
+from gateway.config import ConfigError, HostPort, Settings, read_token
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
 from tests.ops_support import GatewayProcess, ScriptedBackend, write_projects

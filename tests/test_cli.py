@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -13,8 +14,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import yaml
 
-from gateway import __version__
+from gateway import __version__, config
 from gateway.cli import build_parser, demo_settings, main
 from gateway.config import HostPort
 from gateway.demo import PROJECTS_FILE
@@ -51,6 +53,10 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, 
         (["serve"], {"WAKEGATE_MAX_HELD_PER_PROJECT": "-3", "WAKEGATE_PROJECTS": "p.yaml"},
          "wakegate: WAKEGATE_MAX_HELD_PER_PROJECT: "),
         (["demo", "--domain", "bad domain"], {}, "wakegate: --domain: "),
+        (["serve", "--projects", "p.yaml", "--admin-listen", "0.0.0.0:9090"], {},
+         "wakegate: --admin-listen: 0.0.0.0:9090 is not a loopback address and --admin-token-file is not set"),
+        (["serve", "--projects", "p.yaml"], {"WAKEGATE_ADMIN_LISTEN": ":9090"},
+         "wakegate: --admin-listen: 0.0.0.0:9090 is not a loopback address and --admin-token-file is not set"),
     ],
 )
 def test_config_errors_are_one_line_and_exit_2(argv: list[str], env: dict[str, str], expected: str,
@@ -142,6 +148,7 @@ def test_demo_settings() -> None:
     assert s.domain == "localhost"
     assert s.listen == HostPort("127.0.0.1", 8080)
     assert s.admin_listen == HostPort("127.0.0.1", 9090)
+    assert s.admin_address == HostPort("127.0.0.1", 9090)
     assert s.idle_timeout_s == 30
 
 
@@ -215,3 +222,133 @@ async def test_demo_prints_what_to_try_serves_hello_and_stops_on_ctrl_c() -> Non
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+# --- where the admin API listens -------------------------------------------------------------------
+
+# Each gateway below runs in a network namespace of its own, so the default admin port (9090) is free
+# and the namespace has exactly two addresses: loopback, and this one on a (bridge) interface of its own.
+OTHER_ADDRESS = "198.51.100.7"  # TEST-NET-2
+
+PROBE = r"""
+import json, socket, sys
+out = {}
+for host in sys.argv[2:]:
+    try:
+        with socket.create_connection((host, int(sys.argv[1])), timeout=5) as s:
+            s.settimeout(5)
+            s.sendall(b"GET /healthz HTTP/1.0\r\nHost: admin\r\n\r\n")
+            out[host] = s.recv(64).split(b"\r\n", 1)[0].decode()
+    except OSError as exc:
+        out[host] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+async def _serve_in_own_netns(*flags: str) -> tuple[asyncio.subprocess.Process, dict[str, object]]:
+    """``wakegate serve`` (demo projects, no ``--admin-listen``) in a new network namespace; returns
+    the process and its ``listening`` log line."""
+    setup = (f"ip link set lo up && ip link add wg-other type bridge && ip addr add {OTHER_ADDRESS}/24 dev wg-other"
+             ' && ip link set wg-other up && exec "$0" -m gateway serve "$@"')
+    proc = await asyncio.create_subprocess_exec(
+        "unshare", "--net", "sh", "-c", setup, sys.executable, "--projects", str(PROJECTS_FILE),
+        "--listen", "127.0.0.1:0", "--log-format", "json", *flags,
+        env=clean_env(), stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen: list[str] = []
+    try:
+        async with asyncio.timeout(WAIT_S):
+            while True:
+                line = await proc.stderr.readline()
+                assert line, "the gateway exited early:\n" + "".join(seen)
+                seen.append(line.decode(errors="replace"))
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(event, dict) and event.get("event") == "listening":
+                    return proc, event
+    except BaseException:
+        await _stop(proc)
+        raise
+
+
+async def _stop(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), WAIT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _probe_admin(proc: asyncio.subprocess.Process, port: int) -> dict[str, str]:
+    """The first line answered to ``GET /healthz`` on ``port`` at each address of the gateway's
+    network namespace, or the connection error."""
+    probe = await asyncio.create_subprocess_exec(
+        "nsenter", "-t", str(proc.pid), "-n", sys.executable, "-c", PROBE, str(port), "127.0.0.1", OTHER_ADDRESS,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(probe.communicate(), WAIT_S)
+    assert probe.returncode == 0, err.decode()
+    result: dict[str, str] = json.loads(out)
+    return result
+
+
+async def test_admin_api_without_a_token_listens_on_loopback_only() -> None:
+    proc, listening = await _serve_in_own_netns()
+    try:
+        answers = await _probe_admin(proc, 9090)
+        assert answers == {"127.0.0.1": "HTTP/1.0 200 OK", OTHER_ADDRESS: "ConnectionRefusedError"}
+        assert listening["admin_listen"] == "127.0.0.1:9090"
+        assert listening["admin_auth"] == "none (loopback only)"
+    finally:
+        await _stop(proc)
+    assert proc.returncode == 0
+
+
+async def test_admin_api_with_a_token_listens_on_every_interface(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    proc, listening = await _serve_in_own_netns("--admin-token-file", str(token))
+    try:
+        assert listening["admin_listen"] == "0.0.0.0:9090"
+        assert listening["admin_auth"] == "token"
+        # the probe does see the other address when something listens there
+        answers = await _probe_admin(proc, 9090)
+        assert answers == {"127.0.0.1": "HTTP/1.0 200 OK", OTHER_ADDRESS: "HTTP/1.0 200 OK"}
+    finally:
+        await _stop(proc)
+    assert proc.returncode == 0
+
+
+def test_explicit_non_loopback_admin_listen_without_a_token_exits_2() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--projects", str(PROJECTS_FILE), "--listen", "127.0.0.1:0",
+         "--admin-listen", "0.0.0.0:0"],
+        capture_output=True, text=True, timeout=WAIT_S, env=clean_env(), check=False,
+    )
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith("wakegate: --admin-listen: 0.0.0.0:0 is not a loopback address and "
+                                 "--admin-token-file is not set;"), out.stderr
+    assert "listening" not in out.stderr
+
+
+def test_shipped_deployment_keeps_the_admin_api_reachable_for_probes() -> None:
+    # The probes and Prometheus reach the admin port from outside the pod: the manifests must pass a
+    # token, so that the admin API may (and does) listen on every interface.
+    root = Path(__file__).resolve().parents[1]
+    docs = yaml.safe_load_all((root / "manifests" / "base" / "deployment.yaml").read_text())
+    dep = next(d for d in docs if d and d.get("kind") == "Deployment")
+    container = next(c for c in dep["spec"]["template"]["spec"]["containers"] if c["name"] == "wakegate")
+    args = build_parser(project_actions=False).parse_args(container["args"])
+    settings = config.load_settings({o.field: getattr(args, o.field) for o in config.OPTIONS}, environ={})
+    assert settings.admin_token_file is not None
+    assert settings.admin_address == HostPort("0.0.0.0", 9090)
+    probe_ports = {container[probe]["httpGet"]["port"] for probe in ("readinessProbe", "livenessProbe")}
+    assert probe_ports == {"admin"}
+    assert {p["name"]: p["containerPort"] for p in container["ports"]}["admin"] == 9090

@@ -33,18 +33,23 @@ GOOD: dict[str, tuple[str, object]] = {
     "--log-format": ("text", "text"),
     "--access-log": ("yes", True),
     "--trust-forwarded": ("true", True),
+    "--trusted-proxies": ("10.0.0.0/8, 192.0.2.1", ("10.0.0.0/8", "192.0.2.1")),
+    "--wake-rate": ("120", 120.0),
+    "--wake-rate-per-client": ("6", 6.0),
     "--strategy": ("page", "page"),
     "--ignore-paths": ("/healthz, /metrics,", ("/healthz", "/metrics")),
     "--ignore-user-agents": ("^curl/,Bot$", ("^curl/", "Bot$")),
     "--upstream-connect-timeout": ("2", 2.0),
     "--client-keepalive-timeout": ("0.25", 0.25),
     "--client-header-timeout": ("3", 3.0),
+    "--client-body-timeout": ("15", 15.0),
     "--stop-grace": ("1.5", 1.5),
     "--kubeconfig": ("/root/.kube/config", Path("/root/.kube/config")),
     "--context": ("kind-dev", "kind-dev"),
     "--namespace-selector": ("wakegate.dev/project", "wakegate.dev/project"),
     "--gateway-namespace": ("gw", "gw"),
-    "--activity-write-interval": ("9", 9.0),
+    "--activity-pull-interval": ("9", 9.0),
+    "--peer-service": ("wakegate-peers", "wakegate-peers"),
     "--replica-id": ("gw-1", "gw-1"),
     "--leader-lease": ("20", 20.0),
 }
@@ -73,7 +78,7 @@ BAD: dict[str, list[str]] = {
     "--client-keepalive-timeout": ["0", "-1", "nan", "inf", "75s", ""],
     "--client-header-timeout": ["0", "-30", "nan", "inf", "half a minute", ""],
     "--stop-grace": ["0"],
-    "--activity-write-interval": ["0"],
+    "--activity-pull-interval": ["0"],
     "--leader-lease": ["0", "-2"],
 }
 
@@ -87,7 +92,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert s.backend == "local"
     assert s.domain == "env.example.com"
     assert s.listen == HostPort("0.0.0.0", 8080)
-    assert s.admin_listen == HostPort("0.0.0.0", 9090)
+    assert s.admin_listen is None  # resolved by admin_address: see test_admin_* below
+    assert s.admin_address == HostPort("127.0.0.1", 9090)
     assert s.idle_timeout_s == 300
     assert s.hold_timeout_s == 120
     assert s.max_held_per_project == 1000
@@ -213,6 +219,43 @@ def test_host_port_str_round_trips() -> None:
     for hp in (HostPort("::1", 80), HostPort("127.0.0.1", 8080)):
         assert parse_host_port(str(hp)) == hp
     assert str(HostPort("::1", 80)) == "[::1]:80"
+
+
+def test_admin_api_defaults_to_loopback_without_a_token_and_all_interfaces_with_one() -> None:
+    without = load_settings(PROJECTS, environ={})
+    assert without.admin_address == HostPort("127.0.0.1", 9090)
+    with_token = load_settings({**PROJECTS, "admin_token_file": "/run/token"}, environ={})
+    assert with_token.admin_address == HostPort("0.0.0.0", 9090)
+    from_env = load_settings(PROJECTS, environ={"WAKEGATE_ADMIN_TOKEN_FILE": "/run/token"})
+    assert from_env.admin_address == HostPort("0.0.0.0", 9090)
+    # an explicit address is kept as given, token or not
+    explicit = load_settings({**PROJECTS, "admin_listen": "127.0.0.1:9191"}, environ={})
+    assert explicit.admin_address == HostPort("127.0.0.1", 9191)
+    assert Settings(admin_listen=HostPort("10.0.0.5", 1), admin_token_file=Path("/t")).admin_address == \
+        HostPort("10.0.0.5", 1)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "127.0.0.2:9090", "[::1]:9090", "localhost:9090",
+                                    "LOCALHOST:1"])
+def test_admin_api_may_listen_on_loopback_without_a_token(listen: str) -> None:
+    s = load_settings({**PROJECTS, "admin_listen": listen}, environ={})
+    assert s.admin_address == parse_host_port(listen)
+
+
+@pytest.mark.parametrize("listen", [":9090", "0.0.0.0:0", "[::]:9090", "192.0.2.1:9090", "[2001:db8::1]:9090",
+                                    "[::ffff:127.0.0.1]:9090", "admin.example.com:9090", "127.0.0.1.nip.io:1"])
+def test_non_loopback_admin_api_without_a_token_is_refused(listen: str) -> None:
+    for args, environ in (({**PROJECTS, "admin_listen": listen}, {}),
+                          (PROJECTS, {"WAKEGATE_ADMIN_LISTEN": listen})):
+        with pytest.raises(ConfigError) as info:
+            load_settings(args, environ=environ)
+        message = str(info.value)
+        assert "\n" not in message
+        assert message.startswith(f"--admin-listen: {parse_host_port(listen)} is not a loopback address")
+        assert "--admin-token-file is not set" in message
+    # the same address with a token is fine
+    s = load_settings({**PROJECTS, "admin_listen": listen, "admin_token_file": "/run/token"}, environ={})
+    assert s.admin_address == parse_host_port(listen)
 
 
 def test_url_for() -> None:

@@ -21,7 +21,7 @@ import yaml
 from gateway.backends.local import LocalBackend
 from gateway.config import HostPort, Settings
 from gateway.demo import PROJECTS_FILE
-from gateway.lifecycle import State
+from gateway.lifecycle import LifecycleObserver, NullObserver, State
 from gateway.service import Service, StartupError
 
 DOMAIN = "example.test"
@@ -44,19 +44,42 @@ class WatchedBackend(LocalBackend):
         self.downs: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.down_started: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.down_gate: asyncio.Event | None = None
-        self.activity: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
 
-    async def scale_down(self, name: str) -> bool:
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
         self.down_started[name].set()
         if self.down_gate is not None:
             await self.down_gate.wait()
-        ok = await super().scale_down(name)
+        ok = await super().scale_down(name, last_activity_wall_s)
         self.downs[name].set()
         return ok
 
-    def note_activity(self, name: str, last_activity_wall_s: float, in_flight: int) -> None:
-        # The lifecycle reports activity when a request starts, ends, or wakes the project.
-        self.activity[name].set()
+
+class HeldSignal(NullObserver):
+    """A lifecycle observer that passes everything on and signals when a request is held."""
+
+    def __init__(self, inner: LifecycleObserver) -> None:
+        self.inner = inner
+        self.held = asyncio.Event()
+
+    def wake_started(self, project: str) -> None:
+        self.inner.wake_started(project)
+
+    def wake_finished(self, project: str, result: str, duration_s: float) -> None:
+        self.inner.wake_finished(project, result, duration_s)
+
+    def held_changed(self, delta: int) -> None:
+        self.inner.held_changed(delta)
+        if delta > 0:
+            self.held.set()
+
+    def held_rejected(self, reason: str) -> None:
+        self.inner.held_rejected(reason)
+
+    def scale_operation(self, direction: str, ok: bool) -> None:
+        self.inner.scale_operation(direction, ok)
+
+    def project_removed(self, project: str) -> None:
+        self.inner.project_removed(project)
 
 
 def projects_file(tmp_path: Path, **overrides: dict[str, Any]) -> Path:
@@ -145,12 +168,16 @@ async def test_unknown_project_and_foreign_host(gateway: Any) -> None:
     assert sum(gw.backend.spawn_count.values()) == 0
 
 
-async def test_failed_boot_answers_502_with_the_stderr_tail(gateway: Any, tmp_path: Path) -> None:
+async def test_failed_boot_answers_502_and_the_admin_api_has_the_stderr_tail(gateway: Any, tmp_path: Path) -> None:
     path = projects_file(tmp_path, broken={"command": ["{python}", "-c", "import sys; sys.exit('bad config: X')"]})
     gw = await gateway(path)
     status, body = await gw.get("broken")
     assert status == 502
-    assert "project broken failed to start" in body and "bad config: X" in body
+    # the public answer says what failed; the details are for the admin API (issue 13, item 8)
+    assert "project broken failed to start" in body and "bad config: X" not in body
+    async with gw.session.get(f"http://127.0.0.1:{gw.service.admin_port}/api/v1/projects/broken") as resp:
+        assert resp.status == 200
+        assert "bad config: X" in (await resp.json())["last_error"]
     status, _ = await gw.get("broken")  # the next request tries again
     assert status == 502
     assert gw.backend.spawn_count["broken"] == 2
@@ -229,9 +256,9 @@ async def test_request_racing_a_scale_down_is_served(gateway: Any) -> None:
     gw.backend.down_gate = asyncio.Event()
     sleeping = asyncio.ensure_future(gw.service.lifecycle.sleep(p, reason="test"))
     await asyncio.wait_for(gw.backend.down_started["hello"].wait(), WAIT_S)
-    gw.backend.activity["hello"].clear()
+    signal_ = gw.service.lifecycle.observer = HeldSignal(gw.service.lifecycle.observer)
     request = asyncio.ensure_future(gw.get("hello"))  # arrives while the scale-down runs
-    await asyncio.wait_for(gw.backend.activity["hello"].wait(), WAIT_S)  # it was held and asked for a wake
+    await asyncio.wait_for(signal_.held.wait(), WAIT_S)  # it was held (its wake waits for the scale-down)
     assert p.held == 1
     gw.backend.down_gate.set()
     assert await sleeping is True
@@ -278,6 +305,31 @@ async def test_port_in_use_is_a_startup_error(gateway: Any, tmp_path: Path) -> N
         await service.start()
 
 
+async def test_unauthenticated_admin_api_off_loopback_is_a_startup_error(gateway: Any, tmp_path: Path) -> None:
+    # Settings built in code skip config.validate; the service refuses by itself, before binding the
+    # admin API, and leaves nothing listening.
+    service = Service(settings(projects_file(tmp_path), admin_listen=HostPort("0.0.0.0", 0)))
+    with pytest.raises(StartupError, match=r"^--admin-listen: 0\.0\.0\.0:0 is not a loopback address and "
+                                           r"--admin-token-file is not set"):
+        await service.start()
+    assert service.admin_port is None
+    assert service.server.port is None or not await _accepts(service.server.port)
+    # with a token the same address is fine
+    token = tmp_path / "token"
+    token.write_text("s3cret")
+    gw = await gateway(admin_listen=HostPort("0.0.0.0", 0), admin_token_file=token)
+    assert gw.service.admin_port
+
+
+async def _accepts(port: int) -> bool:
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), WAIT_S)
+    except OSError:
+        return False
+    writer.close()
+    return True
+
+
 # --- the real process ----------------------------------------------------------------------------
 
 
@@ -310,6 +362,8 @@ async def test_wakegate_serve_process_reloads_on_sighup_and_stops_cleanly_on_sig
     try:
         listening = await read_events(proc.stderr, "listening", seen)
         port, admin_port = listening["port"], listening["admin_port"]
+        assert listening["admin_listen"] == f"127.0.0.1:{admin_port}"
+        assert listening["admin_auth"] == "none (loopback only)"
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as session:
             async with session.get(f"http://127.0.0.1:{port}/", headers={"Host": f"hello.{DOMAIN}"}) as resp:
                 assert resp.status == 200

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gateway.backends.base import BackendError, Endpoint
+from gateway.backends.base import BackendError, BackendUnavailable, Endpoint
 from gateway.backends.local import LocalBackend
 from gateway.config import Settings
-from gateway.lifecycle import Held, HoldRejected, Lifecycle, Project, State
+from gateway.lifecycle import Held, HoldRejected, Lifecycle, Project, State, _expire
 
 WAIT_S = 20.0
 
@@ -88,7 +88,7 @@ class CountingBackend(LocalBackend):
             raise exc
         await super().scale_up(name)
 
-    async def scale_down(self, name: str) -> bool:
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
         self.calls["down"] += 1
         self.scale_down_started.set()
         if self.scale_down_gate is not None:
@@ -249,21 +249,45 @@ async def test_hold_timeout_is_504_naming_the_project(env: Env) -> None:
         await lc.hold(p)
     assert err.value.status == 504
     assert err.value.reason == "timeout"
-    assert "project slow is not ready after 0.3s" in err.value.message
-    assert ("held_rejected", "timeout") in lc.observed
+    assert err.value.message == "project slow is not ready after 0.3s"
+    assert count(lc.observed, "held_rejected", "timeout") == 1
     assert p.held == 0 and lc.held_total == 0
 
 
-async def test_wake_that_times_out_becomes_ready_when_the_process_finally_answers(env: Env) -> None:
-    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "1"}, "hold_timeout_s": 0.2}})
+async def test_requests_failed_by_the_wake_deadline_get_what_their_own_timeout_gives(env: Env) -> None:
+    # The wake's deadline (hold timeout after the wake started) passes before the hold timers of
+    # requests that joined the wake later: they get the same 504 as the first, counted once each.
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}, "hold_timeout_s": 0.5}})
     p = env.project("slow")
-    with pytest.raises(HoldRejected):
-        await lc.hold(p)
-    await env.until(lambda: p.state is State.FAILED)
-    assert "no ready endpoint after 0.2s" in (p.last_error or "")
-    await env.until(lambda: p.state is State.READY)  # the process answered after all
-    assert p.pick() is not None
-    assert env.backend.spawn_count["slow"] == 1
+    first = asyncio.ensure_future(lc.hold(p))
+    await env.until(lambda: env.backend.calls["up"] == 1 and ("scale", "up", True) in lc.observed)
+    later = [asyncio.ensure_future(lc.hold(p)) for _ in range(4)]
+    results = await asyncio.wait_for(asyncio.gather(first, *later, return_exceptions=True), WAIT_S)
+    assert all(isinstance(r, HoldRejected) for r in results)
+    assert [(r.status, r.reason) for r in results if isinstance(r, HoldRejected)] == [(504, "timeout")] * 5
+    assert all(isinstance(r, HoldRejected) and r.message == "project slow is not ready after 0.5s" for r in results)
+    assert count(lc.observed, "held_rejected", "timeout") == 5
+    assert [o for o in lc.observed if o[0] == "held_rejected"] == [("held_rejected", "timeout")] * 5
+    assert count(lc.observed, "wake_finished", "slow", "timeout") == 1
+    assert p.state is State.FAILED and p.last_error == "no ready endpoint after 0.5s"
+    assert p.held == 0 and lc.held_total == 0
+
+
+async def test_a_hold_timer_and_the_wake_deadline_firing_together_count_once(env: Env) -> None:
+    # A request whose own timer and the wake's deadline fire in the same round of the loop (before
+    # it resumes): it is answered once, 504, and counted once.
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}}})
+    p = env.project("slow")
+    request = asyncio.ensure_future(lc.hold(p))
+    await env.until(lambda: len(p._waiters) == 1 and ("scale", "up", True) in lc.observed)
+    (fut,) = p._waiters
+    _expire(fut)  # its own hold timer...
+    lc._wake_deadline(p, p._wake_id)  # ...and the wake's deadline, due together
+    with pytest.raises(HoldRejected) as err:
+        await asyncio.wait_for(request, WAIT_S)
+    assert (err.value.status, err.value.reason) == (504, "timeout")
+    assert [o for o in lc.observed if o[0] == "held_rejected"] == [("held_rejected", "timeout")]
+    assert count(lc.observed, "wake_finished", "slow", "timeout") == 1
 
 
 async def test_overflow_is_503_with_retry_after(env: Env) -> None:
@@ -291,7 +315,7 @@ async def test_overflow_is_503_with_retry_after(env: Env) -> None:
     assert count(lc.observed, "held_rejected", "overflow") == 2
 
 
-async def test_failed_boot_is_502_with_stderr_and_the_next_request_retries(env: Env) -> None:
+async def test_failed_boot_is_502_keeping_stderr_private_and_the_next_request_retries(env: Env) -> None:
     marker = env.tmp_path / "config-present"
     lc = await env.start({"web": {"env": {"FAIL_UNLESS_EXISTS": str(marker)}}})
     p = env.project("web")
@@ -300,11 +324,15 @@ async def test_failed_boot_is_502_with_stderr_and_the_next_request_retries(env: 
     err = holds[0]
     assert isinstance(err, HoldRejected)
     assert (err.status, err.reason) == (502, "failed")
-    assert err.message.startswith("project web failed to start: process exited with code 4 before it was ready")
-    assert f"fatal: {marker} is missing" in err.message
-    assert p.state is State.FAILED and "exited with code 4" in (p.last_error or "")
+    # The public message says what happened; the stderr tail is private (logs, admin API).
+    assert err.message == "project web failed to start"
+    assert all(isinstance(h, HoldRejected) and "fatal" not in h.message for h in holds)
+    assert err.detail is not None and err.detail.startswith("process exited with code 4 before it was ready")
+    assert f"fatal: {marker} is missing" in err.detail
+    assert p.state is State.FAILED and f"fatal: {marker} is missing" in (p.last_error or "")
     assert env.backend.calls["up"] == 1
     assert count(lc.observed, "wake_finished", "web", "failed") == 1
+    assert count(lc.observed, "held_rejected", "failed") == 5  # once per request
     marker.write_text("")  # fixed: the next request wakes it again
     held = await lc.hold(p)
     assert p.state is State.READY and p.last_error is None
@@ -319,8 +347,11 @@ async def test_scale_up_error_fails_the_wake_and_the_next_request_retries(env: E
     with pytest.raises(HoldRejected) as err:
         await lc.hold(p)
     assert (err.value.status, err.value.reason) == (502, "failed")
-    assert "scale-up failed: quota exceeded for project web" in err.value.message
+    assert err.value.message == "project web failed to start"
+    assert "scale-up failed: quota exceeded for project web" in (err.value.detail or "")
+    assert "quota exceeded" in (p.last_error or "")
     assert ("scale", "up", False) in lc.observed
+    assert count(lc.observed, "held_rejected", "failed") == 1
     await lc.hold(p)
     assert p.state is State.READY
 
@@ -332,9 +363,22 @@ async def test_unexpected_scale_up_exception_does_not_wedge_the_project(env: Env
     with pytest.raises(HoldRejected) as err:
         await lc.hold(p)
     assert err.value.status == 502
-    assert "too many open files" in err.value.message
+    assert "too many open files" not in err.value.message and "too many open files" in (err.value.detail or "")
     await lc.hold(p)  # not stuck in "waking"
     assert p.state is State.READY
+
+
+async def test_an_unreachable_backend_is_503_unavailable_counted_once(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    env.backend.fail_next_scale_up = BackendUnavailable("the API server at 10.0.0.1:6443 is unreachable")
+    holds = await asyncio.gather(*(lc.hold(p) for _ in range(3)), return_exceptions=True)
+    assert [(h.status, h.reason, h.retry_after_s) for h in holds if isinstance(h, HoldRejected)] == [
+        (503, "unavailable", 5)] * 3
+    for h in holds:
+        assert isinstance(h, HoldRejected) and h.message == "project web cannot be started now; retry shortly"
+        assert "10.0.0.1" in (h.detail or "")
+    assert count(lc.observed, "held_rejected", "unavailable") == 3
 
 
 async def test_wait_ready(env: Env) -> None:
@@ -507,7 +551,8 @@ async def test_removing_a_project_fails_its_held_requests(env: Env) -> None:
     with pytest.raises(HoldRejected) as err:
         await asyncio.wait_for(request, WAIT_S)
     assert err.value.status == 404 and err.value.reason == "removed"
-    assert "project slow was removed" in err.value.message
+    assert err.value.message == "project slow was removed"
+    assert count(lc.observed, "held_rejected", "removed") == 1
     assert lc.get("slow") is None and lc.get("web") is not None
     assert ("removed", "slow") in lc.observed
     assert pid is not None and env.backend.pid("slow") is None
@@ -552,3 +597,4 @@ async def test_draining_rejects_new_holds_and_close_fails_held_ones(env: Env) ->
         await asyncio.wait_for(request, WAIT_S)
     assert (err.value.status, err.value.reason) == (503, "draining")
     assert pid is not None and env.backend.pid("slow") is None
+    assert count(lc.observed, "held_rejected", "draining") == 2  # the new request and the held one

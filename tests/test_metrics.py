@@ -81,7 +81,7 @@ async def test_every_required_metric_is_exposed_with_its_type(rig: Rig) -> None:
         assert value(s, "wakegate_wakeups_total", result=result) == 0
     assert value(s, "wakegate_wakeup_duration_seconds_bucket", le="0.1") == 0
     assert value(s, "wakegate_wakeup_duration_seconds_bucket", le="600.0") == 0
-    for reason in ("overflow", "timeout"):
+    for reason in ("overflow", "timeout", "failed", "unavailable", "removed", "draining", "rate_limited"):
         assert value(s, "wakegate_held_rejected_total", reason=reason) == 0
     for direction in ("up", "down"):
         for result in ("ok", "error"):
@@ -160,9 +160,29 @@ async def test_failed_and_timed_out_wakes(rig: Rig) -> None:
     assert value(s, "wakegate_wakeups_total", result="failed") == 1
     assert value(s, "wakegate_scale_operations_total", direction="up", result="error") == 1
     assert value(s, "wakegate_held_rejected_total", reason="timeout") == 1
+    assert value(s, "wakegate_held_rejected_total", reason="failed") == 1  # beta's request: once
     assert value(s, "wakegate_project_wakeups_total", project="beta") == 1
     assert value(s, "wakegate_wakeups_total", result="timeout") == 1  # gamma's wake passed its deadline
     assert value(s, "wakegate_projects", state="failed") == 2
+
+
+async def test_held_requests_failed_by_the_wake_deadline_count_as_timeouts_once_each() -> None:
+    r = Rig(ScriptedBackend(["gamma"], never_ready=["gamma"]), dataclasses.replace(SETTINGS, hold_timeout_s=0.3))
+    await r.lifecycle.start()
+    try:
+        p = r.lifecycle.projects["gamma"]
+        first = asyncio.ensure_future(r.lifecycle.hold(p))
+        await asyncio.wait_for(r.backend.scaled_up.wait(), 5)  # the wake runs: its deadline is armed
+        later = [asyncio.ensure_future(r.lifecycle.hold(p)) for _ in range(4)]
+        results = await asyncio.wait_for(asyncio.gather(first, *later, return_exceptions=True), 5)
+        assert [(e.status, e.reason) for e in results if isinstance(e, HoldRejected)] == [(504, "timeout")] * 5
+        s = await r.scrape()
+        assert value(s, "wakegate_held_rejected_total", reason="timeout") == 5
+        assert value(s, "wakegate_held_rejected_total", reason="failed") == 0
+        assert value(s, "wakegate_wakeups_total", result="timeout") == 1
+        assert value(s, "wakegate_held_requests") == 0
+    finally:
+        await r.lifecycle.close()
 
 
 async def test_wake_timeout_is_counted_when_the_wake_deadline_passes() -> None:
@@ -224,6 +244,8 @@ async def test_request_observer_hooks() -> None:
     m.upstream_error("connect")
     m.upstream_error("connect")
     m.upstream_error("tls")  # a reason not known in advance still counts
+    m.held_rejected("rate_limited")
+    m.held_rejected("rate_limited")
     m.inflight_changed(1)
     m.inflight_changed(1)
     m.inflight_changed(-1)
@@ -234,6 +256,7 @@ async def test_request_observer_hooks() -> None:
     assert value(s, "wakegate_request_duration_seconds_bucket", code_class="4xx", le="0.0001") == 1
     assert value(s, "wakegate_upstream_errors_total", reason="connect") == 2
     assert value(s, "wakegate_upstream_errors_total", reason="tls") == 1
+    assert value(s, "wakegate_held_rejected_total", reason="rate_limited") == 2
     assert value(s, "wakegate_inflight_requests") == 1
     assert value(s, "wakegate_project_requests_total", project="x") == 2  # no lifecycle attached: kept
     assert value(s, "wakegate_projects", state="ready") == 0

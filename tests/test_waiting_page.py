@@ -67,6 +67,15 @@ def test_page_escapes_the_project_name() -> None:
     assert page.count("<script>") == 1  # only the page's own
 
 
+def test_page_shows_the_request_id_escaped_and_nothing_when_there_is_none() -> None:
+    page = render_page("alpha", "failed", 3, 120, "req-42").decode()
+    assert '<code id="rid">req-42</code>' in page
+    assert 'id="rid"' not in render_page("alpha", "failed", 3, 120).decode()
+    hostile = render_page("alpha", "waking", 3, 120, '"><script>x</script>').decode()
+    assert "<script>x" not in hostile and "&lt;script&gt;x&lt;/script&gt;" in hostile
+    assert hostile.count("<script>") == 1
+
+
 def test_page_config_cannot_close_the_script_block() -> None:
     page = render_page("alpha", "waking", 1e9, 1e9).decode()
     script = page[page.index("<script>"):page.index("</script>")]
@@ -92,6 +101,9 @@ def test_headers_and_status_answer() -> None:
     assert int(headers["Retry-After"]) > 0
     assert int(headers["Refresh"]) > waiting_page.NOSCRIPT_REFRESH_S
     assert json.loads(render_status("alpha", "ready", True)) == {"project": "alpha", "state": "ready", "ready": True}
+    # A failed project's status says it failed, never why.
+    assert json.loads(render_status("alpha", "failed", False)) == {"project": "alpha", "state": "failed",
+                                                                   "ready": False}
 
 
 # --- end to end: the real gateway, real project processes, headless Chromium ----------------------------

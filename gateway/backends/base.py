@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from gateway.activity import ALONE, SharedActivity
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -93,8 +95,12 @@ class Backend(abc.ABC):
         """The current project table (from memory; never does I/O)."""
 
     async def discover(self, name: str) -> ProjectInfo | None:
-        """Look up a project missing from :meth:`projects` (e.g. created a moment ago). The
-        default trusts the table; the caller caches negative answers."""
+        """Look up a name missing from the caller's copy of :meth:`projects`. It is called for
+        every unknown host name the public listener sees, so it must answer from memory (what the
+        backend already watches or loaded), never with a request per name to a shared service
+        such as the Kubernetes API server. A project created a moment ago may be answered ``None``
+        until the backend observes it; it then calls ``projects_changed``. The default trusts the
+        table; the caller caches negative answers."""
         return self.projects().get(name)
 
     @abc.abstractmethod
@@ -105,8 +111,9 @@ class Backend(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def scale_down(self, name: str) -> bool:
-        """Scale the project to zero. Returns False when the backend refused because another
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
+        """Scale the project to zero (``last_activity_wall_s``: this replica's last activity for it,
+        which a backend may record). Returns False when the backend refused because another
         gateway replica woke it or used it meanwhile (a wake that races a sleep wins).
         Raises :class:`BackendError`.
         """
@@ -122,10 +129,6 @@ class Backend(abc.ABC):
         """Whether this gateway replica runs the idle reaper (the Lease holder in Kubernetes)."""
         return True
 
-    def note_activity(self, name: str, last_activity_wall_s: float, in_flight: int) -> None:
-        """Share this replica's activity for ``name`` with other replicas. Must not block;
-        implementations throttle their writes."""
-
-    def shared_activity(self, name: str) -> tuple[float | None, int]:
-        """Latest activity (wall-clock seconds) and open connections other replicas recorded."""
-        return None, 0
+    def shared_activity(self, name: str) -> SharedActivity:
+        """The project's activity on the other gateway replicas (a single gateway: none)."""
+        return ALONE

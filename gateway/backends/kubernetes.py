@@ -5,16 +5,25 @@ What it watches (all namespaces, by label; one shared ``ApiClient``, every call 
 * Namespaces managed by wakegate (and matching ``--namespace-selector``): a Deployment's claim to a
   project name counts only when its Namespace carries the same ``wakegate.io/project`` label, which
   a project's own automation cannot set, so one project cannot take over another's hostname;
-* Deployments → the project table and per-project settings (annotations), replica counts, failure
-  conditions, and the other gateway replicas' activity records;
+* Deployments → the project table and per-project settings (annotations), replica counts and
+  failure conditions;
 * EndpointSlices of the projects' Services → ready pod IPs and ports, pushed to the lifecycle the
   moment they change (requests go straight to pods, no kube-proxy in the path);
 * the projects' app pods → CrashLoopBackOff / image-pull failures, reported within seconds.
 
-Writes: one merge patch of ``deployments/{name}/scale`` per wake; the sleep's patch carries the
-Deployment's resourceVersion as a precondition, so a wake or fresh activity racing it wins (409);
-activity annotations (see :mod:`gateway.backends.k8s.activity`); a ``coordination.k8s.io`` Lease for
-leader election of the idle reaper; Events on the Deployment when it is woken or put to sleep.
+Lookups come from these watches' caches only: a host name that names no project never costs an API
+request (see :meth:`KubernetesBackend.discover`).
+
+Activity never goes to the API server: the reaper Lease holder pulls the other replicas' activity
+from their admin ports and fails closed when one does not answer (:mod:`gateway.backends.k8s.exchange`).
+
+Writes happen on transitions only: one merge patch of ``deployments/{name}/scale`` per wake; one
+patch of the Deployment per sleep (``replicas: 0`` and ``wakegate.io/last-activity``, with its
+resourceVersion as a precondition, so a wake racing it wins with a 409); the ``coordination.k8s.io``
+Lease of the idle reaper (renewed every ``--leader-lease``/3 by the holder); an Event on the
+Deployment when it is woken or put to sleep; and, once per Deployment, the removal of the
+per-replica activity annotations that earlier versions wrote. No write per request or per active
+project: with P active projects and R replicas the steady-state write rate is the Lease's alone.
 """
 
 from __future__ import annotations
@@ -24,25 +33,24 @@ import contextlib
 import copy
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
 from gateway import logs
+from gateway.activity import ALONE, SharedActivity
 from gateway.backends.base import Backend, BackendError, BackendUnavailable, Endpoint, ProjectInfo
-from gateway.backends.k8s import activity as act
 from gateway.backends.k8s import leader
 from gateway.backends.k8s import objects as obj
 from gateway.backends.k8s.api import MERGE_PATCH, ApiError, ApiUnreachable, Informer, Key, Kube, Obj, path_quote
-from gateway.config import Settings
+from gateway.backends.k8s.exchange import ActivityExchange, describe
+from gateway.config import Settings, read_token
 from provisioner import labels as L
 
 FIELD_MANAGER = "wakegate-gateway"
 LEASE_NAME = "wakegate-reaper"
 EVENT_COMPONENT = "wakegate"
-_LABEL_VALUE = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 
 #: What the backend does with the API, by scope. ``tests/test_manifests.py`` checks that the install
 #: manifests grant exactly these (cluster scope and the gateway namespace) and that the provisioner's
@@ -58,7 +66,7 @@ GATEWAY_NAMESPACE_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
     ("coordination.k8s.io", "leases"): ("create", "get", "update"),
 }
 PROJECT_NAMESPACE_PERMISSIONS: dict[tuple[str, str], tuple[str, ...]] = {
-    ("apps", "deployments"): ("patch",),  # activity annotations
+    ("apps", "deployments"): ("patch",),  # the sleep (replicas 0 + last activity); legacy annotations pruned
     ("apps", "deployments/scale"): ("patch",),
 }
 
@@ -93,7 +101,6 @@ class KubernetesBackend(Backend):
                  start_timeout_s: float = 15.0) -> None:
         self.settings = settings
         self.replica_id = settings.replica_id or default_replica_id()
-        self.own_key = act.replica_key(self.replica_id)
         self.lease_s = settings.leader_lease_s
         self.renew_interval_s = max(0.2, self.lease_s / 3)
         self.request_timeout_s = request_timeout_s
@@ -114,13 +121,12 @@ class KubernetesBackend(Backend):
         self._reported: dict[str, str] = {}
         self._waking: dict[str, float] = {}  # project → monotonic time of our scale-up
         self._notify_scheduled = False
-        # activity
-        self._act: dict[str, tuple[float, int]] = {}
-        self._act_dirty: set[str] = set()
-        self._act_pending: dict[str, asyncio.TimerHandle | asyncio.Task[None]] = {}
-        self._act_written: dict[str, float] = {}
+        # activity of the other replicas
+        self.exchange: ActivityExchange | None = None
+        self._pruned: set[Key] = set()  # Deployments whose legacy activity annotations were removed
         # leader election
         self._lease_until = 0.0
+        self._leader_since = float("inf")  # wall time this replica became the holder
         self._lease_record: leader.LeaseRecord | None = None
         self._closing = False
 
@@ -154,11 +160,17 @@ class KubernetesBackend(Backend):
             Informer(k, "pods", "/api/v1/pods", self._on_pod,
                      label_selector=f"{L.PROJECT_LABEL},{L.COMPONENT_LABEL}={L.COMPONENT_APP}"),
         ]
-        for inf in self._informers:
+        token = read_token(self.settings.admin_token_file) if self.settings.admin_token_file else None
+        self.exchange = ActivityExchange(
+            k, namespace=self.settings.gateway_namespace, service=self.settings.peer_service, port_name="admin",
+            own_name=self.replica_id, own_ip=os.environ.get("POD_IP"), token=token,
+            interval_s=self.settings.activity_pull_interval_s, since_window_s=self._longest_idle_timeout_s)
+        for inf in (*self._informers, self.exchange.slices):
             self._spawn(inf.run(), f"wakegate-watch-{inf.kind}")
         self._spawn(self._lead(), "wakegate-leader-election")
+        self._spawn(self.exchange.run(self._holds_lease), "wakegate-activity-exchange")
         try:
-            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self._informers)),
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in (*self._informers, self.exchange.slices))),
                                    self.start_timeout_s)
         except TimeoutError:
             errors = "; ".join(f"{i.kind}: {i.last_error}" for i in self._informers if i.last_error)
@@ -170,30 +182,23 @@ class KubernetesBackend(Backend):
 
     async def close(self) -> None:
         self._closing = True
-        for handle in list(self._act_pending.values()):
-            if isinstance(handle, asyncio.TimerHandle):
-                handle.cancel()
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self.exchange is not None:
+            await self.exchange.close()
         if self.kube is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._final_writes(), 3)
+                await asyncio.wait_for(self._release_lease(), 3)
         if self._owns_client and self._api_client is not None:
             await self._api_client.close()
 
-    async def _final_writes(self) -> None:
-        """On shutdown: write activity not yet recorded (with no open connections left, since the
-        drain is over) and hand the reaper Lease over at once."""
-        now = time.time()
-        for name in sorted(self._act_dirty):
-            last, _ = self._act[name]
-            with contextlib.suppress(BackendError):
-                await self._write_activity_record(name, act.ActivityRecord(last, 0, now))
+    async def _release_lease(self) -> None:
+        """On shutdown: hand the reaper Lease over at once."""
         if self._lease_record is not None and time.monotonic() < self._lease_until:
             assert self.kube is not None
-            body = leader.release_body(LEASE_NAME, self.settings.gateway_namespace, self._lease_record, now)
+            body = leader.release_body(LEASE_NAME, self.settings.gateway_namespace, self._lease_record, time.time())
             with contextlib.suppress(ApiError, ApiUnreachable):
                 await self.kube.request("PUT", self._lease_path(), body=body)
                 logs.event("leader_released", replica=self.replica_id)
@@ -222,28 +227,15 @@ class KubernetesBackend(Backend):
             logs.event("kubernetes_api_unreachable", logging.WARNING, error=error)
 
     async def discover(self, name: str) -> ProjectInfo | None:
-        """A project created a moment ago that the watch has not delivered yet (live lookup)."""
-        if name in self._projects:
-            return self._projects[name]
-        if self.kube is None or len(name) > 63 or not _LABEL_VALUE.fullmatch(name):
-            return None
-        try:
-            found = await self.kube.request("GET", "/apis/apps/v1/deployments", query={
-                "labelSelector": f"{L.MANAGED_SELECTOR},{L.PROJECT_LABEL}={name}"})
-            for dep in found.get("items") or []:
-                ns = obj.key_of(dep)[0]
-                if ("", ns) not in self.namespaces.store:
-                    # Listed with the informer's selector, so --namespace-selector still applies.
-                    found_ns = await self.kube.request("GET", "/api/v1/namespaces", query={
-                        "labelSelector": self.namespaces.label_selector, "fieldSelector": f"metadata.name={ns}"})
-                    items = found_ns.get("items") or []
-                    if not items or obj.namespace_project(items[0]) != name:
-                        continue
-                    self.namespaces.store.setdefault(("", ns), items[0])
-                self.deployments.store.setdefault(obj.key_of(dep), dep)
-                self._refresh_claim(ns, obj.key_of(dep)[1])
-        except (ApiError, ApiUnreachable) as exc:
-            raise BackendError(f"looking up project {name} failed: {exc}") from None
+        """A name missing from the lifecycle's table, answered from the informers' caches only.
+
+        The table is derived from the watched Namespaces and Deployments, so this never calls the
+        API server: every unknown host name the public listener sees lands here, and a request per
+        name would let random names turn into a flood of cluster-wide LISTs. A project created a
+        moment ago that the watch has not delivered yet is answered like any unknown name (404);
+        the watch delivers it within milliseconds, and the table change (``projects_changed``)
+        makes the lifecycle forget that negative answer at once.
+        """
         return self._projects.get(name)
 
     # --- Backend: scaling ------------------------------------------------------------------------
@@ -276,7 +268,7 @@ class KubernetesBackend(Backend):
             self._push(name, eps, force=True)
         self._check_failure(name)
 
-    async def scale_down(self, name: str) -> bool:
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
         ref = self._ref(name)
         if self._is_waking(name):
             return False  # this replica is waking it
@@ -290,20 +282,17 @@ class KubernetesBackend(Backend):
             raise BackendError(f"reading deployment {ref.namespace}/{name} failed: {exc}") from None
         if obj.spec_replicas(dep) == 0:
             return True
-        # The lifecycle decided from the cached Deployment; refuse if the live one shows another
-        # replica with connections open, or with activity the decision did not see.
-        now = time.time()
-        interval = self.settings.activity_write_interval_s
-        cached = self._deployment(ref)
-        seen_last, _ = act.shared_activity(obj.annotations_of(cached) if cached else {}, self.own_key, now, interval)
-        last, in_flight = act.shared_activity(obj.annotations_of(dep), self.own_key, now, interval)
-        if in_flight > 0 or (last is not None and (seen_last is None or last > seen_last)):
-            logs.event("sleep_refused", project=name, reason="another gateway replica is using it",
-                       shared_in_flight=in_flight)
+        # The lifecycle decided from the last pulls; every other replica must confirm now that it
+        # has nothing open and nothing recent for this project (one that does not answer blocks it).
+        shared = await self.exchange.confirm(name) if self.exchange is not None else ALONE
+        idle_s = ref.info.settings.idle_timeout_s or self.settings.idle_timeout_s
+        if shared.unknown or shared.open or (shared.last_s is not None and time.time() - shared.last_s < idle_s):
+            logs.event("sleep_refused", project=name, reason="another gateway replica is using it or did not answer",
+                       **describe(shared))
             return False
-        rv = str(obj.meta(dep).get("resourceVersion") or "")
+        last = max((t for t in (last_activity_wall_s, shared.last_s) if t is not None), default=None)
         try:
-            await self._patch_scale(ref, obj.scale_patch(0, rv))
+            await self._patch_deployment(ref, obj.sleep_patch(str(obj.meta(dep).get("resourceVersion") or ""), last))
         except _Conflict:
             logs.event("sleep_refused", project=name, reason="the deployment changed meanwhile")
             return False
@@ -315,16 +304,15 @@ class KubernetesBackend(Backend):
             self.deployments.store[(ref.namespace, name)] = cached
         self._refresh_endpoints(name)
         self._record_event(ref, "ScaledToZero", f"idle; scaled to 0 by gateway replica {self.replica_id}")
-        idle_s = ref.info.settings.idle_timeout_s or self.settings.idle_timeout_s
-        stale = act.prunable(obj.annotations_of(dep), now, max(2 * idle_s, 10 * interval))
-        if stale:
-            self._spawn(self._prune(ref, stale), "wakegate-prune-activity")
         return True
 
     async def _patch_scale(self, ref: obj.ProjectRef, body: dict[str, Any]) -> None:
+        await self._patch_deployment(ref, body, "/scale")
+
+    async def _patch_deployment(self, ref: obj.ProjectRef, body: dict[str, Any], subresource: str = "") -> None:
         kube = self._require_kube()
         path = (f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/"
-                f"{path_quote(ref.name)}/scale")
+                f"{path_quote(ref.name)}{subresource}")
         try:
             await kube.request("PATCH", path, body=body, content_type=MERGE_PATCH,
                                query={"fieldManager": FIELD_MANAGER})
@@ -341,11 +329,16 @@ class KubernetesBackend(Backend):
                 raise BackendError(f"{where} does not exist") from None
             raise BackendError(f"scaling {where} failed: {exc}") from None
 
-    async def _prune(self, ref: obj.ProjectRef, keys: list[str]) -> None:
+    async def _prune_legacy(self, ref: obj.ProjectRef, keys: list[str]) -> None:
         path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(ref.name)}"
-        with contextlib.suppress(ApiError, ApiUnreachable):
-            await self._require_kube().request("PATCH", path, body=act.prune_patch(keys),
+        try:
+            await self._require_kube().request("PATCH", path, body=obj.remove_annotations_patch(keys),
                                                content_type=MERGE_PATCH, query={"fieldManager": FIELD_MANAGER})
+        except (ApiError, ApiUnreachable) as exc:
+            self._pruned.discard((ref.namespace, ref.name))  # tried again on the next change
+            logs.event("prune_failed", logging.WARNING, project=ref.name, error=str(exc))
+        else:
+            logs.event("legacy_activity_pruned", project=ref.name, annotations=len(keys))
 
     def _require_kube(self) -> Kube:
         if self.kube is None:
@@ -355,61 +348,19 @@ class KubernetesBackend(Backend):
     # --- coordination between replicas -----------------------------------------------------------
 
     def may_reap(self) -> bool:
+        """The Lease holder reaps, once every other replica has answered it since it took the Lease
+        (a new holder learns the current activity before it may put anything to sleep)."""
+        return self._holds_lease() and (self.exchange is None or self.exchange.learned_since(self._leader_since))
+
+    def shared_activity(self, name: str) -> SharedActivity:
+        return self.exchange.shared(name) if self.exchange is not None else ALONE
+
+    def _holds_lease(self) -> bool:
         return time.monotonic() < self._lease_until
 
-    def note_activity(self, name: str, last_activity_wall_s: float, in_flight: int) -> None:
-        self._act[name] = (last_activity_wall_s, in_flight)
-        self._act_dirty.add(name)
-        self._schedule_activity(name)
-
-    def shared_activity(self, name: str) -> tuple[float | None, int]:
-        ref = self._table.get(name)
-        dep = self._deployment(ref) if ref is not None else None
-        if dep is None:
-            return None, 0
-        return act.shared_activity(obj.annotations_of(dep), self.own_key, time.time(),
-                                   self.settings.activity_write_interval_s)
-
-    def _schedule_activity(self, name: str) -> None:
-        if name in self._act_pending or self._closing:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        due = self._act_written.get(name, float("-inf")) + self.settings.activity_write_interval_s
-        self._act_pending[name] = loop.call_later(max(0.0, due - time.monotonic()), self._start_activity_write, name)
-
-    def _start_activity_write(self, name: str) -> None:
-        self._act_pending[name] = self._spawn(self._activity_writer(name), "wakegate-activity")
-
-    async def _activity_writer(self, name: str) -> None:
-        try:
-            last, in_flight = self._act[name]
-            self._act_dirty.discard(name)
-            if name in self._table:
-                try:
-                    await self._write_activity_record(name, act.ActivityRecord(last, in_flight, time.time()))
-                except BackendError as exc:
-                    if self.api_reachable:  # an outage is logged once, not per project and interval
-                        logs.event("activity_write_failed", logging.WARNING, project=name, error=str(exc))
-            self._act_written[name] = time.monotonic()
-        finally:
-            self._act_pending.pop(name, None)
-            # Rewrite while connections stay open (a heartbeat), or if activity came in meanwhile.
-            if name in self._act_dirty or self._act.get(name, (0.0, 0))[1] > 0:
-                self._schedule_activity(name)
-
-    async def _write_activity_record(self, name: str, record: act.ActivityRecord) -> None:
-        ref = self._ref(name)
-        dep = self._deployment(ref)
-        previous = obj.annotations_of(dep).get(L.LAST_ACTIVITY_ANNOTATION) if dep else None
-        path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(name)}"
-        try:
-            await self._require_kube().request("PATCH", path, body=act.activity_patch(self.own_key, record, previous),
-                                               content_type=MERGE_PATCH, query={"fieldManager": FIELD_MANAGER})
-        except (ApiError, ApiUnreachable) as exc:
-            raise BackendError(f"recording activity on deployment {ref.namespace}/{name} failed: {exc}") from None
+    def _longest_idle_timeout_s(self) -> float:
+        return max((r.info.settings.idle_timeout_s or 0.0 for r in self._table.values()),
+                   default=0.0) or self.settings.idle_timeout_s
 
     # --- leader election -------------------------------------------------------------------------
 
@@ -461,6 +412,7 @@ class KubernetesBackend(Backend):
         was = time.monotonic() < self._lease_until
         self._lease_until = until if held else 0.0
         if held and not was:
+            self._leader_since = time.time()
             logs.event("leader_acquired", replica=self.replica_id, lease=LEASE_NAME)
         elif not held and was:
             logs.event("leader_lost", logging.WARNING, replica=self.replica_id,
@@ -483,6 +435,10 @@ class KubernetesBackend(Backend):
             return
         self._refresh_endpoints(dep_name)
         self._check_failure(dep_name)
+        legacy = obj.legacy_activity_keys(new)
+        if legacy and self._holds_lease() and key not in self._pruned:
+            self._pruned.add(key)
+            self._spawn(self._prune_legacy(ref, legacy), "wakegate-prune-legacy")
         if (self._is_waking(dep_name) and obj.spec_replicas(new) == 0 and old is not None
                 and obj.spec_replicas(old) > 0):
             # Another replica (or a person) scaled it down while our wake waits: scale up again.

@@ -346,7 +346,7 @@ class LocalBackend(Backend):
                 return
             await self._spawn(proj)
 
-    async def scale_down(self, name: str) -> bool:
+    async def scale_down(self, name: str, last_activity_wall_s: float | None = None) -> bool:
         """Stop the project's whole process group: SIGTERM, then SIGKILL after the grace period."""
         async with self._lock(name):
             child = self._children.get(name)

@@ -183,6 +183,18 @@ class Exchange:
 
     @property
     def client_ip(self) -> bytes:
+        """The TCP peer's address."""
+        return self.conn.ip
+
+    @property
+    def client_address(self) -> bytes:
+        """The client's address: the peer's, or behind a trusted proxy the last hop it names in
+        ``X-Forwarded-For`` (the address that proxy saw)."""
+        xff = self.xff
+        if xff is not None and self.conn.trusted:
+            last = xff.rsplit(b",", 1)[-1].strip()
+            if last:
+                return last
         return self.conn.ip
 
     @property

@@ -292,6 +292,30 @@ def scale_patch(replicas: int, resource_version: str | None = None) -> dict[str,
     return body
 
 
+def sleep_patch(resource_version: str, last_activity_wall_s: float | None) -> dict[str, Any]:
+    """Merge patch of a Deployment that puts it to sleep: ``replicas: 0`` and the project's last
+    activity (for ``wakegate project status``), in one write, on the condition that the Deployment
+    is still at ``resource_version`` (409 Conflict otherwise: a wake raced the decision)."""
+    body: dict[str, Any] = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": 0}}
+    if last_activity_wall_s is not None:
+        body["metadata"]["annotations"] = {L.LAST_ACTIVITY_ANNOTATION: format_time(last_activity_wall_s)}
+    return body
+
+
+#: Per-replica activity annotations written by earlier versions (removed once by the reaper).
+LEGACY_ACTIVITY_PREFIX = "wakegate.io/activity."
+
+
+def legacy_activity_keys(dep: Obj | None) -> list[str]:
+    """The legacy per-replica activity annotations a Deployment still carries."""
+    return sorted(k for k in annotations_of(dep) if k.startswith(LEGACY_ACTIVITY_PREFIX)) if dep else []
+
+
+def remove_annotations_patch(keys: list[str]) -> dict[str, Any]:
+    """Merge patch removing annotations ``keys``."""
+    return {"metadata": {"annotations": dict.fromkeys(keys)}}
+
+
 def format_time(wall_s: float) -> str:
     """RFC 3339 with microseconds in UTC (Kubernetes ``MicroTime``)."""
     return datetime.fromtimestamp(wall_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
