@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # waiting-page test, nginx and wrk for the benchmark smoke runs, gcc for the compiled data path.
 APT_PACKAGES := iproute2 chromium nginx-light wrk gcc
 
-.PHONY: run demo test lint unit venv native system-deps cluster-build cluster-up cluster-down bench clean
+.PHONY: run demo test lint unit fuzz venv native system-deps cluster-build cluster-up cluster-down bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: $(STAMP)
 
 unit: native  ## Only the tests that need no cluster.
 	$(VENV)/bin/pytest -m "not cluster"
+
+FUZZ_EXAMPLES ?= 50000
+fuzz: native  ## The data-path fuzzer's long run: FUZZ_EXAMPLES random streams per direction (tests/forward/test_fuzz.py).
+	WAKEGATE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV)/bin/pytest tests/forward/test_fuzz.py --timeout=0 -p no:cacheprovider
 
 test: $(STAMP) system-deps cluster-build lint native  ## Install everything, then run the whole suite.
 	$(VENV)/bin/pytest

@@ -47,6 +47,13 @@ class Config:
     stream_bytes: int = 1 << 30
     boot_delay_s: float = 0.3  # how long the cold project takes to start listening
     kube_wakes: int = 5  # Kubernetes cold starts (each a Deployment scaled 0 -> 1)
+    # replicas (issue 18): gateway replica counts, active projects, steady-state window, settling
+    # time after the rollout; projects in the in-memory activity-exchange measurement.
+    replica_counts: tuple[int, ...] = (1, 2, 3)
+    replica_projects: int = 8
+    replica_window_s: float = 60.0
+    replica_settle_s: float = 10.0
+    activity_projects: int = 10000
 
     def describe(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -54,7 +61,8 @@ class Config:
 
 SMOKE = Config(smoke=True, repeat=1, duration_s=1.0, connections=4, cold_single=2, cold_many=10, herd=20,
                project_counts=(3, 30), metrics_projects=20, metrics_rate=100.0, scrape_interval_s=0.2,
-               stream_bytes=8 * MiB, boot_delay_s=0.05, kube_wakes=1)
+               stream_bytes=8 * MiB, boot_delay_s=0.05, kube_wakes=1, replica_counts=(1, 2), replica_projects=2,
+               replica_window_s=3.0, replica_settle_s=1.0, activity_projects=1000)
 
 
 @dataclass
@@ -827,6 +835,17 @@ def _maybe_rss(s: System) -> Iterator[PeakRSS | None]:
         yield sampler
 
 
+# --- 7. replicas (issue 18) ------------------------------------------------------------------------
+
+
+def replicas(ctx: Context) -> ScenarioResult:
+    """API server load vs gateway replica count on the test control plane; the activity exchange at
+    10,000 projects (bench/replicas.py)."""
+    from bench import replicas as scenario
+
+    return scenario.run(ctx)
+
+
 SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "throughput": throughput,
     "latency": latency,
@@ -836,4 +855,5 @@ SCENARIOS: dict[str, Callable[[Context], ScenarioResult]] = {
     "projects": projects,
     "metrics_scrape": metrics_scrape,
     "streaming": streaming,
+    "replicas": replicas,
 }

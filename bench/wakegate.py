@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import sys
@@ -121,3 +122,54 @@ def counters(text: str, names: tuple[str, ...] = COUNTERS) -> dict[str, float]:
         if m is not None and m.group(1) in names and float(m.group(3)) != 0:
             out[m.group(1) + (m.group(2) or "")] = float(m.group(3))
     return out
+
+
+def listening_ports(proc: Proc) -> tuple[int, int] | None:
+    """The (public, admin) ports from a gateway's JSON ``listening`` log line, once it is there."""
+    for event in log_events(proc):
+        if event.get("event") == "listening":
+            return int(event["port"]), int(event["admin_port"])
+    return None
+
+
+def log_events(proc: Proc) -> list[dict[str, Any]]:
+    """The gateway's JSON log lines so far (other output in the log file is skipped)."""
+    out: list[dict[str, Any]] = []
+    try:
+        text = proc.log.read_text(errors="replace")
+    except OSError:
+        return out
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                out.append(event)
+    return out
+
+
+def start_replica(layout: Layout, log_dir: Path, name: str, flags: list[str], *,
+                  admin_host: str = "0.0.0.0", timeout_s: float = 120) -> Gateway:
+    """A gateway replica on ports the kernel picks (public on 127.0.0.1, admin on ``admin_host``:
+    other replicas reach it there), pinned to the proxy core; waits for its ``listening`` line."""
+    argv = [*wakegate_binary(), "serve", *flags, "--domain", DOMAIN, "--listen", "127.0.0.1:0",
+            "--admin-listen", f"{admin_host}:0", "--log-format", "json"]
+    proc = spawn(name, argv, log_dir, layout.proxy)
+    found: list[tuple[int, int]] = []
+
+    def listening() -> bool:
+        proc.check_alive()
+        ports = listening_ports(proc)
+        if ports is not None:
+            found.append(ports)
+        return ports is not None
+
+    try:
+        wait_until(listening, timeout_s, f"{name}'s listening line", 0.05)
+    except BaseException:
+        proc.stop()
+        raise
+    port, admin_port = found[-1]
+    return Gateway(proc, port, admin_port)

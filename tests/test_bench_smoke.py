@@ -24,13 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 # of one apiserver event, and the gateway's can receive it first.
 SIGNED_METRICS = ("added", "EndpointSlice ready")
 # Memory may not grow at all; a tiny smoke run may use less CPU than one clock tick (10 ms) of a
-# process, which /proc reports as 0.
-NON_NEGATIVE_METRICS = ("growth", "CPU used")
+# process, which /proc reports as 0. API requests and watch events counted over a few seconds of
+# steady state may be none at all (zero writes is the replicas scenario's target).
+NON_NEGATIVE_METRICS = ("growth", "CPU used", "API writes", "API reads", "writes per active project",
+                        "watch events")
 
 
-# Starts its own control plane: run with the other tests that need one (``-m cluster``).
+# Start their own control plane: run with the other tests that need one (``-m cluster``).
 KUBERNETES = "cold_start_k8s"
-LOCAL = [name for name in SCENARIOS if name != KUBERNETES]
+REPLICAS = "replicas"
+LOCAL = [name for name in SCENARIOS if name not in (KUBERNETES, REPLICAS)]
 
 
 def run_smoke(out: Path, names: list[str]) -> tuple[dict[str, Any], Path, str]:
@@ -56,6 +59,36 @@ def test_scenario_produced_results(smoke: tuple[dict[str, Any], Path, str], name
 @pytest.mark.timeout(600)
 def test_kubernetes_cold_start_scenario(tmp_path: Path) -> None:
     check_scenario(run_smoke(tmp_path, [KUBERNETES]), KUBERNETES)
+
+
+@pytest.mark.cluster
+@pytest.mark.timeout(600)
+def test_replicas_scenario(tmp_path: Path) -> None:
+    """API load vs replica count on the control plane, and the activity exchange in memory: every row
+    well-formed, and the gateway's steady-state writes per active project reported for each replica
+    count of the smoke configuration (a number and a verdict; how many is not asserted here)."""
+    from bench.scenarios import SMOKE
+
+    smoke = run_smoke(tmp_path, [REPLICAS])
+    check_scenario(smoke, REPLICAS)
+    doc, _, log = smoke
+    rows = doc["scenarios"][REPLICAS]["rows"]
+    for r in SMOKE.replica_counts:
+        system = f"wakegate, {r} replica{'s' if r > 1 else ''}"
+        mine = {row["metric"]: row for row in rows if row["system"] == system}
+        for metric in ("gateway writes per active project per minute per replica",
+                       "gateway writes per active project per minute per replica, excluding the Lease"):
+            row = mine.get(metric)
+            assert row is not None, f"{system}: no row {metric!r}; rows: {sorted(mine)}\n{log}"
+            assert len(row["values"]) == 1 and isinstance(row["values"][0], float), row
+            assert row["target"] is not None and isinstance(row["target"]["met"], bool), row
+        for metric in ("API writes/s: kube-controller-manager", "API watch events sent/s (all watchers)"):
+            assert metric in mine, f"{system}: no row {metric!r}"
+        breakdown = doc["scenarios"][REPLICAS]["raw"]["by_replicas"][str(r)]
+        assert isinstance(breakdown["flow_schemas"], dict) and breakdown["requests"]["sent"] > 0, breakdown
+    scale = [row for row in rows if row["system"] == f"wakegate, {SMOKE.activity_projects:,} projects"]
+    assert {row["unit"] for row in scale} == {"bytes", "ms"}, scale
+    assert any(row["metric"].startswith("peer pull → decision") for row in scale), scale
 
 
 def check_scenario(smoke: tuple[dict[str, Any], Path, str], name: str) -> None:

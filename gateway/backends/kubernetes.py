@@ -283,10 +283,12 @@ class KubernetesBackend(Backend):
         if obj.spec_replicas(dep) == 0:
             return True
         # The lifecycle decided from the last pulls; every other replica must confirm now that it
-        # has nothing open and nothing recent for this project (one that does not answer blocks it).
+        # has nothing open for this project and no activity the decision did not see (one that
+        # does not answer blocks the sleep).
+        seen = self.shared_activity(name)
         shared = await self.exchange.confirm(name) if self.exchange is not None else ALONE
-        idle_s = ref.info.settings.idle_timeout_s or self.settings.idle_timeout_s
-        if shared.unknown or shared.open or (shared.last_s is not None and time.time() - shared.last_s < idle_s):
+        if shared.unknown or shared.open or (shared.last_s is not None and (seen.last_s is None
+                                                                            or shared.last_s > seen.last_s)):
             logs.event("sleep_refused", project=name, reason="another gateway replica is using it or did not answer",
                        **describe(shared))
             return False
@@ -328,6 +330,14 @@ class KubernetesBackend(Backend):
             if exc.status == 404:
                 raise BackendError(f"{where} does not exist") from None
             raise BackendError(f"scaling {where} failed: {exc}") from None
+
+    def _prune_legacy_of(self, ref: obj.ProjectRef) -> None:
+        """Remove the per-replica activity annotations earlier versions wrote (holder only, once)."""
+        key = (ref.namespace, ref.name)
+        legacy = obj.legacy_activity_keys(self._deployment(ref))
+        if legacy and key not in self._pruned:
+            self._pruned.add(key)
+            self._spawn(self._prune_legacy(ref, legacy), "wakegate-prune-legacy")
 
     async def _prune_legacy(self, ref: obj.ProjectRef, keys: list[str]) -> None:
         path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(ref.name)}"
@@ -414,6 +424,8 @@ class KubernetesBackend(Backend):
         if held and not was:
             self._leader_since = time.time()
             logs.event("leader_acquired", replica=self.replica_id, lease=LEASE_NAME)
+            for ref in list(self._table.values()):
+                self._prune_legacy_of(ref)
         elif not held and was:
             logs.event("leader_lost", logging.WARNING, replica=self.replica_id,
                        holder=record.holder if record else None)
@@ -435,10 +447,8 @@ class KubernetesBackend(Backend):
             return
         self._refresh_endpoints(dep_name)
         self._check_failure(dep_name)
-        legacy = obj.legacy_activity_keys(new)
-        if legacy and self._holds_lease() and key not in self._pruned:
-            self._pruned.add(key)
-            self._spawn(self._prune_legacy(ref, legacy), "wakegate-prune-legacy")
+        if self._holds_lease():
+            self._prune_legacy_of(ref)
         if (self._is_waking(dep_name) and obj.spec_replicas(new) == 0 and old is not None
                 and obj.spec_replicas(old) > 0):
             # Another replica (or a person) scaled it down while our wake waits: scale up again.

@@ -856,7 +856,9 @@ class ClientConnection(asyncio.Protocol):
         self.current = ex
         self.listener.in_flight += 1
         if ex.refusal is not None:
-            ex.respond(ex.refusal[0], ex.refusal[1], close=True)
+            # A refused HEAD gets an empty answer: it frames the same for a client (or a proxy in
+            # front) that did not take the malformed request for a HEAD.
+            ex.respond(ex.refusal[0], b"" if ex.is_head else ex.refusal[1], close=True)
             return
         if self.closing:
             ex.keep_alive = False
@@ -951,12 +953,19 @@ class ClientConnection(asyncio.Protocol):
             detail = str(exc) if exc is not None else "malformed request"
             message = b"invalid HTTP request: " + detail.encode("ascii", "replace") + b"\n"
         logs.event("bad_request", logging.DEBUG, status=status)
+        cur = self.current
+        # The client reads the answer written now as the answer to its oldest unanswered request,
+        # and a HEAD's answer has no body. When that request may be a HEAD, the answer is empty
+        # (Content-Length: 0), which frames the same whatever the client took the method to be.
+        oldest = cur if cur is not None and not cur.finished else (self.queue[0] if self.queue else self.parsing)
+        if oldest is not None and (
+                oldest.is_head or (oldest is self.parsing and self._in_head and self.parser.get_method() == b"HEAD")):
+            message = b""
         self.closing = True
         self.queue.clear()
         self.parsing = None
         self._in_head = False
         transport = self.transport
-        cur = self.current
         if cur is not None and not cur.finished and cur.head_sent:
             # A response is already on its way: the connection cannot carry an error any more.
             cur.abort("bad_request")
@@ -966,7 +975,7 @@ class ClientConnection(asyncio.Protocol):
         if transport is not None and not self.closed:
             transport.write(simple_response(status, message, close=True))
         if cur is not None and not cur.finished:
-            # The request being served turned out malformed mid-body.
+            # The request being served (or one pipelined after it) turned out malformed.
             cur.status = status
             cur.head_sent = True
             cur.abort("bad_request")

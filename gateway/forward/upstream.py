@@ -243,7 +243,11 @@ class UpstreamConnection(asyncio.Protocol):
             self._upgraded(ex, data[exc.args[0]:])
             return
         except HttpParserError as exc:
-            if self._state == _S_HEAD:
+            if self._state == _S_HEAD or not self._done:
+                # In the head, or in a body nothing of which reached the client yet (e.g. a trailer
+                # llhttp refuses): the response is invalid, not followed by junk.
+                if self._state != _S_HEAD:
+                    ex.head_sent = False
                 reason, self._head_error = self._head_error or str(exc), ""
                 self._broken(ex, "protocol", f"invalid response from the project: {reason}")
                 return

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import signal
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -26,6 +27,7 @@ import pytest
 import yaml
 
 from gateway.backends.base import ProjectInfo
+from gateway.backends.k8s import objects as obj
 from gateway.backends.k8s.api import Informer, Kube
 from gateway.backends.kubernetes import KubernetesBackend, make_api_client
 from gateway.config import Settings
@@ -33,6 +35,7 @@ from provisioner import apply as papply
 from provisioner import labels as L
 from provisioner.render import render
 from provisioner.spec import ProjectSpec
+from tests.cluster import gateway_peers as peers
 from tests.cluster.controlplane import Cluster
 from tests.ops_support import GatewayProcess
 
@@ -42,6 +45,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RBAC_KINDS = {"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
 ECHO = "wakegate.test/echo:1"
 T = TypeVar("T")
+ADMIN_TOKEN = "test-admin-" + os.urandom(8).hex()
 
 
 # --- fixtures and helpers --------------------------------------------------------------------------
@@ -73,21 +77,33 @@ async def provision(cluster: Cluster, name: str, image: str = ECHO, **spec: Any)
 
 
 async def start_gateway(kubeconfig: Path, *flags: str, replica: str = "gw-a") -> GatewayProcess:
+    """A replica as ops run it: admin API on every interface with the token (the other replicas
+    pull its activity there), peers found in the ``wakegate-peers`` Service's EndpointSlices."""
+    token = kubeconfig.parent / "admin-token"
+    token.write_text(ADMIN_TOKEN)
     return await GatewayProcess.spawn(
         "--backend", "kubernetes", "--kubeconfig", str(kubeconfig), "--replica-id", replica,
-        "--reap-interval", "0.5", "--leader-lease", "3", "--activity-write-interval", "0.5", "--hold-timeout", "90",
-        *flags, drop_env=("KUBERNETES_SERVICE_HOST", "POD_NAME"), timeout_s=60)
+        "--reap-interval", "0.5", "--leader-lease", "3", "--activity-pull-interval", "0.5", "--hold-timeout", "90",
+        "--admin-listen", "0.0.0.0:0", "--admin-token-file", str(token), "--peer-service", peers.PEER_SERVICE,
+        *flags, drop_env=("KUBERNETES_SERVICE_HOST", "POD_NAME", "POD_IP"), timeout_s=60)
 
 
 @contextlib.asynccontextmanager
-async def gateway(kubeconfig: Path, *flags: str, replica: str = "gw-a") -> AsyncIterator[GatewayProcess]:
+async def gateway(kubeconfig: Path, *flags: str, replica: str = "gw-a",
+                  listed_in: Cluster | None = None) -> AsyncIterator[GatewayProcess]:
+    """A replica for the test's duration; ``listed_in``: also listed as an endpoint of the gateway
+    Service there (as its pod would be), so that the other replicas find it."""
     gw = await start_gateway(kubeconfig, *flags, replica=replica)
+    if listed_in is not None:
+        await _async(lambda: peers.publish(listed_in, replica, gw.admin_port))
     try:
         yield gw
     except BaseException:
         print(f"--- gateway {replica} output:\n{gw.text()[-6000:]}")  # shown by pytest on failure
         raise
     finally:
+        if listed_in is not None:
+            await _async(lambda: peers.withdraw(listed_in, replica))
         # A graceful stop hands the reaper Lease over, so the next test's gateway need not wait it out.
         if gw.proc.returncode is None:
             gw.proc.send_signal(signal.SIGTERM)
@@ -102,9 +118,12 @@ async def get(gw: GatewayProcess, project: str, path: str = "/", timeout_s: floa
         return resp.status, await resp.text()
 
 
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
 async def admin(gw: GatewayProcess, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as s, \
-            s.get(gw.admin_url + path) as resp:
+            s.get(gw.admin_url + path, headers=AUTH) as resp:
         text = await resp.text()
         try:
             return resp.status, json.loads(text)
@@ -223,14 +242,6 @@ async def test_cold_request_wakes_the_deployment_and_reaches_the_pod(cluster: Cl
         assert info["state"] == "ready"
         assert info["endpoints"] == [f"{pods[0]['status']['podIP']}:{L.DEFAULT_CONTAINER_PORT}"]
         assert info["location"] == "namespace wg-cold, deployment cold"
-        # the replica recorded its activity where other replicas (and `project status`) see it
-
-        async def recorded() -> dict[str, str] | None:
-            ann: dict[str, str] = (await _async(lambda: deployment(cluster, "cold")))["metadata"].get("annotations", {})
-            return ann if "wakegate.io/activity.gw-a" in ann else None
-
-        ann = await eventually(recorded, 10, "the activity annotation")
-        assert L.LAST_ACTIVITY_ANNOTATION in ann
 
 
 async def _async(fn: Callable[[], T]) -> T:
@@ -269,6 +280,9 @@ async def test_idle_project_is_scaled_to_zero_and_its_pod_goes(cluster: Cluster,
         slept = await gw.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "idle", 10)
         assert slept["scaled_down"] is True
         assert len(events(cluster, "idle", "ScaledToZero")) == 1
+        # The sleep recorded the last activity (for `wakegate project status`) in the same write.
+        last = dep["metadata"]["annotations"][L.LAST_ACTIVITY_ANNOTATION]
+        assert abs(time.time() - obj.parse_time(last)) < 120  # type: ignore[operator]
         # and it wakes again
         status, body = await get(gw, "idle")
         assert status == 200, body
@@ -534,7 +548,8 @@ async def test_informer_relists_after_410_gone_and_sees_what_it_missed(cluster: 
 
 async def test_concurrent_wakes_from_two_replicas_make_one_pod(cluster: Cluster, sa_kubeconfig: Path) -> None:
     await provision(cluster, "both", image="wakegate.test/slow:1")
-    async with gateway(sa_kubeconfig, replica="gw-a") as a, gateway(sa_kubeconfig, replica="gw-b") as b:
+    async with gateway(sa_kubeconfig, replica="gw-a", listed_in=cluster) as a, \
+            gateway(sa_kubeconfig, replica="gw-b", listed_in=cluster) as b:
         statuses = await asyncio.gather(*(get(gw, "both", f"/{i}") for i in range(25) for gw in (a, b)))
         assert [s for s, _ in statuses] == [200] * 50
         pod_names = {json.loads(body)["pod"]["name"] for _, body in statuses}
@@ -547,9 +562,9 @@ async def test_concurrent_wakes_from_two_replicas_make_one_pod(cluster: Cluster,
 async def test_activity_on_one_replica_keeps_the_project_awake_for_both(cluster: Cluster,
                                                                         sa_kubeconfig: Path) -> None:
     await provision(cluster, "shared", idle_timeout_s=3)
-    async with gateway(sa_kubeconfig, replica="gw-a") as leader:
+    async with gateway(sa_kubeconfig, replica="gw-a", listed_in=cluster) as leader:
         await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
-        async with gateway(sa_kubeconfig, replica="gw-b") as follower:
+        async with gateway(sa_kubeconfig, replica="gw-b", listed_in=cluster) as follower:
             status, body = await get(follower, "shared")
             assert status == 200, body
             first_pod = json.loads(body)["pod"]["name"]
@@ -605,9 +620,9 @@ async def test_graceful_stop_releases_the_lease(cluster: Cluster, sa_kubeconfig:
 
 async def test_sleeps_racing_requests_never_drop_one(cluster: Cluster, sa_kubeconfig: Path) -> None:
     await provision(cluster, "race")
-    async with gateway(sa_kubeconfig, replica="gw-a") as leader:
+    async with gateway(sa_kubeconfig, replica="gw-a", listed_in=cluster) as leader:
         await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
-        async with gateway(sa_kubeconfig, replica="gw-b") as other:
+        async with gateway(sa_kubeconfig, replica="gw-b", listed_in=cluster) as other:
             assert (await get(other, "race"))[0] == 200
             statuses: list[tuple[int, str]] = []
             answered = asyncio.Condition()
@@ -628,7 +643,8 @@ async def test_sleeps_racing_requests_never_drop_one(cluster: Cluster, sa_kubeco
                 answers = []
                 async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
                     for _ in range(6):
-                        async with s.post(f"{leader.admin_url}/api/v1/projects/race/deactivate") as resp:
+                        async with s.post(f"{leader.admin_url}/api/v1/projects/race/deactivate",
+                                          headers=AUTH) as resp:
                             answers.append(resp.status)
                         target = len(statuses) + 3
                         async with answered:
@@ -644,3 +660,157 @@ async def test_sleeps_racing_requests_never_drop_one(cluster: Cluster, sa_kubeco
             attempts = [e for e in leader.lines if e.get("event") in ("sleep", "sleep_refused")
                         and e.get("project") == "race"]
             assert len(attempts) >= 6, attempts
+
+
+# --- activity shared between replicas without the API server (issue 18) ----------------------------
+
+
+async def stream(gw: GatewayProcess, project: str, seconds: int) -> list[str]:
+    """An SSE stream through ``gw`` that stays open ``seconds`` (one event a second); its events."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=seconds + 90)) as s, \
+            s.get(f"{gw.url}/events?interval=1&count={seconds}", headers={"Host": f"{project}.localhost"}) as resp:
+        assert resp.status == 200
+        return [line for line in (await resp.text()).splitlines() if line.startswith("data:")]
+
+
+def slept(gw: GatewayProcess, project: str) -> list[dict[str, Any]]:
+    return [e for e in gw.events("sleep") if e.get("project") == project]
+
+
+@dataclasses.dataclass
+class SecondIdentity:
+    """A second gateway identity (ServiceAccount ``wakegate-b``) bound like the shipped one."""
+
+    cluster: Cluster
+    kubeconfig: Path
+    name: str = "wakegate-b"
+
+    def revoke_lease(self) -> None:
+        """It may no longer take the reaper Lease."""
+        self.cluster.kubectl("delete", "rolebinding", "-n", L.DEFAULT_GATEWAY_NAMESPACE, self.name,
+                             "--ignore-not-found")
+
+    def revoke(self) -> None:
+        """Every API request it makes is refused (403)."""
+        self.cluster.kubectl("delete", "clusterrolebinding", self.name, "--ignore-not-found")
+        self.revoke_lease()
+
+
+@pytest.fixture
+def second_identity(cluster: Cluster) -> Iterator[SecondIdentity]:
+    ns = L.DEFAULT_GATEWAY_NAMESPACE
+    sa = SecondIdentity.name
+    objs = [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": sa},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "wakegate"},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": sa, "namespace": ns},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "wakegate-leader-election"},
+         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": ns}]},
+    ]
+    cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objs))
+    identity = SecondIdentity(cluster, cluster.serviceaccount_kubeconfig(ns, sa))
+    try:
+        yield identity
+    finally:
+        identity.revoke()
+
+
+async def test_an_open_stream_on_a_replica_whose_api_access_is_revoked_keeps_the_project_awake(
+        cluster: Cluster, sa_kubeconfig: Path, second_identity: SecondIdentity) -> None:
+    await provision(cluster, "revoked", idle_timeout_s=3)
+    async with gateway(sa_kubeconfig, replica="gw-a", listed_in=cluster) as leader:
+        await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        async with gateway(second_identity.kubeconfig, replica="gw-b", listed_in=cluster) as b:
+            assert (await get(leader, "revoked"))[0] == 200  # woken (gw-b may not scale: not bound there)
+            await eventually(lambda: _ready_on(b, "revoked"), 30, "gw-b to see the project ready")
+            await _async(second_identity.revoke)
+            # From now on every API request of gw-b is refused; it tries the Lease every second.
+            await b.wait_event(lambda e: e.get("event") == "leader_election_error" and "403" in e.get("error", ""), 30)
+            events_seen = await stream(b, "revoked", 12)  # four idle timeouts
+            assert len(events_seen) == 12  # never cut
+            assert not slept(leader, "revoked")
+            assert deployment(cluster, "revoked")["spec"]["replicas"] == 1
+            # Quiet now: the holder puts it to sleep, with gw-b's answer (no API access needed).
+            done = await leader.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "revoked", 30)
+            assert done["scaled_down"] is True
+
+
+async def _ready_on(gw: GatewayProcess, project: str) -> bool | None:
+    _, info = await admin(gw, f"/api/v1/projects/{project}")
+    return True if isinstance(info, dict) and info.get("state") == "ready" else None
+
+
+async def test_a_killed_replica_blocks_sleeps_until_it_is_gone_from_the_endpointslice(
+        cluster: Cluster, sa_kubeconfig: Path) -> None:
+    await provision(cluster, "killed", idle_timeout_s=2)
+    async with gateway(sa_kubeconfig, replica="gw-a", listed_in=cluster) as leader:
+        await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        b = await start_gateway(sa_kubeconfig, replica="gw-b")
+        try:
+            await _async(lambda: peers.publish(cluster, "gw-b", b.admin_port))
+            assert (await get(b, "killed"))[0] == 200
+            os.killpg(b.proc.pid, signal.SIGKILL)  # its claims cannot be known any more
+            await b.wait_exit(10)
+            unreachable = await leader.wait_event(
+                lambda e: e.get("event") == "peer_unreachable" and e.get("peer") == "gw-b", 30)
+            assert unreachable
+            # Still listed (its pod not yet gone): no sleep, for well over the idle timeout.
+            await asyncio.sleep(6)  # the non-event being shown: nothing to await
+            assert not slept(leader, "killed")
+            assert deployment(cluster, "killed")["spec"]["replicas"] == 1
+            await _async(lambda: peers.withdraw(cluster, "gw-b"))  # the endpoint controller's part
+            done = await leader.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "killed", 30)
+            assert done["scaled_down"] is True
+        finally:
+            await _async(lambda: peers.withdraw(cluster, "gw-b"))
+            await b.kill()
+
+
+async def test_a_new_holder_does_not_sleep_a_project_with_a_connection_open_elsewhere(
+        cluster: Cluster, sa_kubeconfig: Path, second_identity: SecondIdentity) -> None:
+    await provision(cluster, "newholder", idle_timeout_s=2)
+    second_identity.revoke_lease()  # gw-c never holds the Lease: gw-b is the next holder
+    a = await start_gateway(sa_kubeconfig, replica="gw-a")
+    try:
+        await _async(lambda: peers.publish(cluster, "gw-a", a.admin_port))
+        await a.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        async with gateway(sa_kubeconfig, replica="gw-b", listed_in=cluster) as b, \
+                gateway(second_identity.kubeconfig, replica="gw-c", listed_in=cluster) as c:
+            assert (await get(b, "newholder"))[0] == 200
+            await eventually(lambda: _ready_on(c, "newholder"), 30, "gw-c to see the project ready")
+            streaming = asyncio.ensure_future(stream(c, "newholder", 15))
+            await eventually(lambda: _open_on(c, "newholder"), 30, "the stream to be open on gw-c")
+            os.killpg(a.proc.pid, signal.SIGKILL)
+            await a.wait_exit(10)
+            await _async(lambda: peers.withdraw(cluster, "gw-a"))
+            await b.wait_event(lambda e: e.get("event") == "leader_acquired", 30)
+            assert len(await streaming) == 15  # the connection on gw-c was never cut
+            assert not slept(b, "newholder")
+            assert deployment(cluster, "newholder")["spec"]["replicas"] == 1
+            done = await b.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "newholder", 30)
+            assert done["scaled_down"] is True
+    finally:
+        await _async(lambda: peers.withdraw(cluster, "gw-a"))
+        await a.kill()
+
+
+async def _open_on(gw: GatewayProcess, project: str) -> bool | None:
+    _, info = await admin(gw, f"/api/v1/projects/{project}")
+    return True if isinstance(info, dict) and info.get("in_flight", 0) > 0 else None
+
+
+async def test_the_holder_prunes_the_activity_annotations_of_earlier_versions(cluster: Cluster,
+                                                                               sa_kubeconfig: Path) -> None:
+    await provision(cluster, "legacy")
+    cluster.request("PATCH", f"/apis/apps/v1/namespaces/{L.namespace_for('legacy')}/deployments/legacy",
+                    body={"metadata": {"annotations": {"wakegate.io/activity.old-replica": "1;0;1",
+                                                       "keep.example/other": "x"}}},
+                    content_type="application/merge-patch+json")
+    async with gateway(sa_kubeconfig) as gw:
+        await gw.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        dep = await wait_deployment(cluster, "legacy", lambda d: "wakegate.io/activity.old-replica"
+                                    not in d["metadata"].get("annotations", {}), 30)
+        assert dep["metadata"]["annotations"]["keep.example/other"] == "x"
+        assert dep["spec"]["replicas"] == 0  # pruning is not a wake
