@@ -240,3 +240,43 @@ async def test_the_request_id_is_the_same_upstream_and_in_the_logs(
     access = [r for r in caplog.records if getattr(r, "event", None) == "access"]
     assert getattr(access[0], "request_id", None) == forwarded[0].decode()
     assert (forwarded[0] == incoming[0].encode()) is kept
+
+
+# --- found by the differential fuzzer -------------------------------------------------------------
+
+
+async def test_a_body_error_in_the_first_read_is_an_invalid_response_not_junk_after_it() -> None:
+    async def responder(seen: SeenRequest, w: asyncio.StreamWriter) -> None:
+        if seen.target == b"/evil":
+            # One write: head, chunks, a trailer llhttp refuses, then a complete second response.
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n"
+                    b"Content-Length: 99\r\n\r\n" + INJECTED)
+        else:
+            await reply_ok(seen, w)
+
+    up = RecordingUpstream(responder)
+    async with running_gateway(backend(up)) as gw, gw.client() as c:
+        evil = await c.request("GET", "/evil")
+        nxt = await c.request("GET", "/next")
+    assert evil.status == 502 and b"stolen" not in evil.body
+    assert (nxt.status, nxt.body, nxt.header("Set-Cookie")) == (200, b"GET /next", None)
+
+
+@pytest.mark.parametrize("malformed", [b"get /r1 HTTP/1.1\r\n\r\n", b"GET /r1 HTTP/1.1\r\nHost: " + HOST.encode()
+                                       + b"\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"])
+async def test_the_answer_after_a_pipelined_head_frames_as_a_head_answer(malformed: bytes) -> None:
+    up = RecordingUpstream()
+    async with running_gateway(backend(up)) as gw, gw.client() as c:
+        await c.send(b"HEAD /r0 HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\n\r\n" + malformed)
+        raw = await c.read_until_closed()
+    # One answer, a head and nothing after it: no body bytes after a HEAD's answer.
+    assert raw.startswith(b"HTTP/1.1 400 ") and raw.endswith(b"\r\n\r\n") and raw.count(b"HTTP/1.1") == 1, raw
+
+
+async def test_a_refused_head_gets_an_empty_answer() -> None:
+    up = RecordingUpstream()
+    async with running_gateway(backend(up)) as gw, gw.client() as c:
+        await c.send(b"HEAD /r0 HTTP/1.1\r\nHost: " + HOST.encode() + b"\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        raw = await c.read_until_closed()
+    assert raw.startswith(b"HTTP/1.1 501 ") and b"\r\nContent-Length: 0\r\n" in raw and raw.endswith(b"\r\n\r\n")
+    assert up.seen == []
