@@ -16,6 +16,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -695,6 +696,52 @@ class SecondIdentity:
         self.cluster.kubectl("delete", "clusterrolebinding", self.name, "--ignore-not-found")
         self.revoke_lease()
 
+    def starve(self) -> None:
+        """Its API requests are refused by API Priority and Fairness (429) under contention: they go
+        to a priority level with no seats of its own, none to borrow, and rejection when full, which
+        :meth:`contention` keeps full."""
+        ns = L.DEFAULT_GATEWAY_NAMESPACE
+        level = {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+                 "metadata": {"name": self.name},
+                 "spec": {"type": "Limited", "limited": {
+                     "nominalConcurrencyShares": 0, "lendablePercent": 0, "borrowingLimitPercent": 0,
+                     "limitResponse": {"type": "Reject"}}}}
+        schema = {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema",
+                  "metadata": {"name": self.name},
+                  "spec": {"matchingPrecedence": 100, "priorityLevelConfiguration": {"name": self.name},
+                           "distinguisherMethod": {"type": "ByUser"},
+                           "rules": [{"subjects": [{"kind": "ServiceAccount",
+                                                    "serviceAccount": {"name": self.name, "namespace": ns}}],
+                                      "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                                         "namespaces": ["*"], "clusterScope": True}]}]}}
+        self.cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all([level, schema]))
+
+    @contextlib.contextmanager
+    def contention(self, threads: int = 32) -> Iterator[None]:
+        """Other requests of the same identity, as many at once as ``threads``, while it lasts."""
+        token = self.cluster.serviceaccount_token(L.DEFAULT_GATEWAY_NAMESPACE, self.name)
+        stop = threading.Event()
+
+        def load() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(Exception):
+                    self.cluster.request("GET", "/api/v1/pods?limit=500", token=token)
+
+        workers = [threading.Thread(target=load, daemon=True) for _ in range(threads)]
+        for w in workers:
+            w.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            for w in workers:
+                w.join(30)
+
+    def restore(self) -> None:
+        self.revoke()
+        self.cluster.kubectl("delete", "flowschema", self.name, "--ignore-not-found")
+        self.cluster.kubectl("delete", "prioritylevelconfiguration", self.name, "--ignore-not-found")
+
 
 @pytest.fixture
 def second_identity(cluster: Cluster) -> Iterator[SecondIdentity]:
@@ -714,26 +761,31 @@ def second_identity(cluster: Cluster) -> Iterator[SecondIdentity]:
     try:
         yield identity
     finally:
-        identity.revoke()
+        identity.restore()
 
 
-async def test_an_open_stream_on_a_replica_whose_api_access_is_revoked_keeps_the_project_awake(
-        cluster: Cluster, sa_kubeconfig: Path, second_identity: SecondIdentity) -> None:
-    await provision(cluster, "revoked", idle_timeout_s=3)
+@pytest.mark.parametrize(("refusal", "status"), [("revoke", "403"), ("starve", "429")])
+async def test_an_open_stream_on_a_replica_whose_api_requests_are_refused_keeps_the_project_awake(
+        cluster: Cluster, sa_kubeconfig: Path, second_identity: SecondIdentity, refusal: str, status: str) -> None:
+    project = f"refused-{refusal}"
+    await provision(cluster, project, idle_timeout_s=3)
     async with gateway(sa_kubeconfig, replica="gw-a", listed_in=cluster) as leader:
         await leader.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
         async with gateway(second_identity.kubeconfig, replica="gw-b", listed_in=cluster) as b:
-            assert (await get(leader, "revoked"))[0] == 200  # woken (gw-b may not scale: not bound there)
-            await eventually(lambda: _ready_on(b, "revoked"), 30, "gw-b to see the project ready")
-            await _async(second_identity.revoke)
-            # From now on every API request of gw-b is refused; it tries the Lease every second.
-            await b.wait_event(lambda e: e.get("event") == "leader_election_error" and "403" in e.get("error", ""), 30)
-            events_seen = await stream(b, "revoked", 12)  # four idle timeouts
+            assert (await get(leader, project))[0] == 200  # woken (gw-b may not scale: not bound there)
+            await eventually(lambda: _ready_on(b, project), 30, "gw-b to see the project ready")
+            await _async(getattr(second_identity, refusal))
+            # From now on gw-b's API requests are refused (RBAC: 403, all of them; API Priority and
+            # Fairness: 429, under contention); it asks for the Lease every second.
+            with second_identity.contention() if refusal == "starve" else contextlib.nullcontext():
+                await b.wait_event(lambda e: e.get("event") == "leader_election_error"
+                                   and status in e.get("error", ""), 60)
+                events_seen = await stream(b, project, 12)  # four idle timeouts
             assert len(events_seen) == 12  # never cut
-            assert not slept(leader, "revoked")
-            assert deployment(cluster, "revoked")["spec"]["replicas"] == 1
+            assert not slept(leader, project)
+            assert deployment(cluster, project)["spec"]["replicas"] == 1
             # Quiet now: the holder puts it to sleep, with gw-b's answer (no API access needed).
-            done = await leader.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "revoked", 30)
+            done = await leader.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == project, 30)
             assert done["scaled_down"] is True
 
 
