@@ -331,23 +331,6 @@ async def _requests(session: aiohttp.ClientSession, ports: list[int], projects: 
 # --- part 1: on the control plane -----------------------------------------------------------------
 
 
-async def _provision(kubeconfig: Path, names: list[str]) -> dict[str, str]:
-    from provisioner import apply as papply
-    from provisioner.render import render
-    from provisioner.spec import ProjectSpec
-
-    api = await papply.connect(kubeconfig)
-    out = {}
-    try:
-        for name in names:
-            spec = ProjectSpec(name=name, image=ECHO_IMAGE)
-            await papply.create_project(papply.Kube(api), render(spec), wait_timeout_s=60)
-            out[name] = spec.namespace
-    finally:
-        await api.close()
-    return out
-
-
 def _gateway_kubeconfig(cluster: Cluster) -> Path:
     """Install the RBAC part of ``manifests/`` (as tests/backends/test_kubernetes.py does) and return a
     kubeconfig with the gateway ServiceAccount's token."""
@@ -447,7 +430,9 @@ def api_load(ctx: Context, res: ScenarioResult) -> None:
         token_file = d / "admin-token"
         token_file.write_text(secrets.token_hex(24) + "\n")
         token_file.chmod(0o600)
-        namespaces = asyncio.run(_provision(cluster.kubeconfig, projects))
+        from bench.scenarios import provision  # scenarios imports this module
+
+        namespaces = asyncio.run(provision(cluster.kubeconfig, projects, ECHO_IMAGE))
         for r in cfg.replica_counts:
             with ExitStack() as replicas_stack:
                 reps = _start_replicas(ctx, replicas_stack, cluster, kubeconfig, token_file, r, f"replicas-{r}")

@@ -483,7 +483,7 @@ def _burst(ctx: Context, port: int, n: int, progress: Path, timeout_s: float,
     return result
 
 
-async def _provision(kubeconfig: Path, names: list[str]) -> dict[str, str]:
+async def provision(kubeconfig: Path, names: list[str], image: str = "wakegate.test/echo:1") -> dict[str, str]:
     """Create the projects with the real provisioner (Deployments at 0 replicas); name → namespace."""
     from provisioner import apply as papply
     from provisioner.render import render
@@ -493,7 +493,7 @@ async def _provision(kubeconfig: Path, names: list[str]) -> dict[str, str]:
     out = {}
     try:
         for name in names:
-            spec = ProjectSpec(name=name, image=KUBE_IMAGE)
+            spec = ProjectSpec(name=name, image=image)
             await papply.create_project(papply.Kube(api), render(spec), wait_timeout_s=60)
             out[name] = spec.namespace
     finally:
@@ -522,7 +522,7 @@ def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
         cluster = Cluster.start(d / "cluster")
         stack.callback(cluster.stop)
         names = [f"cold-{i}" for i in range(cfg.kube_wakes)]
-        namespaces = asyncio.run(_provision(cluster.kubeconfig, names))
+        namespaces = asyncio.run(provision(cluster.kubeconfig, names))
         gw = wakegate.start(None, ctx.layout, ctx.logs, name="wakegate-kubernetes", backend=[
             "--backend", "kubernetes", "--kubeconfig", str(cluster.kubeconfig), "--replica-id", "bench"])
         _owned(stack, gw.proc)
