@@ -97,6 +97,20 @@ class Framing:
     closed: bool = False
     rest: bytes = b""
 
+    def ends_with(self, step: _Step | _ResponseStep, buf: bytes) -> bool:
+        """Take one framing step made at ``buf``; whether the
+        stream's framing ends there: the next message is malformed or cut short (``rest`` is
+        ``buf``), or the one taken closes the connection (``rest`` is what follows it)."""
+        if step.message is None:
+            self.error, self.partial, self.incomplete, self.rest = step.error, step.partial, step.error is None, buf
+            return True
+        self.messages.append(step.message)
+        if step.closed:
+            self.closed = True
+            self.rest = step.rest
+            return True
+        return False
+
     @property
     def clean(self) -> bool:
         """Whole messages only: nothing malformed, nothing cut short, nothing left over."""
@@ -124,15 +138,9 @@ def frame_requests(data: bytes, *, skip_empty_lines: bool = True) -> Framing:
             # line, so the first line end is the request line's.
             eol = buf.index(b"\n") + 1
             step = _next_request(buf[:eol] + b"Host: \r\n" + buf[eol:], valid=False)
-        if step.message is None:
-            out.error, out.partial, out.incomplete, out.rest = step.error, step.partial, step.error is None, buf
+        if out.ends_with(step, buf):
             return out
-        out.messages.append(step.message)
         buf = step.rest
-        if step.closed:
-            out.closed = True
-            out.rest = buf
-            return out
 
 
 _MISSING_HOST = "Missing mandatory Host: header"
@@ -196,15 +204,10 @@ def frame_responses(data: bytes, methods: Sequence[bytes], *, eof: bool) -> Fram
             # checked (h11 checks them anyway, on every head). Framed again without them.
             start, end = step.head
             step = _next_response(buf[:start] + _without_framing_fields(buf[start:end]) + buf[end:], method, eof)
-        if step.message is None:
-            out.error, out.partial, out.incomplete, out.rest = step.error, step.partial, step.error is None, buf
+        if out.ends_with(step, buf):
             return out
-        out.messages.append(step.message)
         buf = step.rest
-        if step.closed:
-            out.closed = True
-            break
-    out.rest = buf  # bytes after the responses asked for (or after one that closes): never part of one
+    out.rest = buf  # bytes after the responses asked for: never part of one
     return out
 
 
