@@ -334,7 +334,7 @@ async def _requests(session: aiohttp.ClientSession, ports: list[int], projects: 
 def _gateway_kubeconfig(cluster: Cluster) -> Path:
     """Install the RBAC part of ``manifests/`` (as tests/backends/test_kubernetes.py does) and return a
     kubeconfig with the gateway ServiceAccount's token."""
-    from provisioner import labels as L
+    from gateway import contract as L
 
     out = cluster.kubectl("kustomize", str(ROOT / "manifests"))
     objs = [o for o in yaml.safe_load_all(out.stdout) if o and o.get("kind") in RBAC_KINDS]
@@ -414,7 +414,7 @@ def api_load(ctx: Context, res: ScenarioResult) -> None:
     cfg = ctx.config
     d = ctx.dir("replicas")
     try:
-        from provisioner import labels as L
+        from gateway import contract as L
         from tests.cluster.controlplane import Cluster
     except ImportError as exc:
         raise BenchError(f"needs the repository's test control plane (tests/cluster): {exc}") from exc

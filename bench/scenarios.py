@@ -509,7 +509,7 @@ def cold_start_kubernetes(ctx: Context) -> ScenarioResult:
     """From the EndpointSlice saying ready to the first response byte, on the test control plane."""
     cfg, res = ctx.config, ScenarioResult("cold_start_k8s", "3b. Cold start (Kubernetes)")
     d = ctx.dir("cold_start_k8s")
-    from provisioner.labels import PROJECT_LABEL
+    from gateway.contract import PROJECT_LABEL
 
     try:
         from tests.cluster.controlplane import Cluster

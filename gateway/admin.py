@@ -28,6 +28,7 @@ from gateway.activity import seconds_until_idle
 from gateway.backends.base import Backend
 from gateway.backends.k8s.peers import Activity, encode_activity
 from gateway.config import HostPort, Settings, read_token
+from gateway.contract import parse_duration
 from gateway.lifecycle import Lifecycle, Project, State
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.routing import is_project_name
@@ -221,11 +222,9 @@ class AdminApi:
         if "timeout" in request.query:
             raw = request.query["timeout"]
             try:
-                timeout_s = float(raw)
-            except ValueError:
-                timeout_s = float("nan")
-            if not 0 < timeout_s < float("inf"):
-                raise _bad_request(f"?timeout= must be a positive number of seconds, got {raw[:50]!r}")
+                timeout_s = parse_duration(raw[:50])
+            except ValueError as exc:
+                raise _bad_request(f"?timeout=: {exc}") from None
         if self.lifecycle.draining:
             return _error(503, "the gateway is shutting down; activate through another gateway replica or retry",
                           headers={"Retry-After": "1"})

@@ -16,6 +16,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gateway.contract import parse_duration
+
 DEFAULT_ADMIN_URL = "http://127.0.0.1:9090"
 # How long the client waits for an answer; with --wait the gateway answers within the hold timeout.
 REQUEST_TIMEOUT_S = 30.0
@@ -46,7 +48,7 @@ def add_project_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
                                   description="Wake a project. With --wait, return once it is ready.")
     activate.add_argument("name", metavar="NAME", help="the project")
     activate.add_argument("--wait", action="store_true", help="wait until it is ready (exit 1 on timeout)")
-    activate.add_argument("--timeout", type=_seconds, metavar="S",
+    activate.add_argument("--timeout", type=_seconds, metavar="DURATION",
                           help="with --wait: seconds to wait (default: the project's hold timeout)")
     activate.set_defaults(func=cmd_activate)
 
@@ -60,12 +62,9 @@ def add_project_commands(actions: argparse._SubParsersAction[argparse.ArgumentPa
 
 def _seconds(text: str) -> float:
     try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
-    return value
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def cmd_activate(args: argparse.Namespace) -> int:

@@ -35,6 +35,10 @@ class CommandError(Exception):
         self.exit_code = exit_code
 
 
+# The demo's URLs: plain HTTP on its own port (replaced by the real port when --listen moves it).
+DEMO_PUBLIC_URL = "http://{project}.{domain}:8080/"
+
+
 def demo_settings() -> Settings:
     """What ``wakegate demo`` starts from before flags and ``WAKEGATE_*`` variables apply."""
     from gateway.demo import PROJECTS_FILE
@@ -48,6 +52,7 @@ def demo_settings() -> Settings:
         admin_listen=HostPort("127.0.0.1", 9090),
         idle_timeout_s=DEMO_IDLE_TIMEOUT_S,
         log_format="text",
+        public_url=DEMO_PUBLIC_URL,
     )
 
 
@@ -117,6 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """``wakegate demo``: the gateway with the demo projects, plus what to try."""
     settings = config.load_settings(_option_values(args), base=demo_settings())
+    if settings.public_url == DEMO_PUBLIC_URL:  # the admin API reports the URL the demo serves
+        settings = dataclasses.replace(
+            settings, public_url=f"http://{{project}}.{{domain}}:{settings.listen.port}/")
     _preflight(settings)
     _run(settings, ready_callback=_print_demo_help)
     return 0
@@ -129,7 +137,7 @@ def _option_values(args: argparse.Namespace) -> dict[str, Any]:
 def _preflight(settings: Settings) -> None:
     """Validate the projects file before anything starts, so its errors exit 2 at once."""
     if settings.backend == "local" and settings.projects_file is not None:
-        from gateway.backends.local import load_projects_file
+        from gateway.backends.local_projects import load_projects_file
 
         load_projects_file(settings.projects_file)
 
@@ -153,7 +161,7 @@ def _print_demo_help(svc: Any) -> None:
     tries = [
         (f"curl http://hello.{base}/", "plain HTTP (the first request waits for the wake)"),
         (f"curl -N http://chat.{base}/events", "server-sent events, one a second"),
-        (f"open http://chat.{base}/", "a page using SSE and a WebSocket echo"),
+        (f"http://chat.{base}/", "open in a browser: a page using SSE and a WebSocket echo"),
         (f"curl http://slow.{base}/", "boots in about 3 s; the request is held meanwhile"),
         (f"curl {admin}/api/v1/projects", "project states"),
         (f"curl {admin}/metrics", "Prometheus metrics"),

@@ -16,7 +16,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-DEFAULT_DOMAIN = "env.example.com"
+from gateway.contract import (
+    DEFAULT_DOMAIN,
+    DEFAULT_GATEWAY_NAMESPACE,
+    STRATEGIES,
+    dns_name,
+    parse_duration,
+    parse_positive,
+    strategy,
+)
+
+BACKENDS = ("local", "kubernetes")
+LOG_FORMATS = ("json", "text")
 DEFAULT_IGNORE_USER_AGENTS: tuple[str, ...] = (
     r"^kube-probe/",
     r"ELB-HealthChecker",
@@ -93,7 +104,7 @@ class Settings:
     kubeconfig: Path | None = None
     context: str | None = None
     namespace_selector: str | None = None
-    gateway_namespace: str = "wakegate-system"
+    gateway_namespace: str = DEFAULT_GATEWAY_NAMESPACE
     # Activity exchange between replicas: the reaper Lease holder pulls each replica's activity
     # from its admin port, finding them in this Service's EndpointSlices (gateway namespace).
     activity_pull_interval_s: float = 5.0
@@ -128,13 +139,6 @@ def parse_host_port(text: str) -> HostPort:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is outside 0-65535")
     return HostPort(host, port)
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"expected a positive number of seconds, got {text!r}")
-    return value
 
 
 def _positive_int(text: str) -> int:
@@ -193,10 +197,7 @@ def _networks(text: str) -> tuple[str, ...]:
 
 
 def _positive_rate(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError(f"expected a positive number per minute, got {text!r}")
-    return value
+    return parse_positive(text, "per minute")
 
 
 def _public_url(text: str) -> str:
@@ -214,6 +215,7 @@ class Option:
     parse: Callable[[str], Any]
     help: str
     metavar: str | None = None
+    choices: tuple[str, ...] | None = None  # shown in --help
 
     @property
     def env(self) -> str:
@@ -221,26 +223,26 @@ class Option:
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("backend", "--backend", _choice("local", "kubernetes"), "where projects run"),
+    Option("backend", "--backend", _choice(*BACKENDS), "where projects run", choices=BACKENDS),
     Option("projects_file", "--projects", Path, "YAML projects file (local backend)", "FILE"),
     Option("domain", "--domain", str, "projects are served at <project>.<domain>"),
     Option("listen", "--listen", parse_host_port, "public listener", "HOST:PORT"),
     Option("admin_listen", "--admin-listen", parse_host_port,
            "admin API and /metrics (default 0.0.0.0:9090 with --admin-token-file, else 127.0.0.1:9090)",
            "HOST:PORT"),
-    Option("idle_timeout_s", "--idle-timeout", _positive_float, "seconds without activity before sleep", "S"),
-    Option("hold_timeout_s", "--hold-timeout", _positive_float, "seconds a request may wait for a wake", "S"),
+    Option("idle_timeout_s", "--idle-timeout", parse_duration, "time without activity before sleep", "DURATION"),
+    Option("hold_timeout_s", "--hold-timeout", parse_duration, "how long a request may wait for a wake", "DURATION"),
     Option("max_held_per_project", "--max-held-per-project", _positive_int, "held requests per project", "N"),
     Option("max_held_total", "--max-held-total", _positive_int, "held requests in all", "N"),
-    Option("reap_interval_s", "--reap-interval", _positive_float, "seconds between idle checks", "S"),
+    Option("reap_interval_s", "--reap-interval", parse_duration, "time between idle checks", "DURATION"),
     Option("route_header", "--route-header", _header_name, "header that may name the project", "NAME"),
     Option("unknown_cache_size", "--unknown-cache-size", _positive_int, "remembered unknown names", "N"),
-    Option("unknown_cache_ttl_s", "--unknown-cache-ttl", _positive_float, "seconds to remember them", "S"),
+    Option("unknown_cache_ttl_s", "--unknown-cache-ttl", parse_duration, "how long to remember them", "DURATION"),
     Option("public_url", "--public-url", _public_url, "URL template, {project} and {domain}", "TEMPLATE"),
     Option("admin_token_file", "--admin-token-file", Path,
            "bearer token required by /api/ (without it the admin API listens on loopback only)", "FILE"),
-    Option("drain_timeout_s", "--drain-timeout", _positive_float, "seconds to finish requests on SIGTERM", "S"),
-    Option("log_format", "--log-format", _choice("json", "text"), "json or text"),
+    Option("drain_timeout_s", "--drain-timeout", parse_duration, "time to finish requests on SIGTERM", "DURATION"),
+    Option("log_format", "--log-format", _choice(*LOG_FORMATS), "log line format", choices=LOG_FORMATS),
     Option("access_log", "--access-log", _bool, "log every request (off by default)", "BOOL"),
     Option("trust_forwarded", "--trust-forwarded", _bool,
            "trust identity fields (X-Forwarded-*, Forwarded, X-Real-IP) from every peer", "BOOL"),
@@ -250,37 +252,60 @@ OPTIONS: tuple[Option, ...] = (
            "wakes per minute public requests may start in all (then 429)", "N"),
     Option("wake_rate_per_client_per_min", "--wake-rate-per-client", _positive_rate,
            "wakes per minute one client address may start (then 429)", "N"),
-    Option("default_strategy", "--strategy", _choice("auto", "block", "page"), "cold browser requests"),
+    Option("default_strategy", "--strategy", strategy, "cold browser requests: the waiting page or hold",
+           choices=STRATEGIES),
     Option("ignore_paths", "--ignore-paths", _csv, "path prefixes that never wake (comma-separated)", "LIST"),
     Option("ignore_user_agents", "--ignore-user-agents", _regex_list, "User-Agent regexes that never wake",
            "LIST"),
-    Option("upstream_connect_timeout_s", "--upstream-connect-timeout", _positive_float,
-           "seconds to connect to a project", "S"),
-    Option("client_keepalive_timeout_s", "--client-keepalive-timeout", _positive_float,
-           "seconds an idle client keep-alive connection stays open", "S"),
-    Option("client_header_timeout_s", "--client-header-timeout", _positive_float,
-           "seconds a client may take to send a request head (then 408)", "S"),
-    Option("client_body_timeout_s", "--client-body-timeout", _positive_float,
-           "seconds a request body may send nothing (then 408)", "S"),
-    Option("stop_grace_s", "--stop-grace", _positive_float, "SIGTERM→SIGKILL grace (local backend)", "S"),
+    Option("upstream_connect_timeout_s", "--upstream-connect-timeout", parse_duration,
+           "time to connect to a project", "DURATION"),
+    Option("client_keepalive_timeout_s", "--client-keepalive-timeout", parse_duration,
+           "how long an idle client keep-alive connection stays open", "DURATION"),
+    Option("client_header_timeout_s", "--client-header-timeout", parse_duration,
+           "time a client may take to send a request head (then 408)", "DURATION"),
+    Option("client_body_timeout_s", "--client-body-timeout", parse_duration,
+           "time a request body may send nothing (then 408)", "DURATION"),
+    Option("stop_grace_s", "--stop-grace", parse_duration, "SIGTERM→SIGKILL grace (local backend)", "DURATION"),
     Option("kubeconfig", "--kubeconfig", Path, "kubeconfig (default: in-cluster config)", "FILE"),
     Option("context", "--context", str, "kubeconfig context"),
     Option("namespace_selector", "--namespace-selector", str, "label selector for project namespaces"),
     Option("gateway_namespace", "--gateway-namespace", str, "namespace of the gateway (Leases)"),
-    Option("activity_pull_interval_s", "--activity-pull-interval", _positive_float,
-           "seconds between the reaper's pulls of the other replicas' activity", "S"),
+    Option("activity_pull_interval_s", "--activity-pull-interval", parse_duration,
+           "time between the reaper's pulls of the other replicas' activity", "DURATION"),
     Option("peer_service", "--peer-service", str,
            "the gateway's Service, whose EndpointSlices list the replicas (port 'admin')", "NAME"),
     Option("replica_id", "--replica-id", str, "this gateway replica's name (default $POD_NAME or host-pid)"),
-    Option("leader_lease_s", "--leader-lease", _positive_float, "seconds the idle-reaper Lease lasts", "S"),
+    Option("leader_lease_s", "--leader-lease", parse_duration, "how long the idle-reaper Lease lasts", "DURATION"),
 )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every option as a flag; defaults are resolved later so env and flags merge cleanly."""
+    """Add every option as a flag; defaults are resolved later so env and flags merge cleanly (the
+    help shows each default, the choices, and the variable)."""
+    defaults = Settings()
     for opt in OPTIONS:
-        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.metavar,
-                            help=f"{opt.help} (env {opt.env})")
+        notes = [f"one of {', '.join(opt.choices)}"] if opt.choices else []
+        shown = _shown_default(getattr(defaults, opt.field), opt.field)
+        if shown:
+            notes.append(f"default {shown}")
+        notes.append(f"env {opt.env}")
+        metavar = opt.metavar or ("|".join(opt.choices) if opt.choices else None)
+        parser.add_argument(opt.flag, dest=opt.field, default=None, metavar=metavar,
+                            help=f"{opt.help} ({'; '.join(notes)})".replace("%", "%%"))
+
+
+def _shown_default(value: object, field: str) -> str:
+    if value is None or value == ():
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, tuple):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, float) and field.endswith("_s"):
+        return f"{value:g}s"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def load_settings(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str] | None = None,
@@ -313,10 +338,10 @@ def validate(settings: Settings) -> None:
         raise ConfigError("--projects: the local backend needs a projects file")
     if settings.max_held_per_project > settings.max_held_total:
         raise ConfigError("--max-held-per-project: larger than --max-held-total")
-    domain = settings.domain.strip(".").lower()
-    label = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
-    if not domain or not re.fullmatch(rf"{label}(\.{label})*", domain):
-        raise ConfigError(f"--domain: {settings.domain!r} is not a DNS name")
+    try:
+        dns_name(settings.domain)
+    except ValueError as exc:
+        raise ConfigError(f"--domain: {exc}") from None
     admin = settings.admin_listen
     if admin is not None and settings.admin_token_file is None:
         # Only a literal loopback address (or "localhost") keeps an unauthenticated admin API

@@ -1,26 +1,23 @@
-"""Per-project wake / hold / sleep state.
+"""Carries out the project lifecycle that :mod:`gateway.project_state` decides.
 
-States: ``asleep → waking → ready → asleep``, plus ``failed`` after a failed wake (the next request
-tries again). The lifecycle is the backend's one listener: endpoints and failures are pushed to it,
-never polled. The data path asks it for an endpoint (:meth:`Project.pick`, no await on the warm
-path) or, when there is none, parks the request in :meth:`Lifecycle.hold` until the project is
-ready, the wake fails, or the hold timeout passes.
+Every project has a :class:`~gateway.project_state.Machine`; every observation (a request that
+must wait, endpoints reported by the backend, a finished scale operation, an idle deadline, an
+operator's deactivate) is an event, and :meth:`Lifecycle._step` applies the transition and carries
+out its actions: backend calls in tasks, the wake's deadline timer, releasing or failing held
+requests, metrics and logs. No rule about *when* a project wakes or sleeps lives here.
 
-Concurrency rules:
-- Concurrent cold requests coalesce into one wake task, so exactly one ``scale_up`` per wake.
-- Scale operations of one project are serialised by a per-project lock, so a request arriving while
-  a scale-down runs is held; its wake scales up again once the scale-down is done.
-- Held requests are bounded per project and in total; every wait has a timeout.
-- A request that is not served is rejected once, counted once (``held_rejected(reason)``) and
-  logged once; a hold timeout is a 504 "timeout" whether its own timer or the wake's deadline
-  fired first. Rejection messages are public; the reasons behind them (``detail``) are not.
+The data path asks for an endpoint with :meth:`Project.pick` (no await on the warm path) or, when
+there is none, parks the request in :meth:`Lifecycle.hold` until the project is ready, the wake
+fails, or the request's own hold timeout passes. Held requests are bounded per project and in
+total. A request that is not served is rejected once, counted once (``held_rejected(reason)``)
+and logged once; :class:`HoldRejected` carries a public message and a private ``detail`` (logs and
+the admin API's ``last_error`` only); :mod:`gateway.server` maps its reason to a status code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence, Set
@@ -30,9 +27,28 @@ from typing import Protocol
 from cachetools import TTLCache
 
 from gateway import logs
+from gateway import project_state as ps
 from gateway.activity import is_idle
 from gateway.backends.base import Backend, BackendError, BackendUnavailable, Endpoint, ProjectInfo
 from gateway.config import Settings
+from gateway.project_state import INITIAL, SHOWN, Machine, Mode, Phase, State
+from gateway.tasks import Tasks
+
+__all__ = [
+    "REJECTION_STATUS",
+    "RELEASE_BATCH",
+    "Held",
+    "HoldRejected",
+    "Lifecycle",
+    "LifecycleObserver",
+    "Machine",
+    "Mode",
+    "NullObserver",
+    "Phase",
+    "Project",
+    "State",
+    "WakeFailed",
+]
 
 _monotonic = time.monotonic
 # Held requests released per round of the event loop when their project becomes ready. Measured
@@ -42,47 +58,47 @@ RELEASE_BATCH = 8
 # The waiters of a project nobody waits for (most of them, with 10,000s of projects): one shared
 # empty set instead of a set per project.
 _NO_WAITERS: frozenset[asyncio.Future[None]] = frozenset()
-
-
-class State(enum.StrEnum):
-    ASLEEP = "asleep"
-    WAKING = "waking"
-    READY = "ready"
-    FAILED = "failed"
+#: The HTTP status the data path answers for each rejection reason: the one place a reason
+#: becomes a status (the state machine decides reasons, never statuses).
+REJECTION_STATUS = {
+    "overflow": 503, "draining": 503, "unavailable": 503, "suspended": 503, "timeout": 504, "failed": 502,
+    "removed": 404, "rate_limited": 429,
+}
+_RETRY_AFTER_S = {"draining": 1, "unavailable": 5}
 
 
 class HoldRejected(Exception):
-    """A held request cannot be served; carries the HTTP answer the data path should give.
+    """A request cannot be served now; the data path answers it (status by ``reason``).
 
     ``message`` is public (the body anonymous clients see): it says what happened to the project,
     never why. ``detail`` (stderr lines, Kubernetes reasons, backend errors) is private: it goes to
     the logs only (the admin API shows the project's ``last_error``)."""
 
-    def __init__(self, status: int, reason: str, message: str, retry_after_s: int | None = None,
+    def __init__(self, reason: str, message: str, retry_after_s: int | None = None,
                  detail: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
-        # overflow | timeout | failed | unavailable | removed | draining | rate_limited
+        # overflow | timeout | failed | unavailable | removed | draining | suspended | rate_limited
         self.reason = reason
         self.message = message
         self.retry_after_s = retry_after_s
         self.detail = detail
 
+    @property
+    def status(self) -> int:
+        return REJECTION_STATUS[self.reason]
+
 
 class WakeFailed(Exception):
-    """Set on held requests' futures when a wake fails. ``unavailable``: the backend could not be
-    reached (answered 503, worth retrying) rather than the project failing (502). ``reason``
-    "removed" (the project was deleted), "draining" (the gateway stops) and "timeout" (the wake
-    passed its deadline: each waiter gets what its own hold timeout gives) get their own answers."""
+    """Set on held requests' futures when the machine fails them (``Fail(reason)``)."""
 
-    def __init__(self, message: str, unavailable: bool = False, reason: str = "failed") -> None:
-        super().__init__(message)
-        self.unavailable = unavailable
+    def __init__(self, reason: str, detail: str | None) -> None:
+        super().__init__(detail or reason)
         self.reason = reason
+        self.detail = detail
 
 
 class LifecycleObserver(Protocol):
-    """Hooks for metrics. Every method must be cheap and must not raise."""
+    """Hooks for metrics (and tests). Every method must be cheap and must not raise."""
 
     def wake_started(self, project: str) -> None: ...
     def wake_finished(self, project: str, result: str, duration_s: float) -> None: ...
@@ -90,6 +106,8 @@ class LifecycleObserver(Protocol):
     def held_rejected(self, reason: str) -> None: ...
     def scale_operation(self, direction: str, ok: bool) -> None: ...
     def project_removed(self, project: str) -> None: ...
+    def project_changed(self, project: str) -> None:
+        """An event about ``project`` was handled (its machine may have moved)."""
 
 
 class NullObserver:
@@ -113,23 +131,21 @@ class NullObserver:
     def project_removed(self, project: str) -> None:
         pass
 
+    def project_changed(self, project: str) -> None:
+        pass
+
 
 class Project:
     """Runtime state of one project. Mutated only on the event loop.
 
     A gateway may know 10,000s of projects, nearly all asleep: the per-project footprint is kept
-    small (slots; the lock and the set of held requests exist only once needed)."""
+    small (slots; asleep projects share one machine and one empty set of waiters)."""
 
     __slots__ = (
-        "_op_lock",
         "_rr",
-        "_sleeping",
-        "_up",
         "_waiters",
-        "_wake_id",
-        "_wake_task",
         "endpoints",
-        "held",
+        "failed_mono",
         "hold_timeout_s",
         "idle_timeout_s",
         "in_flight",
@@ -137,6 +153,7 @@ class Project:
         "last_activity_mono",
         "last_activity_wall",
         "last_error",
+        "machine",
         "name",
         "state",
         "strategy",
@@ -145,30 +162,24 @@ class Project:
 
     def __init__(self, info: ProjectInfo, settings: Settings) -> None:
         self.name = info.name
-        self.state = State.ASLEEP
+        self.machine: Machine = INITIAL
+        self.state = State.ASLEEP  # SHOWN[machine.phase], kept beside it for the warm path
         self.endpoints: tuple[Endpoint, ...] = ()
         self.in_flight = 0
-        self.held = 0
         self.last_activity_wall: float | None = None
         self.last_activity_mono: float | None = None
         self.last_error: str | None = None
         self.wake_started_mono: float | None = None
-        self._op_lock: asyncio.Lock | None = None
+        self.failed_mono: float | None = None  # when the last wake failed (None: it did not)
         self._rr = 0
-        self._sleeping = False
-        self._up = False  # scaled up and not scaled down since: the reaper must look at it
-        self._wake_id = 0
-        self._wake_task: asyncio.Task[None] | None = None
+        # The held requests' futures (and admin waiters'); Release and Fail answer them all.
         self._waiters: Set[asyncio.Future[None]] = _NO_WAITERS
         self.apply_info(info, settings)
 
     @property
-    def op_lock(self) -> asyncio.Lock:
-        """Serialises the project's scale operations (created on first use)."""
-        lock = self._op_lock
-        if lock is None:
-            lock = self._op_lock = asyncio.Lock()
-        return lock
+    def held(self) -> int:
+        """Requests waiting for this project to become ready."""
+        return self.machine.held
 
     def _add_waiter(self, fut: asyncio.Future[None]) -> None:
         waiters = self._waiters
@@ -177,12 +188,20 @@ class Project:
         else:
             self._waiters = {fut}
 
-    def _discard_waiter(self, fut: asyncio.Future[None]) -> None:
+    def _discard_waiter(self, fut: asyncio.Future[None]) -> bool:
+        """Forget ``fut``; whether it was still waiting (not yet released or failed)."""
         waiters = self._waiters
-        if isinstance(waiters, set):
+        if isinstance(waiters, set) and fut in waiters:
             waiters.discard(fut)
             if not waiters:
                 self._waiters = _NO_WAITERS
+            return True
+        return False
+
+    def _take_waiters(self) -> list[asyncio.Future[None]]:
+        waiters = [fut for fut in self._waiters if not fut.done()]
+        self._waiters = _NO_WAITERS
+        return waiters
 
     def apply_info(self, info: ProjectInfo, settings: Settings) -> None:
         """Take the backend's per-project settings, falling back to the gateway's defaults."""
@@ -191,6 +210,10 @@ class Project:
         self.idle_timeout_s = s.idle_timeout_s if s.idle_timeout_s is not None else settings.idle_timeout_s
         self.hold_timeout_s = s.hold_timeout_s if s.hold_timeout_s is not None else settings.hold_timeout_s
         self.strategy = s.strategy or settings.default_strategy
+
+    def failed_within(self, seconds: float) -> bool:
+        """Whether the last wake failed less than ``seconds`` ago (and none started since)."""
+        return self.failed_mono is not None and _monotonic() - self.failed_mono < seconds
 
     def pick(self) -> Endpoint | None:
         """A ready endpoint, spreading requests round-robin; ``None`` when the request must hold."""
@@ -212,7 +235,7 @@ class Held:
 
 
 class Lifecycle:
-    """Owns every project's state; the backend's listener; runs the idle reaper."""
+    """Owns every project's machine, carries out its actions; the backend's listener; the reaper."""
 
     def __init__(self, backend: Backend, settings: Settings, observer: LifecycleObserver | None = None) -> None:
         self.backend = backend
@@ -223,9 +246,12 @@ class Lifecycle:
         self.draining = False
         self._unknown: TTLCache[str, bool] = TTLCache(settings.unknown_cache_size, settings.unknown_cache_ttl_s)
         self._reaper: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks = Tasks()
         self._wall_offset = 0.0
         self._wall_anchor_until = float("-inf")
+        # Projects going to sleep: why (for the log), and the admin callers waiting for the result.
+        self._sleep_reasons: dict[str, str] = {}
+        self._slept: dict[str, asyncio.Future[bool]] = {}
         backend.set_listener(self)
 
     # --- start / stop ----------------------------------------------------------------------------
@@ -238,17 +264,16 @@ class Lifecycle:
         self._reaper = asyncio.get_running_loop().create_task(self._reap_loop(), name="wakegate-reaper")
 
     async def close(self) -> None:
-        """Stop the reaper, fail held requests, close the backend."""
+        """Stop the reaper, answer held requests, close the backend."""
         self.draining = True
         if self._reaper:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
-        for p in self.projects.values():
-            self._fail_waiters(p, "the gateway is shutting down", reason="draining")
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for p in list(self.projects.values()):
+            self._step(p, ps.Drain())
+            self._answer_waiters(p, "draining")  # admin waiters too
+        await self._tasks.close()
         await self.backend.close()
 
     # --- lookups ---------------------------------------------------------------------------------
@@ -327,32 +352,27 @@ class Lifecycle:
 
     def wake(self, p: Project) -> None:
         """Start a wake unless one is running or the project is ready. Never blocks."""
-        if self.draining or p.state is State.WAKING or (p.state is State.READY and p.endpoints):
-            return
-        prev = p.state
-        p.state = State.WAKING
-        p.last_error = None
-        p.wake_started_mono = time.monotonic()
-        p._wake_id += 1
-        # A wake is activity: a wake that never becomes ready (failed, timed out) is still reaped
-        # once idle, so its process / replicas do not run forever.
-        self._touch(p)
-        self.observer.wake_started(p.name)
-        logs.event("wake", project=p.name, previous_state=prev.value)
-        self._spawn(self._run_wake(p, p._wake_id))
+        if not self.draining:
+            self._step(p, ps.Wake())
 
     def would_wake(self, p: Project) -> bool:
-        """Whether :meth:`wake` would start a wake of ``p`` now (rather than join one or do nothing)."""
-        return not self.draining and p.state is not State.WAKING and not (p.state is State.READY and p.endpoints)
+        """Whether a request held for ``p`` now would start a wake (rather than join one, or find it ready)."""
+        if self.draining:
+            return False
+        _, actions = ps.transition(p.machine, ps.Hold())
+        return any(isinstance(a, ps.WakeStarted) for a in actions)
 
     def refuse_hold(self, p: Project) -> HoldRejected | None:
-        """Why a new request for ``p`` may not wait for it now (draining, too many waiting), or None."""
+        """Why a new request for ``p`` may not wait for it now (draining, suspended, too many
+        waiting), or None."""
         if self.draining:
-            return HoldRejected(503, "draining", "the gateway is shutting down; retry shortly", 1)
+            return self._rejection(p, "draining", None)
+        if p.machine.mode is Mode.SUSPENDED:
+            return self._rejection(p, "suspended", None)
         if p.held >= self.settings.max_held_per_project or self.held_total >= self.settings.max_held_total:
             which = "this project" if p.held >= self.settings.max_held_per_project else "the gateway"
             return HoldRejected(
-                503, "overflow",
+                "overflow",
                 f"project {p.name} is starting and too many requests are already waiting for {which}; "
                 "retry shortly",
                 max(1, int(p.hold_timeout_s // 10)),
@@ -396,53 +416,50 @@ class Lifecycle:
         loop = asyncio.get_running_loop()
         start = loop.time()
         deadline = start + p.hold_timeout_s
-        p.held += 1
-        self.held_total += 1
-        self.observer.held_changed(1)
-        try:
-            while True:
-                ep = p.pick()
-                if ep is not None:
-                    return Held(ep, loop.time() - start)
-                self.wake(p)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    raise self._hold_timeout(p)
-                fut: asyncio.Future[None] = loop.create_future()
-                p._add_waiter(fut)
-                timer = loop.call_later(remaining, _expire, fut)
-                try:
-                    await fut
-                except TimeoutError:
-                    raise self._hold_timeout(p) from None
-                except WakeFailed as exc:
-                    raise self._wake_rejection(p, exc) from None
-                finally:
-                    timer.cancel()
-                    p._discard_waiter(fut)
-        finally:
-            p.held -= 1
-            self.held_total -= 1
-            self.observer.held_changed(-1)
+        while True:
+            ep = p.pick()
+            if ep is not None:
+                return Held(ep, loop.time() - start)
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise self._rejection(p, "timeout", None)
+            if self.draining:
+                raise self._rejection(p, "draining", None)
+            for action in self._step(p, ps.Hold()):
+                if isinstance(action, ps.Reject):
+                    raise self._rejection(p, action.reason, None)
+            if p.pick() is not None:
+                continue
+            fut: asyncio.Future[None] = loop.create_future()
+            p._add_waiter(fut)
+            timer = loop.call_later(remaining, _expire, fut)
+            try:
+                await fut
+            except TimeoutError:
+                raise self._rejection(p, "timeout", None) from None
+            except WakeFailed as exc:
+                raise self._rejection(p, exc.reason, exc.detail) from None
+            finally:
+                timer.cancel()
+                if p._discard_waiter(fut):  # it stopped waiting before being answered
+                    self._step(p, ps.Left())
 
-    def _hold_timeout(self, p: Project) -> HoldRejected:
-        return HoldRejected(
-            504, "timeout", f"project {p.name} is not ready after {p.hold_timeout_s:g}s",
-            detail=p.last_error or f"it is {p.state.value} and has no ready endpoint",
-        )
-
-    def _wake_rejection(self, p: Project, exc: WakeFailed) -> HoldRejected:
-        # The public messages name the project and what happened, never the backend's reason.
-        if exc.reason == "timeout":
-            return self._hold_timeout(p)
-        if exc.reason == "removed":
-            return HoldRejected(404, "removed", f"project {p.name} was removed", detail=str(exc))
-        if exc.reason == "draining":
-            return HoldRejected(503, "draining", "the gateway is shutting down; retry shortly", 1, detail=str(exc))
-        if exc.unavailable:
-            return HoldRejected(503, "unavailable", f"project {p.name} cannot be started now; retry shortly", 5,
-                                detail=str(exc))
-        return HoldRejected(502, "failed", f"project {p.name} failed to start", detail=str(exc))
+    def _rejection(self, p: Project, reason: str, detail: str | None) -> HoldRejected:
+        """The public answer for ``reason``: it names the project and what happened, never why."""
+        if reason == "timeout":
+            message = f"project {p.name} is not ready after {p.hold_timeout_s:g}s"
+            detail = detail or p.last_error or f"it is {p.state.value} and has no ready endpoint"
+        elif reason == "removed":
+            message = f"project {p.name} was removed"
+        elif reason == "draining":
+            message = "the gateway is shutting down; retry shortly"
+        elif reason == "suspended":
+            message = f"project {p.name} is suspended"
+        elif reason == "unavailable":
+            message = f"project {p.name} cannot be started now; retry shortly"
+        else:
+            message = f"project {p.name} failed to start"
+        return HoldRejected(reason, message, _RETRY_AFTER_S.get(reason), detail)
 
     async def wait_ready(self, p: Project, timeout_s: float | None = None) -> bool:
         """Wake ``p`` and wait until it is ready (admin ``activate?wait=true``). False on timeout."""
@@ -470,123 +487,52 @@ class Lifecycle:
         if ep in p.endpoints:
             p.endpoints = tuple(e for e in p.endpoints if e != ep)
             logs.event("endpoint_dropped", logging.WARNING, project=p.name, endpoint=str(ep), reason=reason)
-            if not p.endpoints and p.state is State.READY:
-                p.state = State.ASLEEP
+            if not p.endpoints:
+                self._step(p, ps.EndpointsChanged(False))
 
-    async def _run_wake(self, p: Project, wake_id: int) -> None:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        try:
-            async with p.op_lock:  # waits for a scale-down in progress
-                if p._wake_id != wake_id or p.state is not State.WAKING:
-                    return
-                await self.backend.scale_up(p.name)
-            self.observer.scale_operation("up", True)
-        except Exception as exc:  # BackendError, or a backend bug: never leave the project "waking"
-            self.observer.scale_operation("up", False)
-            error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
-            logs.event("scale_error", logging.ERROR, project=p.name, direction="up", error=error)
-            if p._wake_id == wake_id and p.state is State.WAKING:
-                self._wake_done(p, "failed", f"scale-up failed: {error}",
-                                unavailable=isinstance(exc, BackendUnavailable))
-            return
-        p._up = True
-        if p.endpoints and p._wake_id == wake_id and p.state is State.WAKING:
-            self._become_ready(p)
-            return
-        # Readiness arrives through endpoints_changed; bound the wake itself by the hold timeout.
-        remaining = p.hold_timeout_s - (loop.time() - started)
-        loop.call_later(max(0.0, remaining), self._wake_deadline, p, wake_id)
-
-    def _wake_deadline(self, p: Project, wake_id: int) -> None:
-        if p._wake_id == wake_id and p.state is State.WAKING:
-            # Its waiters get what their own hold timeouts would give them (504, counted as
-            # "timeout" once each), not a failed wake.
-            self._wake_done(p, "timeout", f"no ready endpoint after {p.hold_timeout_s:g}s", reason="timeout")
-
-    def _become_ready(self, p: Project) -> None:
-        was_waking = p.state is State.WAKING
-        p.state = State.READY
-        p._up = True
-        p.last_error = None
-        if p.last_activity_wall is None:
-            self._touch(p)  # found running: give it a full idle period
-        if was_waking:
-            self._finish_wake_metrics(p, "ready")
-            logs.event("ready", project=p.name, wake_s=round(time.monotonic() - (p.wake_started_mono or 0), 3))
-        self._release([fut for fut in p._waiters if not fut.done()], 0)
-
-    def _release(self, waiters: list[asyncio.Future[None]], start: int) -> None:
-        # A herd is released a batch per round of the event loop: the first requests reach the
-        # project (and its answers come back) while the rest are still being released.
-        end = start + RELEASE_BATCH
-        for fut in waiters[start:end]:
-            if not fut.done():
-                fut.set_result(None)
-        if end < len(waiters):
-            asyncio.get_running_loop().call_soon(self._release, waiters, end)
-
-    def _wake_done(self, p: Project, result: str, error: str, unavailable: bool = False,
-                   reason: str = "failed") -> None:
-        p.state = State.FAILED
-        p.last_error = error
-        self._finish_wake_metrics(p, result)
-        logs.event("wake_failed", logging.WARNING, project=p.name, result=result, error=error)
-        self._fail_waiters(p, error, unavailable, reason)
-
-    def _finish_wake_metrics(self, p: Project, result: str) -> None:
-        duration = time.monotonic() - (p.wake_started_mono or time.monotonic())
-        self.observer.wake_finished(p.name, result, duration)
-
-    def _fail_waiters(self, p: Project, error: str, unavailable: bool = False, reason: str = "failed") -> None:
-        for fut in p._waiters:
-            if not fut.done():
-                fut.set_exception(WakeFailed(error, unavailable, reason))
+    def set_mode(self, p: Project, mode: Mode) -> None:
+        """Run ``p`` as ``mode``: ``Suspended`` answers its held requests and scales it down,
+        ``Running`` wakes it and keeps it from the reaper, ``Auto`` is the default."""
+        was = p.machine.phase
+        self._step(p, ps.ModeChanged(mode))
+        if p.machine.phase is Phase.SLEEPING and was is not Phase.SLEEPING:
+            self._sleep_reasons[p.name] = "suspended"
 
     # --- sleeping --------------------------------------------------------------------------------
 
-    def idle(self, p: Project, now_wall_s: float | None = None) -> bool:
-        """Whether ``p`` may be put to sleep now, across all gateway replicas."""
+    def _quiet(self, p: Project, now_wall_s: float | None = None) -> bool:
         return is_idle(
             now_wall_s=time.time() if now_wall_s is None else now_wall_s,
             idle_timeout_s=p.idle_timeout_s,
             last_activity_wall_s=p.last_activity_wall,
-            in_flight=p.in_flight,
-            held=p.held,
+            in_flight=0,
+            held=0,
             shared=self.backend.shared_activity(p.name),
         )
 
     async def sleep(self, p: Project, reason: str = "idle") -> bool:
-        """Scale ``p`` to zero. Requests arriving meanwhile are held and wake it again afterwards.
+        """Scale ``p`` to zero (``reason`` "idle": only if it is idle now, else an operator's
+        deactivate). Requests arriving meanwhile are held and wake it again afterwards.
 
-        Returns False when the backend refused (another replica woke or used it) or failed.
+        Returns False when nothing was done, or the backend refused (another replica woke or used
+        it) or failed.
         """
-        if p._sleeping or (reason == "idle" and not self.idle(p)):
-            return False  # an idle sleep re-checks: a request may have started since the reaper looked
-        previous_state, previous_endpoints = p.state, p.endpoints
-        p._sleeping = True
-        p.state = State.ASLEEP
-        p.endpoints = ()
-        p._wake_id += 1  # a wake in progress is superseded; its waiters re-wake after this
-        ok = False
-        try:
-            async with p.op_lock:
-                ok = await self.backend.scale_down(p.name, p.last_activity_wall)
-            if ok:
-                p._up = False
-            self.observer.scale_operation("down", True)
-            logs.event("sleep", project=p.name, reason=reason, scaled_down=ok)
-        except BackendError as exc:
-            self.observer.scale_operation("down", False)
-            logs.event("scale_error", logging.ERROR, project=p.name, direction="down", error=str(exc))
-        finally:
-            p._sleeping = False
-        if not ok and p.state is State.ASLEEP and not p._waiters:
-            # Still running: put it back in rotation; the reaper retries later.
-            p.state, p.endpoints = previous_state, previous_endpoints
-        elif p._waiters and p.state is State.ASLEEP:
-            self.wake(p)  # requests arrived during the scale-down
-        return ok
+        event: ps.Event = ps.IdleDeadline(self._quiet(p), p.in_flight) if reason == "idle" else ps.Deactivate()
+        was = p.machine.phase
+        self._step(p, event)  # a ScaleDown it asks for runs in a task: the reason is set before that
+        if p.machine.phase is not Phase.SLEEPING or was is Phase.SLEEPING:
+            return False
+        self._sleep_reasons[p.name] = reason
+        fut = self._slept.get(p.name)
+        if fut is None:
+            fut = self._slept[p.name] = asyncio.get_running_loop().create_future()
+        return await asyncio.shield(fut)
+
+    def _would_sleep(self, p: Project, now_wall_s: float) -> bool:
+        if not self._quiet(p, now_wall_s):
+            return False
+        after, _ = ps.transition(p.machine, ps.IdleDeadline(True, p.in_flight))
+        return after.phase is Phase.SLEEPING
 
     async def _reap_loop(self) -> None:
         while True:
@@ -597,15 +543,21 @@ class Lifecycle:
                 logging.getLogger(__name__).exception("reaper iteration failed")
 
     def reap_once(self) -> list[str]:
-        """Start a sleep for every idle project (leader only). Returns their names."""
+        """Start a sleep for every idle project (leader only). Returns their names.
+
+        The sleep decides when its task runs: a request that picked the endpoint meanwhile keeps
+        the project awake."""
         if self.draining or not self.backend.may_reap():
             return []
         now = time.time()
         names = []
         for p in list(self.projects.values()):
-            if (p.state is not State.ASLEEP or p._up) and not p._sleeping and self.idle(p, now):
+            # Cheap checks first (identity, not hashing an enum): most of 10,000s are asleep or busy.
+            phase = p.machine.phase
+            if phase is not Phase.ASLEEP and phase is not Phase.SLEEPING and not p.in_flight \
+                    and self._would_sleep(p, now):
                 names.append(p.name)
-                self._spawn(self.sleep(p))
+                self._tasks.spawn(self.sleep(p), f"wakegate-sleep-{p.name}")
         return names
 
     # --- BackendListener -------------------------------------------------------------------------
@@ -617,31 +569,15 @@ class Lifecycle:
             p = self.projects.get(name)
             if p is None:
                 return
-        if p._sleeping:
-            return  # stale addresses of what is being scaled down
         p.endpoints = tuple(endpoints)
-        if p.endpoints:
-            if p.state is not State.READY:
-                self._become_ready(p)
-        elif p.state is State.READY:
-            p.state = State.ASLEEP
+        self._step(p, ps.EndpointsChanged(bool(endpoints)))
 
     def wake_failed(self, name: str, reason: str) -> None:
         p = self.projects.get(name)
         if p is None:
             return
-        if p.state is State.WAKING or (p.state is not State.READY and p._waiters):
-            self._wake_done(p, "failed", reason)
-        elif p.state is State.ASLEEP and not p._sleeping:
-            # Scaled up elsewhere (another gateway replica, a person) and failing: show it as failed
-            # and give it an idle period, so the reaper scales it back down instead of ignoring it.
-            p.state = State.FAILED
-            p.last_error = reason
-            p._up = True
-            if p.last_activity_wall is None:
-                self._touch(p)
-        else:
-            p.last_error = reason
+        p.last_error = reason
+        self._step(p, ps.BackendFailed(reason))
 
     def projects_changed(self) -> None:
         self._sync_projects()
@@ -657,15 +593,124 @@ class Lifecycle:
                 p.apply_info(info, self.settings)
         for name in [n for n in self.projects if n not in table]:
             p = self.projects.pop(name)
-            self._fail_waiters(p, f"project {name} was removed", reason="removed")
+            self._step(p, ps.Remove())
+            self._answer_waiters(p, "removed")
             self.observer.project_removed(name)
 
-    # --- helpers ---------------------------------------------------------------------------------
+    # --- carrying out a transition -----------------------------------------------------------------
 
-    def _spawn(self, coro: object) -> None:
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _step(self, p: Project, event: ps.Event) -> tuple[ps.Action, ...]:
+        """Apply ``event`` to ``p``'s machine and carry out the actions; returns them (the caller
+        of a Hold answers a Reject)."""
+        before = p.machine
+        after, actions = ps.transition(before, event)
+        if after is not before:
+            p.machine = after
+            p.state = SHOWN[after.phase]
+            delta = after.held - before.held
+            if delta:
+                self.held_total += delta
+                self.observer.held_changed(delta)
+        for action in actions:
+            self._act(p, action, before)
+        self.observer.project_changed(p.name)
+        return actions
+
+    def _act(self, p: Project, action: ps.Action, before: Machine) -> None:
+        match action:
+            case ps.ScaleUp(wake=wake):
+                self._tasks.spawn(self._scale_up(p, wake), f"wakegate-scale-up-{p.name}")
+            case ps.ScaleDown():
+                self._tasks.spawn(self._scale_down(p), f"wakegate-scale-down-{p.name}")
+            case ps.ArmDeadline(wake=wake):
+                loop = asyncio.get_running_loop()
+                started = p.wake_started_mono if p.wake_started_mono is not None else _monotonic()
+                remaining = p.hold_timeout_s - (_monotonic() - started)
+                loop.call_later(max(0.0, remaining), self._deadline, p, wake)
+            case ps.WakeStarted(previous=previous):
+                p.last_error = None
+                p.failed_mono = None
+                p.wake_started_mono = _monotonic()
+                # A wake is activity: a wake that never becomes ready (failed, timed out) is still
+                # reaped once idle, so its process / replicas do not run forever.
+                self._touch(p)
+                self.observer.wake_started(p.name)
+                logs.event("wake", project=p.name, previous_state=SHOWN[previous].value)
+            case ps.WakeEnded(result=result, error=error):
+                started = p.wake_started_mono if p.wake_started_mono is not None else _monotonic()
+                duration = _monotonic() - started
+                self.observer.wake_finished(p.name, result, duration)
+                if result == "ready":
+                    logs.event("ready", project=p.name, wake_s=round(duration, 3))
+                else:
+                    p.failed_mono = _monotonic()
+                    p.last_error = error or f"no ready endpoint after {p.hold_timeout_s:g}s"
+                    logs.event("wake_failed", logging.WARNING, project=p.name, result=result, error=p.last_error)
+            case ps.BecameReady():
+                p.last_error = None
+                if p.last_activity_wall is None:
+                    self._touch(p)  # found running: give it a full idle period
+            case ps.Release():
+                self._release(p._take_waiters(), 0)
+            case ps.Fail(reason=reason):
+                self._answer_waiters(p, reason)
+            case ps.Touch():
+                if p.last_activity_wall is None:
+                    self._touch(p)
+            case ps.ForgetEndpoints():
+                p.endpoints = ()
+            case ps.Reject():
+                pass  # answered by the caller of the Hold
+
+    def _answer_waiters(self, p: Project, reason: str) -> None:
+        # A failed wake's cause is private detail; the other reasons say all there is.
+        detail = p.last_error or reason if reason in ("failed", "unavailable") else None
+        for fut in p._take_waiters():
+            fut.set_exception(WakeFailed(reason, detail))
+
+    def _release(self, waiters: list[asyncio.Future[None]], start: int) -> None:
+        # A herd is released a batch per round of the event loop: the first requests reach the
+        # project (and its answers come back) while the rest are still being released.
+        end = start + RELEASE_BATCH
+        for fut in waiters[start:end]:
+            if not fut.done():
+                fut.set_result(None)
+        if end < len(waiters):
+            asyncio.get_running_loop().call_soon(self._release, waiters, end)
+
+    def _deadline(self, p: Project, wake: int) -> None:
+        # Its waiters get what their own hold timeouts would give them (504, counted as "timeout"
+        # once each), not a failed wake.
+        self._step(p, ps.WakeDeadline(wake))
+
+    async def _scale_up(self, p: Project, wake: int) -> None:
+        try:
+            await self.backend.scale_up(p.name)
+        except Exception as exc:  # BackendError, or a backend bug: never leave the project "waking"
+            self.observer.scale_operation("up", False)
+            error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            logs.event("scale_error", logging.ERROR, project=p.name, direction="up", error=error)
+            self._step(p, ps.ScaleUpDone(wake, False, isinstance(exc, BackendUnavailable),
+                                         f"scale-up failed: {error}"))
+            return
+        self.observer.scale_operation("up", True)
+        self._step(p, ps.ScaleUpDone(wake, True))
+
+    async def _scale_down(self, p: Project) -> None:
+        ok = False
+        reason = self._sleep_reasons.pop(p.name, "idle")
+        try:
+            ok = await self.backend.scale_down(p.name, p.last_activity_wall)
+            self.observer.scale_operation("down", True)
+            logs.event("sleep", project=p.name, reason=reason, scaled_down=ok)
+        except Exception as exc:  # BackendError, or a backend bug: never leave the project "sleeping"
+            self.observer.scale_operation("down", False)
+            error = str(exc) if isinstance(exc, BackendError) else f"{type(exc).__name__}: {exc}"
+            logs.event("scale_error", logging.ERROR, project=p.name, direction="down", error=error)
+        self._step(p, ps.ScaleDownDone(ok))
+        fut = self._slept.pop(p.name, None)
+        if fut is not None and not fut.done():
+            fut.set_result(ok)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from operator import attrgetter
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client import metrics as _prometheus_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -37,12 +37,18 @@ if TYPE_CHECKING:
 # Prometheus version scrapes.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other")
+# Status classes, plus the waiting page: sent with 503 but a normal cold browser visit, counted apart
+# so that error-rate alerts on 5xx do not fire on wakes.
+CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx", "other", "waiting_page")
+WAITING_PAGE_CLASS = 6
 # Sub-millisecond resolution for the warm path, up to the longest hold a request may see.
 REQUEST_BUCKETS_S = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
     1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
 )
+# Tunnel and stream lifetimes: seconds to hours.
+STREAM_BUCKETS_S = (0.1, 1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 86400.0)
+STREAM_KINDS = ("tunnel", "stream")
 WAKEUP_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 WAKE_RESULTS = ("ready", "timeout", "failed")
 # Why a request for a project without a ready endpoint was answered with an error, counted once per
@@ -84,8 +90,10 @@ class Metrics:
     data path's ``RequestObserver`` (finished requests, upstream errors, in-flight changes).
     """
 
-    def __init__(self, lifecycle: Lifecycle | None = None) -> None:
+    def __init__(self, lifecycle: Lifecycle | None = None, created_series: bool = False) -> None:
         self.lifecycle = lifecycle
+        # prometheus-client's ``*_created`` series (its switch is process-wide): off unless asked for.
+        _prometheus_metrics._use_created = created_series
         self.held = 0
         self.inflight = 0
         self.project_requests: dict[str, int] = {}
@@ -93,9 +101,9 @@ class Metrics:
         # Projects by state counted by render() ahead of the exposition (None: count when collected).
         self._state_counts: dict[str, int] | None = None
 
-        # Finished requests per status class (index = status // 100 - 1 for 1xx..5xx, last = other):
-        # histogram buckets (not cumulative; the last one is +Inf) and the sum of durations. The
-        # request count of a class is the sum of its buckets.
+        # Finished requests per class (index = status // 100 - 1 for 1xx..5xx, then other, then the
+        # waiting page): histogram buckets of the time to the response head (not cumulative; the last
+        # one is +Inf) and their sum. The request count of a class is the sum of its buckets.
         self._request_buckets = [[0] * (len(REQUEST_BUCKETS_S) + 1) for _ in CODE_CLASSES]
         self._request_sums = [0.0] * len(CODE_CLASSES)
 
@@ -129,11 +137,17 @@ class Metrics:
                                         "Failures talking to a project's endpoint, by reason.", ["reason"],
                                         registry=core)
         self._upstream_by = {r: self._upstream_errors.labels(r) for r in UPSTREAM_ERROR_REASONS}
+        self._streams = Histogram("wakegate_stream_duration_seconds",
+                                  "Lifetime of WebSocket (and other upgrade) tunnels and of responses streamed "
+                                  "over more than one read (SSE, downloads), from response head to end, by kind.",
+                                  ["kind"], buckets=STREAM_BUCKETS_S, registry=core)
+        self._streams_by = {k: self._streams.labels(k) for k in STREAM_KINDS}
         self._live = _LiveCollector(self)
         core.register(self._live)
+        process = ProcessCollector(registry=core)  # process_cpu_seconds_total, memory, open fds
         self._core_collectors: tuple[Collector, ...] = (
             requests, wakeups, self._wakeup_duration, self._wakes_started, self._held_rejected, scale,
-            self._upstream_errors, self._live,
+            self._upstream_errors, self._streams, self._live, process,
         )
 
         # The full registry (core + per-project series) for synchronous generate_latest users.
@@ -147,10 +161,13 @@ class Metrics:
 
     # --- RequestObserver (data path) -------------------------------------------------------------
 
-    def request_finished(self, project: str | None, status: int, duration_s: float) -> None:
-        """A response is complete (or failed); ``project`` is None when routing failed."""
+    def request_finished(self, project: str | None, status: int, duration_s: float, page: bool = False) -> None:
+        """A response is complete (or failed); ``duration_s`` is the time to its head; ``project`` is
+        None when routing failed; ``page``: it was the waiting page."""
         i = status // 100 - 1
-        if i < 0 or i > 4:
+        if page:
+            i = WAITING_PAGE_CLASS
+        elif i < 0 or i > 4:
             i = 5
         self._request_buckets[i][bisect_left(REQUEST_BUCKETS_S, duration_s)] += 1
         self._request_sums[i] += duration_s
@@ -161,6 +178,10 @@ class Metrics:
                 self._count(table, project)
             else:
                 table[project] = n + 1
+
+    def stream_finished(self, kind: str, duration_s: float) -> None:
+        """A tunnel (``kind`` "tunnel") or a streamed response ("stream") ended ``duration_s`` after its head."""
+        self._streams_by[kind].observe(duration_s)
 
     def upstream_error(self, reason: str) -> None:
         """The data path could not talk to an endpoint (``connect``, ``timeout``, ``reset``, …)."""
@@ -201,6 +222,9 @@ class Metrics:
     def project_removed(self, project: str) -> None:
         self.project_requests.pop(project, None)
         self.project_wakeups.pop(project, None)
+
+    def project_changed(self, project: str) -> None:
+        pass  # states are read from the lifecycle at scrape time
 
     def _count(self, table: dict[str, int], project: str) -> None:
         n = table.get(project)
@@ -309,7 +333,9 @@ class _RequestCollector(Collector):
 
 
 _REQUESTS_HELP = "Requests answered by the public listener, by status class."
-_DURATION_HELP = "Time from request start to response end (including holds), by status class."
+_DURATION_HELP = ("Time from the request head to the response head (including holds), by status class "
+                  "(waiting_page: the waiting page); tunnel and stream lifetimes are in "
+                  "wakegate_stream_duration_seconds.")
 
 
 class _LiveCollector(Collector):
@@ -332,6 +358,14 @@ class _LiveCollector(Collector):
         yield states
         yield GaugeMetricFamily("wakegate_held_requests", "Requests waiting for their project to wake.", m.held)
         yield GaugeMetricFamily("wakegate_inflight_requests", "Requests being proxied to a project.", m.inflight)
+        if m.lifecycle is not None:
+            backend = m.lifecycle.backend
+            yield GaugeMetricFamily("wakegate_backend_reachable",
+                                    "1 when the backend (the Kubernetes API server) answered its last request.",
+                                    1 if backend.reachable else 0)
+            yield GaugeMetricFamily("wakegate_reaper_leader",
+                                    "1 on the replica that runs the idle reaper (holds the Lease).",
+                                    1 if backend.may_reap() else 0)
 
 
 class _ProjectCollector(Collector):

@@ -34,6 +34,7 @@ from typing import Any
 NATIVE_MODULES = (
     "gateway.headers",
     "gateway.forward.client",
+    "gateway.forward.memo",
     "gateway.forward.upstream",
     "gateway.server",
     "gateway.metrics",

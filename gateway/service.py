@@ -9,17 +9,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import importlib.machinery
 import ipaddress
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import uvloop
 from aiohttp import web
 
 from gateway import logs, native
 from gateway.admin import create_admin_app, mark_draining, start_admin
-from gateway.backends.base import Backend
+from gateway.backends.base import Backend, BackendError
 from gateway.config import Settings
 from gateway.lifecycle import Lifecycle
 from gateway.metrics import Metrics
@@ -31,31 +32,28 @@ class StartupError(Exception):
     """The gateway cannot start (missing C extensions, port in use, backend unavailable)."""
 
 
-def check_extensions() -> None:
-    """Fail loudly unless the compiled parts the data path relies on are importable: aiohttp's
-    C HTTP parser and WebSocket reader, httptools (llhttp) and uvloop."""
-    import aiohttp.helpers
-    import aiohttp.http_parser
-    import aiohttp.http_websocket
+#: The compiled modules the data path runs on: llhttp (through httptools) parses every request and
+#: response head, and uvloop is the event loop. WebSocket frames pass through as bytes, and aiohttp
+#: (the admin API, the activity pulls) may run on its pure-Python parser.
+DATA_PATH_EXTENSIONS = ("httptools.parser.parser", "uvloop.loop")
 
+
+def check_extensions() -> None:
+    """Fail loudly unless every module of :data:`DATA_PATH_EXTENSIONS` is importable and compiled."""
     missing = []
-    for module in ("aiohttp._http_parser", "aiohttp._http_writer", "aiohttp._websocket.reader_c", "httptools.parser"):
+    for module in DATA_PATH_EXTENSIONS:
         try:
-            importlib.import_module(module)
+            spec = importlib.import_module(module).__spec__
         except ImportError:
             missing.append(module)
-    if aiohttp.helpers.NO_EXTENSIONS:
-        missing.append("aiohttp (AIOHTTP_NO_EXTENSIONS is set)")
-    elif not missing and (
-        aiohttp.http_parser.HttpRequestParser.__module__ != "aiohttp._http_parser"
-        or aiohttp.http_websocket.WebSocketReader.__module__ != "aiohttp._websocket.reader_c"
-    ):
-        missing.append("aiohttp (the pure-Python parser is in use)")
+            continue
+        origin = (spec.origin if spec is not None else None) or ""
+        if not origin.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            missing.append(f"{module} (not a compiled extension: {origin})")
     if missing:
         raise StartupError(
             "compiled extensions are missing: " + ", ".join(missing)
-            + "; reinstall them from binary wheels (pip install --force-reinstall aiohttp httptools)"
-            " and make sure AIOHTTP_NO_EXTENSIONS is not set"
+            + "; reinstall them from binary wheels (pip install --force-reinstall httptools uvloop)"
         )
 
 
@@ -112,7 +110,10 @@ class Service:
         """Load the project table, then bind the public and admin listeners. Raises
         :class:`~gateway.config.ConfigError` (bad projects file) or :class:`StartupError`."""
         self._started = True
-        await self.lifecycle.start()  # first: a bad projects file fails before anything is bound
+        try:
+            await self.lifecycle.start()  # first: a bad projects file fails before anything is bound
+        except BackendError as exc:  # e.g. no Kubernetes credentials: one line, not a traceback
+            raise StartupError(f"--backend {self.settings.backend}: {exc}") from None
         try:
             try:
                 self._listening = True
@@ -168,11 +169,10 @@ class Service:
 
     async def reload(self) -> None:
         """Re-read the backend's project table, when the backend supports it (SIGHUP)."""
-        reload: Callable[[], Awaitable[None]] | None = getattr(self.backend, "reload", None)
-        if reload is None:
+        if not self.backend.supports_reload:
             logs.event("reload_unsupported", logging.WARNING, backend=self.settings.backend)
             return
-        await reload()
+        await self.backend.reload()
 
 
 async def run(settings: Settings, *, ready_callback: Callable[[Service], None] | None = None) -> None:

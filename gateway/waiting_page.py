@@ -10,6 +10,11 @@ soon as the project is ready. Without JavaScript a ``<noscript>`` meta refresh r
 (503, ``Retry-After``, ``Cache-Control: no-store`` and a slower ``Refresh`` header as a safety net
 should the script be blocked).
 
+When the wake fails the script stops polling and loads the page once more: the data path answers
+that navigation, while the failure is recent (:data:`FAILED_PAGE_S`), with the final error page
+(:func:`render_failed_page`, status :data:`FAILED_STATUS`, no script, no refresh) instead of
+waking the project again. A navigation after that window tries again.
+
 Neither the page nor the status answer says why a project failed (its stderr, the backend's
 reasons): they are public. The page shows the request id, which a user can quote to an operator,
 who finds the details in the logs and the admin API.
@@ -29,6 +34,10 @@ NOSCRIPT_REFRESH_S = 2
 # The ``Refresh`` header: a slower fallback for browsers whose script does not run or cannot poll.
 REFRESH_HEADER_S = 5
 RETRY_AFTER_S = 2
+# The final error page: its status, and how long after a failed wake a browser navigation gets it
+# rather than a new wake (long enough for the waiting page's own reload to see it).
+FAILED_STATUS = 502
+FAILED_PAGE_S = 30.0
 
 
 def wants_page(method: str, accept: str | None, sec_fetch_mode: str | None, strategy: str) -> bool:
@@ -70,6 +79,15 @@ _MESSAGES = {
     "ready": "is ready",
     "failed": "could not start; trying again",
 }
+
+
+def render_failed_page(project: str, request_id: str | None = None) -> bytes:
+    """The final error page after a failed wake (sent with :data:`FAILED_STATUS`): it says the
+    project could not start and shows the request id, never why; it does not poll or refresh."""
+    name = html.escape(project, quote=True)
+    rid = "" if request_id is None else \
+        f'\n<p class="rid">Request id: <code id="rid">{html.escape(request_id, quote=True)}</code></p>'
+    return _FAILED_TEMPLATE.format(name=name, rid=rid).encode()
 
 
 def render_page(project: str, state: str, elapsed_s: float, hold_timeout_s: float,
@@ -157,7 +175,13 @@ p {{ margin: .4rem 0; color: var(--muted); }}
       .then(function (st) {{
         misses = 0;
         if (st.ready) {{ reload(); return; }}
-        messageEl.textContent = st.state === "failed" ? "could not start; trying again" : "is starting";
+        if (st.state === "failed") {{  // final: the gateway answers the reload with the error page
+          done = true;
+          messageEl.textContent = "could not start";
+          window.location.reload();
+          return;
+        }}
+        messageEl.textContent = "is starting";
         setTimeout(poll, cfg.poll);
       }})
       .catch(function () {{
@@ -171,6 +195,32 @@ p {{ margin: .4rem 0; color: var(--muted); }}
   setTimeout(poll, cfg.poll);
 }})();
 </script>
+</body>
+</html>
+"""
+
+_FAILED_TEMPLATE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<meta name="robots" content="noindex">
+<title>{name} could not start</title>
+<style>
+:root {{ color-scheme: light dark; }}
+body {{ margin: 0; min-height: 100vh; display: grid; place-items: center;
+  font: 16px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; }}
+main {{ padding: 2rem 2.5rem; max-width: 32rem; margin: 1rem; text-align: center; }}
+h1 {{ font-size: 1.35rem; word-break: break-word; }}
+.rid {{ font-size: .8rem; }}
+</style>
+</head>
+<body>
+<main role="alert" data-state="failed">
+<h1><span id="name">{name}</span> could not start</h1>
+<p>The environment failed to start. Reload this page in a minute to try again; if it keeps failing,
+give the request id below to the people who run it.</p>{rid}
+</main>
 </body>
 </html>
 """

@@ -1,7 +1,7 @@
 """Talk to the Kubernetes API: apply, inspect, list and delete projects.
 
 Every write is a server-side apply (``application/apply-patch+yaml``) of a rendered object under
-:data:`~provisioner.labels.FIELD_MANAGER` with ``force=true`` and ``fieldValidation=Strict``, so
+:data:`~gateway.contract.PROVISIONER_FIELD_MANAGER` with ``force=true`` and ``fieldValidation=Strict``, so
 applying is idempotent and a re-run finishes whatever an interrupted run left. One
 ``ApiClient`` per command; every request carries a timeout.
 
@@ -15,7 +15,7 @@ applying is idempotent and a re-run finishes whatever an interrupted run left. O
    errors surface now rather than at the first wake. If that fails, a namespace created in step 2 is
    deleted again: nothing stays applied;
 3. everything is applied in render order; the Deployment's ``spec.replicas`` is written only when
-   the Deployment is created and is then handed to :data:`~provisioner.labels.REPLICAS_FIELD_MANAGER`,
+   the Deployment is created and is then handed to :data:`~gateway.contract.REPLICAS_FIELD_MANAGER`,
    so re-applying never scales a running project;
 4. objects this project's managed set no longer contains are pruned (never PersistentVolumeClaims);
 5. wait until the quota controller and the Deployment controller have seen the objects.
@@ -29,7 +29,6 @@ import binascii
 import contextlib
 import copy
 import json
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -40,10 +39,11 @@ from urllib.parse import quote
 
 import aiohttp
 from kubernetes_asyncio import client as k8s_client
-from kubernetes_asyncio import config as k8s_config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from . import labels as L
+from gateway import contract as C
+from gateway.backends.k8s.client import CredentialsError, api_client
+
 from .errors import ProvisionError, SpecError
 from .render import (
     CHECKSUM_KEY_BYTES,
@@ -136,25 +136,15 @@ class KubeError(ProvisionError):
         self.reason = reason
 
 
-def _use_kubeconfig(kubeconfig: str | Path | None, context: str | None) -> bool:
-    if kubeconfig is not None or context is not None or "KUBERNETES_SERVICE_HOST" not in os.environ:
-        return True
-    return Path(os.environ.get("KUBECONFIG", "~/.kube/config").split(os.pathsep)[0]).expanduser().exists()
-
-
 async def connect(kubeconfig: str | Path | None = None, context: str | None = None) -> k8s_client.ApiClient:
     """An ``ApiClient`` from ``kubeconfig`` (or ``$KUBECONFIG``, ``~/.kube/config``; in a pod without
-    either, the in-cluster ServiceAccount)."""
-    cfg = k8s_client.Configuration()
+    either, the in-cluster ServiceAccount): :func:`gateway.backends.k8s.client.api_client`. Refreshed
+    tokens are written back to the kubeconfig, as kubectl does."""
     try:
-        if _use_kubeconfig(kubeconfig, context):
-            await k8s_config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None,
-                                              context=context, client_configuration=cfg)
-        else:
-            k8s_config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-    except (k8s_config.ConfigException, OSError, ValueError, TypeError) as exc:
-        raise ProvisionError(f"cannot load Kubernetes credentials: {exc}".splitlines()[0], exit_code=2) from None
-    return k8s_client.ApiClient(configuration=cfg)
+        return await api_client(kubeconfig, context, persist_config=True)
+    except CredentialsError as exc:
+        raise ProvisionError(f"this command needs a Kubernetes cluster: {exc} "
+                             "(`wakegate project render` needs none)", exit_code=2) from None
 
 
 class Kube:
@@ -207,7 +197,7 @@ class Kube:
             item.setdefault("apiVersion", TYPES[kind].api_version)
         return items
 
-    async def apply(self, obj: Obj, *, manager: str = L.FIELD_MANAGER, force: bool = True,
+    async def apply(self, obj: Obj, *, manager: str = C.PROVISIONER_FIELD_MANAGER, force: bool = True,
                     dry_run: bool = False) -> Obj:
         """Server-side apply ``obj`` (strict field validation)."""
         query = [("fieldManager", manager), ("fieldValidation", "Strict")]
@@ -222,7 +212,7 @@ class Kube:
     async def create(self, obj: Obj, *, dry_run: bool = False) -> Obj:
         """POST ``obj`` (used for the dry-run Pod, which has only a ``generateName``)."""
         meta = obj["metadata"]
-        query = [("fieldManager", L.FIELD_MANAGER), ("fieldValidation", "Strict")]
+        query = [("fieldManager", C.PROVISIONER_FIELD_MANAGER), ("fieldValidation", "Strict")]
         if dry_run:
             query.append(("dryRun", "All"))
         result: Obj = await self.request("POST", resource_type(obj).collection_path(meta.get("namespace")),
@@ -245,7 +235,7 @@ class Kube:
     async def merge_patch(self, path: str, patch: Obj) -> Obj:
         """JSON merge patch (for objects the provisioner does not own, such as PersistentVolumes)."""
         result: Obj = await self.request("PATCH", path, body=patch, content_type="application/merge-patch+json",
-                                         query=[("fieldManager", L.FIELD_MANAGER)])
+                                         query=[("fieldManager", C.PROVISIONER_FIELD_MANAGER)])
         return result
 
 
@@ -297,8 +287,7 @@ class ApplyReport:
 
 
 def _is_managed(obj: Obj, project: str) -> bool:
-    obj_labels = obj.get("metadata", {}).get("labels") or {}
-    return bool(obj_labels.get(L.MANAGED_BY_LABEL) == L.MANAGED_BY and obj_labels.get(L.PROJECT_LABEL) == project)
+    return C.managed_project(obj.get("metadata", {}).get("labels") or {}) == project
 
 
 async def check_namespace(kube: Kube, namespace: str, project: str) -> Obj | None:
@@ -307,12 +296,12 @@ async def check_namespace(kube: Kube, namespace: str, project: str) -> Obj | Non
     if ns is None:
         return None
     ns_labels = ns.get("metadata", {}).get("labels") or {}
-    if ns_labels.get(L.MANAGED_BY_LABEL) != L.MANAGED_BY:
+    if ns_labels.get(C.MANAGED_BY_LABEL) != C.MANAGED_BY:
         raise ProvisionError(f"namespace {namespace} already exists and is not managed by wakegate "
-                             f"(no {L.MANAGED_BY_LABEL}={L.MANAGED_BY} label); refusing to touch it", exit_code=2)
-    if ns_labels.get(L.PROJECT_LABEL) != project:
+                             f"(no {C.MANAGED_BY_LABEL}={C.MANAGED_BY} label); refusing to touch it", exit_code=2)
+    if ns_labels.get(C.PROJECT_LABEL) != project:
         raise ProvisionError(f"namespace {namespace} belongs to wakegate project "
-                             f"{ns_labels.get(L.PROJECT_LABEL)!r}, not {project!r}", exit_code=2)
+                             f"{ns_labels.get(C.PROJECT_LABEL)!r}, not {project!r}", exit_code=2)
     if ns.get("metadata", {}).get("deletionTimestamp") or ns.get("status", {}).get("phase") == "Terminating":
         raise ProvisionError(f"namespace {namespace} is still terminating; wait until it is gone "
                              f"(wakegate project delete {project} --wait) and retry", exit_code=2)
@@ -322,7 +311,7 @@ async def check_namespace(kube: Kube, namespace: str, project: str) -> Obj | Non
 def _replicas_owned_elsewhere(deploy: Obj) -> bool:
     """Whether some manager other than the provisioner's main one owns ``spec.replicas``."""
     for entry in deploy.get("metadata", {}).get("managedFields") or []:
-        if entry.get("manager") == L.FIELD_MANAGER:
+        if entry.get("manager") == C.PROVISIONER_FIELD_MANAGER:
             continue
         spec_fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
         if "f:replicas" in spec_fields:
@@ -348,7 +337,7 @@ async def _apply_deployment(kube: Kube, deploy: Obj, current: Obj | None, *, dry
                  "metadata": {"name": deploy["metadata"]["name"], "namespace": deploy["metadata"]["namespace"]},
                  "spec": {"replicas": int(current.get("spec", {}).get("replicas") or 0)}}
         try:
-            await kube.apply(claim, manager=L.REPLICAS_FIELD_MANAGER, force=False)
+            await kube.apply(claim, manager=C.REPLICAS_FIELD_MANAGER, force=False)
         except KubeError as exc:
             if exc.status != 409:  # 409: someone scaled it meanwhile; then they own the count
                 raise
@@ -451,9 +440,9 @@ def _identity(objs: list[Obj]) -> tuple[str, str]:
     if not objs or objs[0].get("kind") != "Namespace":
         raise ProvisionError("the first object must be the project's Namespace", exit_code=2)
     ns = objs[0]["metadata"]
-    project = (ns.get("labels") or {}).get(L.PROJECT_LABEL)
+    project = (ns.get("labels") or {}).get(C.PROJECT_LABEL)
     if not project:
-        raise ProvisionError(f"Namespace {ns['name']} has no {L.PROJECT_LABEL} label", exit_code=2)
+        raise ProvisionError(f"Namespace {ns['name']} has no {C.PROJECT_LABEL} label", exit_code=2)
     for obj in objs[1:]:
         resource_type(obj)
         if obj["metadata"].get("namespace") != ns["name"]:
@@ -541,7 +530,7 @@ async def create_from_spec(kube: Kube, spec: ProjectSpec, *, dry_run: bool = Fal
 async def prune(kube: Kube, objs: list[Obj], namespace: str, project: str, *, dry_run: bool = False) -> list[str]:
     """Delete managed objects of this project that ``objs`` no longer contains (never volumes)."""
     wanted = {(o["kind"], o["metadata"]["name"]) for o in objs}
-    selector = f"{L.MANAGED_SELECTOR},{L.PROJECT_LABEL}={project}"
+    selector = f"{C.MANAGED_SELECTOR},{C.PROJECT_LABEL}={project}"
     pruned: list[str] = []
     for kind in PRUNE_KINDS:
         for item in await kube.list(kind, namespace, selector):
@@ -616,7 +605,7 @@ async def project_status(kube: Kube, project: str, namespace: str, *, url: str |
     deploy = await kube.get(TYPES["Deployment"].object_path(project, namespace)) or {}
     d_spec, d_status = deploy.get("spec") or {}, deploy.get("status") or {}
     annotations = (deploy.get("metadata") or {}).get("annotations") or {}
-    slices = await kube.list("EndpointSlice", namespace, f"kubernetes.io/service-name={project}")
+    slices = await kube.list("EndpointSlice", namespace, f"{C.SERVICE_NAME_LABEL}={project}")
     ready = not_ready = 0
     for eps in slices:
         for ep in eps.get("endpoints") or []:
@@ -625,13 +614,13 @@ async def project_status(kube: Kube, project: str, namespace: str, *, url: str |
             else:
                 not_ready += 1
     quota_usage: dict[str, dict[str, str]] = {}
-    for quota in await kube.list("ResourceQuota", namespace, L.MANAGED_SELECTOR):
+    for quota in await kube.list("ResourceQuota", namespace, C.MANAGED_SELECTOR):
         q_status = quota.get("status") or {}
         for key, hard in sorted((q_status.get("hard") or {}).items()):
             quota_usage[key] = {"used": (q_status.get("used") or {}).get(key, "0"), "hard": hard}
-    pods = await kube.list("Pod", namespace, L.app_label_selector(project))
+    pods = await kube.list("Pod", namespace, C.app_label_selector(project))
     containers = (((d_spec.get("template") or {}).get("spec") or {}).get("containers")) or [{}]
-    claims = await kube.list("PersistentVolumeClaim", namespace, L.MANAGED_SELECTOR)
+    claims = await kube.list("PersistentVolumeClaim", namespace, C.MANAGED_SELECTOR)
     return {
         "project": project,
         "namespace": namespace,
@@ -643,10 +632,10 @@ async def project_status(kube: Kube, project: str, namespace: str, *, url: str |
                      "available": int(d_status.get("availableReplicas") or 0),
                      "updated": int(d_status.get("updatedReplicas") or 0)},
         "endpoints": {"ready": ready, "notReady": not_ready},
-        "lastActivity": annotations.get(L.LAST_ACTIVITY_ANNOTATION),
-        "settings": {"idleTimeoutS": annotations.get(L.IDLE_TIMEOUT_ANNOTATION),
-                     "holdTimeoutS": annotations.get(L.HOLD_TIMEOUT_ANNOTATION),
-                     "strategy": annotations.get(L.STRATEGY_ANNOTATION)},
+        "lastActivity": annotations.get(C.LAST_ACTIVITY_ANNOTATION),
+        "settings": {"idleTimeoutS": annotations.get(C.IDLE_TIMEOUT_ANNOTATION),
+                     "holdTimeoutS": annotations.get(C.HOLD_TIMEOUT_ANNOTATION),
+                     "strategy": annotations.get(C.STRATEGY_ANNOTATION)},
         "quota": quota_usage,
         "pods": [_pod_summary(p) for p in sorted(pods, key=lambda p: p["metadata"]["name"])],
         "volumes": [{"name": c["metadata"]["name"], "phase": (c.get("status") or {}).get("phase"),
@@ -657,13 +646,13 @@ async def project_status(kube: Kube, project: str, namespace: str, *, url: str |
 
 async def list_projects(kube: Kube) -> list[dict[str, Any]]:
     """Every managed project: name, namespace, phase, replicas wanted/ready, last activity."""
-    namespaces = await kube.list("Namespace", label_selector=L.MANAGED_SELECTOR)
-    deployments = await kube.list("Deployment", label_selector=L.MANAGED_SELECTOR)
+    namespaces = await kube.list("Namespace", label_selector=C.MANAGED_SELECTOR)
+    deployments = await kube.list("Deployment", label_selector=C.MANAGED_SELECTOR)
     by_key = {(d["metadata"]["namespace"], d["metadata"]["name"]): d for d in deployments}
     out: list[dict[str, Any]] = []
     for ns in namespaces:
         ns_name = ns["metadata"]["name"]
-        project = (ns["metadata"].get("labels") or {}).get(L.PROJECT_LABEL)
+        project = (ns["metadata"].get("labels") or {}).get(C.PROJECT_LABEL)
         if not project:
             continue
         deploy = by_key.get((ns_name, project)) or {}
@@ -672,7 +661,7 @@ async def list_projects(kube: Kube) -> list[dict[str, Any]]:
             "phase": (ns.get("status") or {}).get("phase", "Unknown"),
             "wanted": int((deploy.get("spec") or {}).get("replicas") or 0),
             "ready": int((deploy.get("status") or {}).get("readyReplicas") or 0),
-            "lastActivity": ((deploy.get("metadata") or {}).get("annotations") or {}).get(L.LAST_ACTIVITY_ANNOTATION),
+            "lastActivity": ((deploy.get("metadata") or {}).get("annotations") or {}).get(C.LAST_ACTIVITY_ANNOTATION),
         })
     return sorted(out, key=lambda p: str(p["project"]))
 
@@ -719,7 +708,7 @@ async def delete_project(kube: Kube, project: str, namespace: str, *, wait: bool
         if (pv.get("spec") or {}).get("persistentVolumeReclaimPolicy") != policy:
             patch["spec"] = {"persistentVolumeReclaimPolicy": policy}
         if keep_data:
-            patch["metadata"] = {"labels": L.common_labels(project)}
+            patch["metadata"] = {"labels": C.common_labels(project)}
             report.kept_volumes.append(volume)
         if patch:
             await kube.merge_patch(pv_path, patch)

@@ -10,12 +10,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
-from . import labels as L
+from gateway import contract as C
+
 from .apply import (
     ApplyReport,
     Kube,
@@ -27,7 +28,7 @@ from .apply import (
 )
 from .envfile import load_env_file
 from .errors import ProvisionError, SpecError
-from .render import new_checksum_key, render, to_yaml
+from .render import CHECKSUM_KEY_BYTES, render, to_yaml
 from .spec import (
     DEFAULT_POD_SECURITY_VERSION,
     ProjectSpec,
@@ -35,12 +36,12 @@ from .spec import (
     Resources,
     Storage,
     parse_duration,
+    parse_node_selector,
+    parse_toleration,
     validate_project_name,
 )
 
 T = TypeVar("T")
-DEFAULT_DOMAIN = "env.example.com"
-_DOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -71,12 +72,12 @@ def _guard(func: Handler) -> Handler:
 
 
 def _add_naming(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--namespace-prefix", default=L.DEFAULT_NAMESPACE_PREFIX,
-                   help=f"project namespace = PREFIX + NAME (default {L.DEFAULT_NAMESPACE_PREFIX!r})")
-    p.add_argument("--gateway-namespace", default=L.DEFAULT_GATEWAY_NAMESPACE,
-                   help=f"namespace of the gateway (default {L.DEFAULT_GATEWAY_NAMESPACE})")
-    p.add_argument("--domain", default=DEFAULT_DOMAIN, help=f"projects are served at NAME.DOMAIN "
-                                                            f"(default {DEFAULT_DOMAIN})")
+    p.add_argument("--namespace-prefix", default=C.DEFAULT_NAMESPACE_PREFIX,
+                   help=f"project namespace = PREFIX + NAME (default {C.DEFAULT_NAMESPACE_PREFIX!r})")
+    p.add_argument("--gateway-namespace", default=C.DEFAULT_GATEWAY_NAMESPACE,
+                   help=f"namespace of the gateway (default {C.DEFAULT_GATEWAY_NAMESPACE})")
+    p.add_argument("--domain", default=C.DEFAULT_DOMAIN, help=f"projects are served at NAME.DOMAIN "
+                                                              f"(default {C.DEFAULT_DOMAIN})")
     p.add_argument("--url-scheme", default="https", choices=("https", "http"), help="scheme of the printed URL")
 
 
@@ -90,10 +91,12 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 def _add_spec(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", metavar="NAME", help="project name (a DNS-1035 label)")
     p.add_argument("--image", help="container image (required)")
-    p.add_argument("--port", default=str(L.DEFAULT_CONTAINER_PORT),
-                   help=f"container port (default {L.DEFAULT_CONTAINER_PORT})")
+    p.add_argument("--port", default=str(C.DEFAULT_CONTAINER_PORT),
+                   help=f"container port (default {C.DEFAULT_CONTAINER_PORT})")
     p.add_argument("--env-file", help="non-secret KEY=value config (ConfigMap); secret-looking keys are refused")
     p.add_argument("--secret-env-file", help="secret KEY=value config (Secret)")
+    p.add_argument("--allow-key", action="append", default=[], metavar="KEY",
+                   help="a --env-file key that only sounds secret (e.g. SESSION_KEY_PREFIX); repeatable")
     r = Resources()
     res = p.add_argument_group("container resources")
     for resource, request, limit in r.pairs():
@@ -127,6 +130,15 @@ def _add_spec(p: argparse.ArgumentParser) -> None:
     gw.add_argument("--idle-timeout", help="sleep after this long without requests (e.g. 900, 15m)")
     gw.add_argument("--hold-timeout", help="how long a request may wait for a wake (e.g. 120s)")
     gw.add_argument("--strategy", help="cold requests: auto, block or page")
+    pl = p.add_argument_group("placement (which nodes run the app pod)")
+    pl.add_argument("--node-selector", action="append", default=[], metavar="KEY=VALUE",
+                    help="run only on nodes with this label (e.g. agentpool=agents); repeatable, all must match")
+    pl.add_argument("--toleration", action="append", default=[], metavar="KEY[=VALUE]:EFFECT",
+                    help="tolerate a node taint; EFFECT is NoSchedule, PreferNoSchedule or NoExecute; KEY:EFFECT "
+                         "tolerates any value (e.g. AKS spot pools: "
+                         "kubernetes.azure.com/scalesetpriority=spot:NoSchedule); repeatable")
+    pl.add_argument("--priority-class", metavar="NAME",
+                    help="PriorityClass of the app pod (must exist in the cluster; system-* classes are refused)")
     st = p.add_argument_group("storage")
     st.add_argument("--storage", metavar="SIZE", help="add a PersistentVolumeClaim of SIZE (e.g. 5Gi)")
     st.add_argument("--storage-path", help="where the volume is mounted (required with --storage)")
@@ -148,7 +160,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ProjectSpec, list[str]]:
     config: tuple[tuple[str, str], ...] = ()
     secret: tuple[tuple[str, str], ...] = ()
     if args.env_file:
-        parsed = load_env_file(args.env_file)
+        parsed = load_env_file(args.env_file, allowed=args.allow_key)
         config, warnings = parsed.items(), warnings + list(parsed.warnings)
     if args.secret_env_file:
         parsed = load_env_file(args.secret_env_file, secret=True)
@@ -179,17 +191,22 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ProjectSpec, list[str]]:
         idle_timeout_s=None if args.idle_timeout is None else parse_duration(args.idle_timeout, "--idle-timeout"),
         hold_timeout_s=None if args.hold_timeout is None else parse_duration(args.hold_timeout, "--hold-timeout"),
         strategy=args.strategy, gateway_namespace=args.gateway_namespace, namespace_prefix=args.namespace_prefix,
-        allow_internet=args.allow_internet, storage=storage, runtime_class=args.runtime_class,
+        allow_internet=args.allow_internet, allow_keys=tuple(args.allow_key), storage=storage,
+        runtime_class=args.runtime_class,
         workload_identity_client_id=args.workload_identity_client_id,
-        pod_security_version=args.pod_security_version)
+        pod_security_version=args.pod_security_version,
+        node_selector=tuple(parse_node_selector(text) for text in args.node_selector),
+        tolerations=tuple(parse_toleration(text) for text in args.toleration),
+        priority_class=args.priority_class)
     return spec, warnings
 
 
 def project_url(args: argparse.Namespace, name: str) -> str:
     """``<scheme>://<name>.<domain>/``."""
-    domain = args.domain.strip().lower().rstrip(".")
-    if not _DOMAIN.fullmatch(domain) or len(domain) > 253:
-        raise SpecError(f"--domain {args.domain!r} is not a DNS name")
+    try:
+        domain = C.dns_name(args.domain)
+    except ValueError as exc:
+        raise SpecError(f"--domain: {exc}") from None
     return f"{args.url_scheme}://{name}.{domain}/"
 
 
@@ -217,8 +234,18 @@ def _warn(lines: list[str]) -> None:
 def cmd_render(args: argparse.Namespace) -> int:
     """Print the project's manifests as multi-document YAML (no cluster needed)."""
     spec, warnings = spec_from_args(args)
+    key = None
+    if args.checksum_key_file:
+        try:
+            key = Path(args.checksum_key_file).read_bytes()
+        except OSError as exc:
+            raise SpecError(f"cannot read --checksum-key-file {args.checksum_key_file}: "
+                            f"{exc.strerror or exc}") from None
+        if len(key) < CHECKSUM_KEY_BYTES:
+            raise SpecError(f"--checksum-key-file {args.checksum_key_file} holds {len(key)} bytes; "
+                            f"a key needs at least {CHECKSUM_KEY_BYTES}")
     _warn(warnings)
-    sys.stdout.write(to_yaml(render(spec, new_checksum_key())))
+    sys.stdout.write(to_yaml(render(spec, key)))
     return 0
 
 
@@ -277,7 +304,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     """Replicas wanted/ready, endpoint readiness, URL, last activity, quota usage."""
     name = _checked_name(args)
     url = project_url(args, name)
-    namespace = L.namespace_for(name, args.namespace_prefix)
+    namespace = C.namespace_for(name, args.namespace_prefix)
     st = _with_kube(args, lambda kube: project_status(kube, name, namespace, url=url))
     print(json.dumps(st, indent=2) if args.output == "json" else _format_status(st))
     return 0
@@ -303,7 +330,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     """Delete the project's namespace and everything in it (volumes too, unless ``--keep-data``)."""
     name = _checked_name(args)
-    namespace = L.namespace_for(name, args.namespace_prefix)
+    namespace = C.namespace_for(name, args.namespace_prefix)
     timeout_s = parse_duration(args.timeout, "--timeout")
     report = _with_kube(args, lambda kube: delete_project(kube, name, namespace, wait=args.wait,
                                                           keep_data=args.keep_data, timeout_s=timeout_s))
@@ -311,7 +338,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
         print(f"project {name}: namespace {namespace} does not exist (already deleted)", file=sys.stderr)
         return 0
     for volume in report.kept_volumes:
-        print(f"kept PersistentVolume {volume} (reclaim policy Retain, label {L.PROJECT_LABEL}={name})",
+        print(f"kept PersistentVolume {volume} (reclaim policy Retain, label {C.PROJECT_LABEL}={name})",
               file=sys.stderr)
     state = "deleted" if report.gone else "deletion started"
     print(f"project {name}: namespace {namespace} {state}", file=sys.stderr)
@@ -326,9 +353,13 @@ def add_project_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
         return p
 
     p = add("render", cmd_render, "print the project's manifests as multi-document YAML (no cluster needed; "
-                                  "the config checksum key is new on each run, `create` keeps the cluster's)")
+                                  "the same input prints the same YAML)")
     _add_spec(p)
     _add_naming(p)
+    p.add_argument("--checksum-key-file", metavar="FILE",
+                   help="a key of 32+ bytes (e.g. `head -c 32 /dev/urandom`): the pod template gets a config "
+                        "checksum keyed with it, so pods restart when the env files change; without it there "
+                        "is none (`create` keeps its own key in the cluster)")
 
     p = add("create", cmd_create, "create or update the project (server-side apply of what `render` prints)")
     _add_spec(p)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def env_key_problem(key: str) -> str | None:
     return None
 
 
+#: What a config key refused as a secret should do instead.
+SECRET_ADVICE = "move it to the --secret-env-file file (or, if it is no secret, pass --allow-key KEY)"
+
 # --- secret detection --------------------------------------------------------------------------------
 
 #: A whole word of the key (split at '_' and camelCase) that marks it as secret.
@@ -114,9 +118,46 @@ def _words(key: str) -> list[str]:
     return [w.upper() for w in re.findall(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+", key)]
 
 
-def secret_reason(key: str, value: str) -> str | None:
-    """Why ``key=value`` looks like a credential (never quoting the value), or ``None``."""
-    words = _words(key)
+#: A word of the key saying it is a setting *about* a secret (``PASSWORD_MIN_LENGTH``,
+#: ``TOKEN_EXPIRY_SECONDS``, ``CACHE_KEY_PREFIX``): with a plain value such a key is no credential.
+_SETTING_WORDS = frozenset({
+    "PREFIX", "SUFFIX", "EXPIRY", "EXPIRES", "EXPIRATION", "TTL", "LIFETIME", "SECONDS", "SECS", "MINUTES",
+    "HOURS", "DAYS", "MS", "TIMEOUT", "MIN", "MAX", "LENGTH", "LEN", "SIZE", "BITS", "COUNT", "LIMIT",
+    "ROUNDS", "ITERATIONS", "ENABLED", "DISABLED", "REQUIRED", "ENABLE", "DISABLE", "ALGORITHM", "ALG",
+    "TYPE", "HEADER", "NAME", "FILE", "PATH", "DIR", "FORMAT", "VERSION", "LOCATION", "POLICY",
+})
+_PLAIN_VALUE = re.compile(r"(?i)(?:[0-9]+(?:\.[0-9]+)?[a-z]{0,3}|true|false|yes|no|on|off|[a-z][a-z0-9_.:/-]{0,31})?")
+
+
+def _plain(value: str) -> bool:
+    """A value no credential looks like: a number (with a unit), a boolean, or a short word that
+    is not a random mix of upper case, lower case and digits."""
+    if not _PLAIN_VALUE.fullmatch(value):
+        return False
+    random_looking = len(value) >= 16 and any(c.isupper() for c in value) and any(c.islower() for c in value) \
+        and any(c.isdigit() for c in value)
+    return not random_looking
+
+
+def secret_reason(key: str, value: str, allowed: Collection[str] = ()) -> str | None:
+    """Why ``key=value`` looks like a credential (never quoting the value), or ``None``.
+
+    The name is judged with the value: a secret-sounding name that says it is a setting about a
+    secret (a prefix, an expiry, a length…) passes when its value is plain (a number, a boolean, a
+    short word). ``allowed`` names keys the operator vouches for (``--allow-key``); their values
+    are still checked for credentials."""
+    if key not in allowed:
+        words = _words(key)
+        reason = _name_reason(key, words)
+        if reason and not (_SETTING_WORDS.intersection(words) and _plain(value)):
+            return reason
+    for pattern, what in _SECRET_VALUES:
+        if pattern.search(value):
+            return f"the value looks like {what}"
+    return None
+
+
+def _name_reason(key: str, words: list[str]) -> str | None:
     for word in words:
         if word in _SECRET_WORDS or word.endswith("TOKEN"):
             return f"the name contains {word!r}"
@@ -126,9 +167,6 @@ def secret_reason(key: str, value: str) -> str | None:
     for part in _SECRET_PARTS:
         if part in squashed:
             return f"the name contains {part!r}"
-    for pattern, what in _SECRET_VALUES:
-        if pattern.search(value):
-            return f"the value looks like {what}"
     return None
 
 
@@ -175,10 +213,12 @@ def _parse_value(rest: str) -> tuple[str, str | None]:
     return value, None
 
 
-def parse_env(data: bytes | str, *, source: str = ".env", secret: bool = False) -> EnvFile:
+def parse_env(data: bytes | str, *, source: str = ".env", secret: bool = False,
+              allowed: Collection[str] = ()) -> EnvFile:
     """Parse ``.env`` content; raise :class:`EnvFileError` listing every bad line.
 
-    With ``secret=False`` (a ConfigMap), keys or values that look like credentials are refused.
+    With ``secret=False`` (a ConfigMap), keys or values that look like credentials are refused
+    (:func:`secret_reason`; ``allowed``: keys whose names the operator vouches for).
     """
     raw = data.encode() if isinstance(data, str) else data
     if len(raw) > MAX_FILE_BYTES:
@@ -222,10 +262,9 @@ def parse_env(data: bytes | str, *, source: str = ".env", secret: bool = False) 
             continue
         first_line[key] = number
         if not secret:
-            reason = secret_reason(key, value)
+            reason = secret_reason(key, value, allowed)
             if reason:
-                problems.append(f"{where}: {key} looks like a secret ({reason}); "
-                                "move it to the --secret-env-file file")
+                problems.append(f"{where}: {key} looks like a secret ({reason}); {SECRET_ADVICE}")
                 continue
         if "${" in value:
             warnings.append(f"{source}: {where}: {key}: '${{...}}' is passed literally, nothing is expanded")
@@ -235,7 +274,7 @@ def parse_env(data: bytes | str, *, source: str = ".env", secret: bool = False) 
     return EnvFile(tuple(entries), tuple(warnings))
 
 
-def load_env_file(path: str | Path, *, secret: bool = False) -> EnvFile:
+def load_env_file(path: str | Path, *, secret: bool = False, allowed: Collection[str] = ()) -> EnvFile:
     """Read and parse a ``.env`` file (see :func:`parse_env`). Unreadable files are a :class:`SpecError`."""
     p = Path(path)
     try:
@@ -245,4 +284,4 @@ def load_env_file(path: str | Path, *, secret: bool = False) -> EnvFile:
         data = p.read_bytes()
     except OSError as exc:
         raise SpecError(f"cannot read {p}: {exc.strerror or exc}") from None
-    return parse_env(data, source=str(p), secret=secret)
+    return parse_env(data, source=str(p), secret=secret, allowed=allowed)

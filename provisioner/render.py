@@ -18,8 +18,9 @@ from typing import Any
 
 import yaml
 
-from . import labels as L
-from .spec import ProjectSpec
+from gateway import contract as C
+
+from .spec import ProjectSpec, Toleration
 
 Obj = dict[str, Any]
 
@@ -96,14 +97,10 @@ def _meta(spec: ProjectSpec, name: str, *, namespaced: bool = True, extra_labels
     meta: Obj = {"name": name}
     if namespaced:
         meta["namespace"] = spec.namespace
-    meta["labels"] = {**L.common_labels(spec.name), **(extra_labels or {})}
+    meta["labels"] = {**C.common_labels(spec.name), **(extra_labels or {})}
     if annotations:
         meta["annotations"] = annotations
     return meta
-
-
-def _seconds(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 # --- objects -----------------------------------------------------------------------------------------
@@ -159,12 +156,12 @@ def network_policies(spec: ProjectSpec) -> list[Obj]:
     out = [
         policy(DEFAULT_DENY_POLICY, {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}),
         policy(GATEWAY_INGRESS_POLICY, {
-            "podSelector": {"matchLabels": L.selector_labels(spec.name)},
+            "podSelector": {"matchLabels": C.selector_labels(spec.name)},
             "policyTypes": ["Ingress"],
             "ingress": [{
                 # One peer: pods with the gateway's labels *in* the gateway namespace (both must match).
-                "from": [{"namespaceSelector": {"matchLabels": {L.NAMESPACE_NAME_LABEL: spec.gateway_namespace}},
-                          "podSelector": {"matchLabels": dict(L.GATEWAY_POD_LABELS)}}],
+                "from": [{"namespaceSelector": {"matchLabels": {C.NAMESPACE_NAME_LABEL: spec.gateway_namespace}},
+                          "podSelector": {"matchLabels": dict(C.GATEWAY_POD_LABELS)}}],
                 "ports": [{"protocol": "TCP", "port": spec.port}],
             }],
         }),
@@ -172,7 +169,7 @@ def network_policies(spec: ProjectSpec) -> list[Obj]:
             "podSelector": {},
             "policyTypes": ["Egress"],
             "egress": [{
-                "to": [{"namespaceSelector": {"matchLabels": {L.NAMESPACE_NAME_LABEL: DNS_NAMESPACE}},
+                "to": [{"namespaceSelector": {"matchLabels": {C.NAMESPACE_NAME_LABEL: DNS_NAMESPACE}},
                         "podSelector": {"matchLabels": dict(DNS_POD_LABELS)}}],
                 "ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}],
             }],
@@ -212,10 +209,10 @@ def rbac(spec: ProjectSpec) -> list[Obj]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ops},
          "subjects": [{"kind": "ServiceAccount", "name": automation_serviceaccount(spec),
                        "namespace": spec.namespace}]},
-        {"apiVersion": rbac_v1, "kind": "Role", "metadata": _meta(spec, L.GATEWAY_ROLE), "rules": gateway_rules},
-        {"apiVersion": rbac_v1, "kind": "RoleBinding", "metadata": _meta(spec, L.GATEWAY_ROLE),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": L.GATEWAY_ROLE},
-         "subjects": [{"kind": "ServiceAccount", "name": L.GATEWAY_SERVICEACCOUNT,
+        {"apiVersion": rbac_v1, "kind": "Role", "metadata": _meta(spec, C.GATEWAY_ROLE), "rules": gateway_rules},
+        {"apiVersion": rbac_v1, "kind": "RoleBinding", "metadata": _meta(spec, C.GATEWAY_ROLE),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": C.GATEWAY_ROLE},
+         "subjects": [{"kind": "ServiceAccount", "name": C.GATEWAY_SERVICEACCOUNT,
                        "namespace": spec.gateway_namespace}]},
     ]
 
@@ -247,24 +244,46 @@ def persistent_volume_claim(spec: ProjectSpec) -> Obj | None:
             "spec": claim_spec}
 
 
+def _toleration(tol: Toleration) -> Obj:
+    out: Obj = {"key": tol.key, "operator": tol.operator}
+    if tol.value:  # Equal with an empty value is the API's default form: no "value" field
+        out["value"] = tol.value
+    out["effect"] = tol.effect
+    return out
+
+
+def placement(spec: ProjectSpec) -> Obj:
+    """The pod spec's ``nodeSelector`` (by key), ``tolerations`` (sorted: their order means nothing) and
+    ``priorityClassName``; only those the spec sets, so a spec without placement renders nothing new."""
+    out: Obj = {}
+    if spec.node_selector:
+        out["nodeSelector"] = dict(sorted(spec.node_selector))
+    if spec.tolerations:
+        ordered = sorted(spec.tolerations, key=lambda t: (t.key, t.effect, t.value is not None, t.value or ""))
+        out["tolerations"] = [_toleration(t) for t in ordered]
+    if spec.priority_class:
+        out["priorityClassName"] = spec.priority_class
+    return out
+
+
 def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
     """The app, created with ``replicas: 0``; its pod template satisfies Pod Security ``restricted`` and,
     given ``checksum_key``, carries the config checksum (a config change restarts the app)."""
     r = spec.resources
-    selector = L.selector_labels(spec.name)
+    selector = C.selector_labels(spec.name)
     annotations: dict[str, str] = {}
     if spec.idle_timeout_s is not None:
-        annotations[L.IDLE_TIMEOUT_ANNOTATION] = _seconds(spec.idle_timeout_s)
+        annotations[C.IDLE_TIMEOUT_ANNOTATION] = C.format_seconds(spec.idle_timeout_s)
     if spec.hold_timeout_s is not None:
-        annotations[L.HOLD_TIMEOUT_ANNOTATION] = _seconds(spec.hold_timeout_s)
+        annotations[C.HOLD_TIMEOUT_ANNOTATION] = C.format_seconds(spec.hold_timeout_s)
     if spec.strategy is not None:
-        annotations[L.STRATEGY_ANNOTATION] = spec.strategy
-    pod_labels = {**L.common_labels(spec.name), **selector}
+        annotations[C.STRATEGY_ANNOTATION] = spec.strategy
+    pod_labels = {**C.common_labels(spec.name), **selector}
     if spec.workload_identity_client_id:
         pod_labels[WORKLOAD_IDENTITY_USE_LABEL] = "true"
 
-    probe: Obj = ({"httpGet": {"path": spec.readiness_path, "port": L.PORT_NAME}} if spec.readiness_path
-                  else {"tcpSocket": {"port": L.PORT_NAME}})
+    probe: Obj = ({"httpGet": {"path": spec.readiness_path, "port": C.PORT_NAME}} if spec.readiness_path
+                  else {"tcpSocket": {"port": C.PORT_NAME}})
     probe.update({"periodSeconds": 1, "timeoutSeconds": 1, "successThreshold": 1, "failureThreshold": 3})
     mounts: list[Obj] = [{"name": TMP_VOLUME, "mountPath": "/tmp"}]
     volumes: list[Obj] = [{"name": TMP_VOLUME, "emptyDir": {"sizeLimit": r.tmp_size}}]
@@ -273,9 +292,9 @@ def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
         volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": data_claim_name(spec)}})
     env_name = env_object_name(spec)
     container: Obj = {
-        "name": L.CONTAINER_NAME,
+        "name": C.CONTAINER_NAME,
         "image": spec.image,
-        "ports": [{"name": L.PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
+        "ports": [{"name": C.PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
         "envFrom": [{"configMapRef": {"name": env_name}}, {"secretRef": {"name": env_name}}],
         "resources": {
             "requests": {"cpu": r.cpu_request, "memory": r.memory_request,
@@ -315,9 +334,10 @@ def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
     }
     if spec.runtime_class:
         pod_spec["runtimeClassName"] = spec.runtime_class
+    pod_spec.update(placement(spec))
     template_meta: Obj = {"labels": pod_labels}
     if checksum_key is not None:
-        template_meta["annotations"] = {L.CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, checksum_key)}
+        template_meta["annotations"] = {C.CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, checksum_key)}
     # A ReadWriteOnce volume cannot be attached to two nodes: replace the pod instead of surging.
     strategy: Obj = ({"type": "Recreate"} if spec.storage
                      else {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
@@ -340,9 +360,9 @@ def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
 def service(spec: ProjectSpec) -> Obj:
     """ClusterIP Service ``<name>``: port 80 named ``http`` → the container port named ``http``."""
     return {"apiVersion": "v1", "kind": "Service",
-            "metadata": _meta(spec, spec.name, extra_labels=L.selector_labels(spec.name)),
-            "spec": {"type": "ClusterIP", "selector": L.selector_labels(spec.name),
-                     "ports": [{"name": L.PORT_NAME, "port": L.SERVICE_PORT, "targetPort": L.PORT_NAME,
+            "metadata": _meta(spec, spec.name, extra_labels=C.selector_labels(spec.name)),
+            "spec": {"type": "ClusterIP", "selector": C.selector_labels(spec.name),
+                     "ports": [{"name": C.PORT_NAME, "port": C.SERVICE_PORT, "targetPort": C.PORT_NAME,
                                 "protocol": "TCP"}]}}
 
 

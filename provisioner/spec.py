@@ -13,21 +13,29 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import PurePosixPath
 
-from . import labels
-from .envfile import MAX_FILE_BYTES, env_key_problem, secret_reason
+from gateway import contract as C
+
+from .envfile import MAX_FILE_BYTES, SECRET_ADVICE, env_key_problem, secret_reason
 from .errors import SpecError
 
 __all__ = [
     "DEFAULT_POD_SECURITY_VERSION",
+    "RESERVED_TOLERATION_KEYS",
     "ROLLOUT_PODS",
+    "TAINT_EFFECTS",
     "ProjectSpec",
     "Quota",
     "Resources",
     "SpecError",
     "Storage",
+    "Toleration",
     "format_quantity",
+    "label_key_problem",
+    "label_value_problem",
     "parse_duration",
+    "parse_node_selector",
     "parse_quantity",
+    "parse_toleration",
     "validate_project_name",
 ]
 
@@ -47,7 +55,6 @@ _QUANTITY = re.compile(
 )
 _BINARY = {"Ki": 1, "Mi": 2, "Gi": 3, "Ti": 4, "Pi": 5, "Ei": 6}
 _DECIMAL = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
-_DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _IMAGE = re.compile(
     r"(?:(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?/)?"
@@ -59,6 +66,16 @@ _PSA_VERSION = re.compile(r"latest|v1\.(0|[1-9][0-9]*)")
 _RESERVED_NAMES = frozenset({"default", "www", "wakegate"})
 _RESERVED_NAMESPACE_PREFIXES = ("kube-", "openshift-", "aks-", "azure-", "calico-", "tigera-", "gatekeeper-")
 _FORBIDDEN_MOUNTS = ("/proc", "/sys", "/dev", "/tmp")
+MAX_SUBDOMAIN = 253
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+#: Effects a ``--toleration`` may name (an empty effect, "every effect", is not accepted).
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+#: Taints that keep ordinary pods off control-plane nodes (kubeadm) and AKS system node pools: a
+#: project's untrusted pods never tolerate them.
+RESERVED_TOLERATION_KEYS = ("CriticalAddonsOnly", "node-role.kubernetes.io/control-plane",
+                            "node-role.kubernetes.io/master")
+#: Kubernetes reserves this PriorityClass prefix for system-node-critical and system-cluster-critical.
+_SYSTEM_PRIORITY_PREFIX = "system-"
 
 
 # --- quantities and durations ------------------------------------------------------------------------
@@ -101,26 +118,19 @@ def format_quantity(value: Fraction) -> str:
 
 
 def parse_duration(text: str, what: str = "duration") -> float:
-    """Seconds from ``300``, ``2.5``, ``300s``, ``5m``, ``1h30m`` or ``250ms``; must be positive."""
-    s = text.strip()
+    """Seconds from ``300``, ``2.5``, ``300s``, ``5m``, ``1h30m`` or ``250ms``; must be positive
+    (:func:`gateway.contract.parse_duration`). ``what`` names the flag in the :class:`SpecError`."""
     try:
-        seconds = float(s)
-    except ValueError:
-        parts = _DURATION_PART.findall(s)
-        if not s or "".join(n + u for n, u in parts) != s:
-            raise SpecError(f"{what}: cannot parse {text!r} as a duration (e.g. 300, 90s, 15m, 1h)") from None
-        scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-        seconds = sum(float(n) * scale[u] for n, u in parts)
-    if not seconds > 0 or seconds == float("inf"):
-        raise SpecError(f"{what}: {text!r} must be a positive number of seconds")
-    return seconds
+        return C.parse_duration(text)
+    except ValueError as exc:
+        raise SpecError(f"{what}: {exc}") from None
 
 
 # --- names -------------------------------------------------------------------------------------------
 
 
-def validate_project_name(name: str, prefix: str = labels.DEFAULT_NAMESPACE_PREFIX,
-                          gateway_namespace: str = labels.DEFAULT_GATEWAY_NAMESPACE) -> None:
+def validate_project_name(name: str, prefix: str = C.DEFAULT_NAMESPACE_PREFIX,
+                          gateway_namespace: str = C.DEFAULT_GATEWAY_NAMESPACE) -> None:
     """Check that ``name`` is a usable project name and ``<prefix><name>`` a usable namespace."""
     if not _PREFIX.fullmatch(prefix) or len(prefix) >= MAX_NAME:
         raise SpecError(f"namespace prefix {prefix!r} must be empty or start with a lowercase letter and "
@@ -135,7 +145,7 @@ def validate_project_name(name: str, prefix: str = labels.DEFAULT_NAMESPACE_PREF
     if name[2:4] == "--":
         raise SpecError(f"project name {name!r} has '--' in the third and fourth characters ('xn--' and the like "
                         "are reserved for internationalised domain names)")
-    namespace = labels.namespace_for(name, prefix)
+    namespace = C.namespace_for(name, prefix)
     if len(namespace) > MAX_NAME:
         raise SpecError(f"project name {name!r} is too long with the prefix: namespace {namespace!r} would have "
                         f"{len(namespace)} characters (max {MAX_NAME})")
@@ -145,6 +155,83 @@ def validate_project_name(name: str, prefix: str = labels.DEFAULT_NAMESPACE_PREF
         raise SpecError(f"project name {name!r} is reserved: namespace {namespace!r} is the gateway namespace")
     if namespace in _RESERVED_NAMES or namespace.startswith(_RESERVED_NAMESPACE_PREFIXES):
         raise SpecError(f"project name {name!r} is reserved: namespace {namespace!r} belongs to the cluster")
+
+
+# --- placement: node labels, taints, priority classes ------------------------------------------------
+
+
+def label_key_problem(key: str) -> str | None:
+    """Why ``key`` is not a Kubernetes label key (``[prefix/]name``: an optional DNS subdomain of at most
+    253 characters, then a name of at most 63 letters, digits, '-', '_' and '.'), or ``None``."""
+    if not key:
+        return "the key is empty"
+    prefix, slash, name = key.rpartition("/")
+    if slash:
+        if not prefix:
+            return f"the prefix of key {key[:80]!r} (before '/') is empty"
+        if "/" in prefix:
+            return f"key {key[:80]!r} has more than one '/'"
+        if len(prefix) > MAX_SUBDOMAIN or not _DNS1123_SUBDOMAIN.fullmatch(prefix):
+            return (f"the prefix {prefix[:80]!r} of the key is not a DNS subdomain (lowercase letters, digits, "
+                    f"'-' and '.', at most {MAX_SUBDOMAIN} characters)")
+    if not name:
+        return f"the name of key {key[:80]!r} (after '/') is empty"
+    if len(name) > MAX_NAME:
+        return f"the name {name[:80]!r} of the key is longer than {MAX_NAME} characters"
+    if not _LABEL_NAME.fullmatch(name):
+        return (f"the name {name!r} of the key must be letters, digits, '-', '_' and '.', starting and ending "
+                "with a letter or digit")
+    return None
+
+
+def label_value_problem(value: str) -> str | None:
+    """Why ``value`` is not a Kubernetes label value (empty, or at most 63 letters, digits, '-', '_' and
+    '.', starting and ending with a letter or digit), or ``None``."""
+    if len(value) > MAX_NAME:
+        return f"the value {value[:80]!r} is longer than {MAX_NAME} characters"
+    if value and not _LABEL_NAME.fullmatch(value):
+        return (f"the value {value!r} must be empty or letters, digits, '-', '_' and '.', starting and ending "
+                "with a letter or digit")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Toleration:
+    """A toleration of the app pod (``--toleration KEY[=VALUE]:EFFECT``). ``value=None`` is the ``KEY:EFFECT``
+    form: it tolerates the taint whatever its value (operator ``Exists``); otherwise operator ``Equal``."""
+
+    key: str
+    effect: str
+    value: str | None = None
+
+    @property
+    def operator(self) -> str:
+        """``Exists`` without a value, else ``Equal``."""
+        return "Exists" if self.value is None else "Equal"
+
+    def __str__(self) -> str:
+        """As written on the command line: ``KEY=VALUE:EFFECT`` or ``KEY:EFFECT``."""
+        return f"{self.key}{'' if self.value is None else '=' + self.value}:{self.effect}"
+
+
+def parse_node_selector(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (``--node-selector``) as a pair; the pair is validated by :class:`ProjectSpec`."""
+    key, eq, value = text.partition("=")
+    if not eq:
+        raise SpecError(f"--node-selector {text[:80]!r}: expected KEY=VALUE, a node label "
+                        "(e.g. kubernetes.azure.com/scalesetpriority=spot)")
+    return key, value
+
+
+def parse_toleration(text: str) -> Toleration:
+    """``KEY=VALUE:EFFECT`` or ``KEY:EFFECT`` (``--toleration``) as a :class:`Toleration`; validated by
+    :class:`ProjectSpec`."""
+    head, colon, effect = text.rpartition(":")
+    if not colon:
+        raise SpecError(f"--toleration {text[:80]!r}: expected KEY=VALUE:EFFECT or KEY:EFFECT "
+                        "(e.g. kubernetes.azure.com/scalesetpriority=spot:NoSchedule)")
+    key, eq, value = head.partition("=")
+    return Toleration(key=key, effect=effect, value=value if eq else None)
 
 
 # --- the spec ----------------------------------------------------------------------------------------
@@ -219,10 +306,12 @@ class ProjectSpec:
 
     name: str
     image: str
-    port: int = labels.DEFAULT_CONTAINER_PORT
+    port: int = C.DEFAULT_CONTAINER_PORT
     #: Non-secret environment (ConfigMap) and secret environment (Secret), in file order.
     config: tuple[tuple[str, str], ...] = ()
     secret: tuple[tuple[str, str], ...] = ()
+    #: Config keys whose secret-sounding names the operator vouches for (``--allow-key``).
+    allow_keys: tuple[str, ...] = ()
     resources: Resources = field(default_factory=Resources)
     quota: Quota = field(default_factory=Quota)
     run_as_user: int = 1000
@@ -234,14 +323,20 @@ class ProjectSpec:
     idle_timeout_s: float | None = None
     hold_timeout_s: float | None = None
     strategy: str | None = None
-    gateway_namespace: str = labels.DEFAULT_GATEWAY_NAMESPACE
-    namespace_prefix: str = labels.DEFAULT_NAMESPACE_PREFIX
+    gateway_namespace: str = C.DEFAULT_GATEWAY_NAMESPACE
+    namespace_prefix: str = C.DEFAULT_NAMESPACE_PREFIX
     #: Egress to the internet (never to private ranges, link-local or Azure's host addresses).
     allow_internet: bool = False
     storage: Storage | None = None
     runtime_class: str | None = None
     workload_identity_client_id: str | None = None
     pod_security_version: str = DEFAULT_POD_SECURITY_VERSION
+    #: Node labels the app pod requires (``--node-selector``), ``(key, value)`` pairs, one per key.
+    node_selector: tuple[tuple[str, str], ...] = ()
+    #: Taints the app pod tolerates (``--toleration``).
+    tolerations: tuple[Toleration, ...] = ()
+    #: PriorityClass of the app pod (``--priority-class``); never a ``system-`` one.
+    priority_class: str | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -249,7 +344,7 @@ class ProjectSpec:
     @property
     def namespace(self) -> str:
         """``<namespace_prefix><name>``."""
-        return labels.namespace_for(self.name, self.namespace_prefix)
+        return C.namespace_for(self.name, self.namespace_prefix)
 
     @property
     def effective_fs_group(self) -> int:
@@ -297,11 +392,14 @@ class ProjectSpec:
         if self.readiness_path is not None and not re.fullmatch(r"/[!-~]{0,2047}", self.readiness_path):
             raise SpecError(f"--readiness-path {self.readiness_path[:80]!r} must start with '/' and contain no "
                             "spaces or control characters")
-        for flag, seconds in (("--idle-timeout", self.idle_timeout_s), ("--hold-timeout", self.hold_timeout_s)):
-            if seconds is not None and not (0 < seconds < float("inf")):
-                raise SpecError(f"{flag} must be a positive number of seconds")
-        if self.strategy is not None and self.strategy not in labels.STRATEGIES:
-            raise SpecError(f"--strategy {self.strategy!r} must be one of {', '.join(labels.STRATEGIES)}")
+        for flag, value, check in (("--idle-timeout", self.idle_timeout_s, C.positive_seconds),
+                                   ("--hold-timeout", self.hold_timeout_s, C.positive_seconds),
+                                   ("--strategy", self.strategy, C.strategy)):
+            if value is not None:
+                try:
+                    check(value)
+                except ValueError as exc:
+                    raise SpecError(f"{flag}: {exc}") from None
         if not _PSA_VERSION.fullmatch(self.pod_security_version):
             raise SpecError(f"--pod-security-version {self.pod_security_version!r} must be 'latest' or like 'v1.33'")
         self.resources.validate()
@@ -317,6 +415,7 @@ class ProjectSpec:
             except ValueError:
                 raise SpecError(f"--workload-identity-client-id {self.workload_identity_client_id[:80]!r} "
                                 "is not a client ID (a UUID)") from None
+        self._validate_placement()
 
     def _validate_quota(self) -> None:
         q = self.quota
@@ -349,10 +448,9 @@ class ProjectSpec:
                 if "\x00" in value:
                     raise SpecError(f"{what} environment: {key}: value contains a NUL byte")
                 if what == "config":
-                    reason = secret_reason(key, value)
+                    reason = secret_reason(key, value, self.allow_keys)
                     if reason:
-                        raise SpecError(f"config environment: {key} looks like a secret ({reason}); "
-                                        "move it to the --secret-env-file file")
+                        raise SpecError(f"config environment: {key} looks like a secret ({reason}); {SECRET_ADVICE}")
                 total += len(key.encode()) + len(value.encode())
         both = sorted({k for k, _ in self.config} & {k for k, _ in self.secret})
         if both:
@@ -373,6 +471,63 @@ class ProjectSpec:
             raise SpecError(f"--storage-path {path!r} would hide a system directory or /tmp")
         if storage.storage_class is not None and not _DNS1123_SUBDOMAIN.fullmatch(storage.storage_class):
             raise SpecError(f"--storage-class {storage.storage_class!r} is not a valid StorageClass name")
+
+    def _validate_placement(self) -> None:
+        self._validate_node_selector()
+        self._validate_tolerations()
+        if self.priority_class is not None:
+            self._validate_priority_class(self.priority_class)
+
+    def _validate_node_selector(self) -> None:
+        selected: dict[str, str] = {}
+        for pair in self.node_selector:
+            if not (isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(x, str) for x in pair)):
+                raise SpecError(f"--node-selector {pair!r:.80}: expected a (key, value) pair of strings")
+            key, value = pair
+            shown = f"--node-selector {f'{key}={value}'[:80]!r}"
+            problem = label_key_problem(key) or label_value_problem(value)
+            if problem:
+                raise SpecError(f"{shown}: {problem}")
+            if key in selected:
+                if selected[key] == value:
+                    raise SpecError(f"{shown} is given twice")
+                raise SpecError(f"{shown} conflicts with --node-selector {key}={selected[key]} "
+                                "(a node label has one value)")
+            selected[key] = value
+
+    def _validate_tolerations(self) -> None:
+        earlier: list[Toleration] = []
+        for tol in self.tolerations:
+            if not isinstance(tol, Toleration):
+                raise SpecError(f"--toleration {tol!r:.80}: expected a Toleration")
+            shown = f"--toleration {str(tol)[:80]!r}"
+            if not tol.key:
+                raise SpecError(f"{shown}: KEY is empty (a toleration without a key would tolerate every taint)")
+            if tol.effect not in TAINT_EFFECTS:
+                raise SpecError(f"{shown}: the effect {tol.effect[:40]!r} is not one of {', '.join(TAINT_EFFECTS)}")
+            problem = label_key_problem(tol.key) or (None if tol.value is None else label_value_problem(tol.value))
+            if problem:
+                raise SpecError(f"{shown}: {problem}")
+            if tol.key in RESERVED_TOLERATION_KEYS:
+                raise SpecError(f"{shown}: the taint {tol.key} keeps ordinary pods off control-plane and system "
+                                "nodes; a project's pods must not tolerate it")
+            for other in earlier:
+                if other == tol:
+                    raise SpecError(f"{shown} is given twice")
+                if (other.key, other.effect) == (tol.key, tol.effect) and None in (other.value, tol.value):
+                    raise SpecError(f"{shown} overlaps --toleration {other} ({tol.key}:{tol.effect} already "
+                                    "tolerates every value; give one or the other)")
+            earlier.append(tol)
+
+    def _validate_priority_class(self, name: str) -> None:
+        if not isinstance(name, str) or len(name) > MAX_SUBDOMAIN or not _DNS1123_SUBDOMAIN.fullmatch(name):
+            shown = repr(name[:80]) if isinstance(name, str) else repr(name)[:80]
+            raise SpecError(f"--priority-class {shown} is not a valid PriorityClass name (a DNS subdomain: "
+                            f"lowercase letters, digits, '-' and '.', at most {MAX_SUBDOMAIN} characters)")
+        if name.startswith(_SYSTEM_PRIORITY_PREFIX):
+            raise SpecError(f"--priority-class {name!r}: the system- classes (system-node-critical, "
+                            "system-cluster-critical) are for the cluster's critical pods; a project's untrusted "
+                            "pods must not take them")
 
 
 def _check_int(flag: str, value: int, low: int, high: int, why: str = "") -> None:

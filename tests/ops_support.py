@@ -9,6 +9,7 @@ import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -280,3 +281,14 @@ class GatewayProcess:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+
+
+def ensure_debian_package(path: str, package: str) -> str:
+    """``path`` from Debian's ``package`` (``make system-deps`` installs it; installed here when it
+    is missing, so a test never skips for it)."""
+    if not os.path.exists(path):
+        subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True,
+                       timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    assert os.path.exists(path), f"{path} is missing; run `make system-deps`"
+    return path

@@ -583,6 +583,7 @@ class Watch:
         self.inflight = 0
         self.held = 0
         self.rejected: list[str] = []
+        self.streams: list[str] = []
         self.wakes: list[tuple[str, str]] = []
         self._event = asyncio.Event()
 
@@ -597,9 +598,14 @@ class Watch:
                 await self._event.wait()
 
     # RequestObserver
-    def request_finished(self, project: str | None, status: int, duration_s: float) -> None:
+    def request_finished(self, project: str | None, status: int, duration_s: float, page: bool = False) -> None:
         assert duration_s >= 0
         self.finished.append((project, status))
+        self._changed()
+
+    def stream_finished(self, kind: str, duration_s: float) -> None:
+        assert duration_s >= 0 and kind in ("tunnel", "stream")
+        self.streams.append(kind)
         self._changed()
 
     def upstream_error(self, reason: str) -> None:
@@ -630,6 +636,9 @@ class Watch:
         self._changed()
 
     def project_removed(self, project: str) -> None:
+        self._changed()
+
+    def project_changed(self, project: str) -> None:
         self._changed()
 
 

@@ -20,6 +20,7 @@ from gateway import __version__, config
 from gateway.cli import build_parser, demo_settings, main
 from gateway.config import HostPort
 from gateway.demo import PROJECTS_FILE
+from tests.ops_support import GatewayProcess, write_projects
 
 WAIT_S = 30.0
 
@@ -150,6 +151,7 @@ def test_demo_settings() -> None:
     assert s.admin_listen == HostPort("127.0.0.1", 9090)
     assert s.admin_address == HostPort("127.0.0.1", 9090)
     assert s.idle_timeout_s == 30
+    assert s.url_for("hello") == "http://hello.localhost:8080/"  # the URL the admin API reports
 
 
 def test_python_dash_m_gateway() -> None:
@@ -166,14 +168,18 @@ def test_console_script_is_installed() -> None:
     assert out.returncode == 0 and out.stdout.strip() == f"wakegate {__version__}"
 
 
-def test_missing_c_extensions_fail_loudly() -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "gateway", "serve", "--projects", str(PROJECTS_FILE), "--listen", "127.0.0.1:0",
-         "--admin-listen", "127.0.0.1:0"],
-        capture_output=True, text=True, timeout=WAIT_S, env=clean_env(AIOHTTP_NO_EXTENSIONS="1"), check=False,
-    )
-    assert out.returncode == 1
-    assert "wakegate: compiled extensions are missing: aiohttp" in out.stderr
+async def test_serve_does_not_need_aiohttps_c_extensions(tmp_path: Path) -> None:
+    # The data path parses with httptools on uvloop (gateway.service.DATA_PATH_EXTENSIONS, checked in
+    # tests/test_native.py); aiohttp serves only the admin API, which its pure-Python parser can do.
+    gw = await GatewayProcess.start(write_projects(tmp_path, {"web": {}}), env={"AIOHTTP_NO_EXTENSIONS": "1"})
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT_S)) as http:
+            async with http.get(gw.url + "/hello", headers={"Host": "web.localhost"}) as resp:
+                assert resp.status == 200 and "real content of web" in await resp.text()
+            async with http.get(gw.admin_url + "/healthz") as resp:
+                assert resp.status == 200
+    finally:
+        await gw.kill()
 
 
 def test_port_in_use_exits_1(tmp_path: Path) -> None:
@@ -352,3 +358,16 @@ def test_shipped_deployment_keeps_the_admin_api_reachable_for_probes() -> None:
     probe_ports = {container[probe]["httpGet"]["port"] for probe in ("readinessProbe", "livenessProbe")}
     assert probe_ports == {"admin"}
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["admin"] == 9090
+
+
+def test_kubernetes_backend_without_credentials_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    env = {k: v for k, v in clean_env(HOME=str(tmp_path)).items()
+           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT")}
+    out = subprocess.run([sys.executable, "-m", "gateway", "serve", "--backend", "kubernetes",
+                          "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+                         capture_output=True, text=True, timeout=WAIT_S, env=env, check=False, cwd=tmp_path)
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("wakegate: --backend kubernetes: cannot load Kubernetes credentials from ~/.kube/config")
+    assert "pass --kubeconfig FILE" in last

@@ -75,7 +75,7 @@ BAD: dict[str, list[str]] = {
     "--strategy": ["always"],
     "--ignore-user-agents": ["(unclosed", "ok,[bad"],
     "--upstream-connect-timeout": ["0"],
-    "--client-keepalive-timeout": ["0", "-1", "nan", "inf", "75s", ""],
+    "--client-keepalive-timeout": ["0", "-1", "nan", "inf", "75 s", "5x", ""],
     "--client-header-timeout": ["0", "-30", "nan", "inf", "half a minute", ""],
     "--stop-grace": ["0"],
     "--activity-pull-interval": ["0"],
@@ -282,3 +282,27 @@ def test_client_timeouts_from_environment_and_their_errors() -> None:
         load_settings({**PROJECTS, "client_keepalive_timeout_s": "never"}, environ={})
     assert "--client-keepalive-timeout" in str(info.value)
     assert "never" in str(info.value)
+
+
+DURATION_FLAGS = sorted(opt.flag for opt in OPTIONS if opt.field.endswith("_s"))
+
+
+@pytest.mark.parametrize("flag", DURATION_FLAGS)
+@pytest.mark.parametrize(("raw", "seconds"), [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("1h", 3600.0),
+                                              ("1h30m", 5400.0), ("2.5", 2.5), ("250ms", 0.25)])
+def test_every_duration_flag_takes_the_same_forms(flag: str, raw: str, seconds: float) -> None:
+    opt = next(o for o in OPTIONS if o.flag == flag)
+    assert opt.metavar == "DURATION"
+    s = load_settings({**PROJECTS, opt.field: raw}, environ={})
+    assert getattr(s, opt.field) == seconds
+
+
+def test_help_shows_defaults_and_choices() -> None:
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    text = " ".join(parser.format_help().split())
+    assert "--backend local|kubernetes" in text and "one of local, kubernetes; default local" in text
+    assert "one of auto, block, page; default auto" in text
+    assert "default 300s; env WAKEGATE_IDLE_TIMEOUT" in text
+    assert "default 0.0.0.0:8080" in text
+    assert "default false; env WAKEGATE_TRUST_FORWARDED" in text

@@ -44,11 +44,9 @@ def test_project_state_has_slots_and_nothing_allocated_until_needed() -> None:
     settings = Settings()
     a, b = Project(ProjectInfo("a"), settings), Project(ProjectInfo("b"), settings)
     assert not hasattr(a, "__dict__")
-    # Asleep projects share one empty set of waiters and have no lock yet.
+    # Asleep projects share one empty set of waiters and one (immutable) machine.
     assert a._waiters is b._waiters and not a._waiters
-    assert a._op_lock is None
-    lock = a.op_lock
-    assert isinstance(lock, asyncio.Lock) and a.op_lock is lock and b._op_lock is None
+    assert a.machine is b.machine
 
 
 async def test_held_requests_get_a_set_of_their_own_and_give_it_back(tmp_path: Path) -> None:

@@ -81,6 +81,9 @@ class HeldSignal(NullObserver):
     def project_removed(self, project: str) -> None:
         self.inner.project_removed(project)
 
+    def project_changed(self, project: str) -> None:
+        self.inner.project_changed(project)
+
 
 def projects_file(tmp_path: Path, **overrides: dict[str, Any]) -> Path:
     projects: dict[str, Any] = {

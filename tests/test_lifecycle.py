@@ -8,7 +8,7 @@ import signal
 import textwrap
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from gateway.backends.base import BackendError, BackendUnavailable, Endpoint
 from gateway.backends.local import LocalBackend
 from gateway.config import Settings
 from gateway.lifecycle import Held, HoldRejected, Lifecycle, Project, State, _expire
+from gateway.project_state import Mode, Op
 
 WAIT_S = 20.0
 
@@ -99,33 +100,6 @@ class CountingBackend(LocalBackend):
             self.changes.notify()
 
 
-class ObservedLifecycle(Lifecycle):
-    """The real lifecycle; every listener call and finished sleep also notifies the test."""
-
-    def __init__(self, backend: CountingBackend, settings: Settings, changes: Changes) -> None:
-        self.changes = changes
-        self.observed: list[tuple[str, Any]] = []
-        super().__init__(backend, settings, observer=Recorder(self.observed, changes))
-
-    def endpoints_changed(self, name: str, endpoints: Sequence[Endpoint]) -> None:
-        super().endpoints_changed(name, endpoints)
-        self.changes.notify()
-
-    def wake_failed(self, name: str, reason: str) -> None:
-        super().wake_failed(name, reason)
-        self.changes.notify()
-
-    def projects_changed(self) -> None:
-        super().projects_changed()
-        self.changes.notify()
-
-    async def sleep(self, p: Project, reason: str = "idle") -> bool:
-        try:
-            return await super().sleep(p, reason)
-        finally:
-            self.changes.notify()
-
-
 class Recorder:
     """A LifecycleObserver that records every call."""
 
@@ -155,13 +129,17 @@ class Recorder:
     def project_removed(self, project: str) -> None:
         self._add("removed", project)
 
+    def project_changed(self, project: str) -> None:
+        self.changes.notify()  # every event the lifecycle handled wakes the test's waits
+
 
 class Env:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.changes = Changes()
         self.backend: CountingBackend
-        self.lifecycle: ObservedLifecycle
+        self.lifecycle: Lifecycle
+        self.observed: list[tuple[str, Any]] = []
 
     def write(self, projects: dict[str, dict[str, Any]]) -> Path:
         (self.tmp_path / "app.py").write_text(APP)
@@ -171,13 +149,13 @@ class Env:
         path.write_text(yaml.safe_dump({"projects": projects}))
         return path
 
-    async def start(self, projects: dict[str, dict[str, Any]], **settings: Any) -> ObservedLifecycle:
+    async def start(self, projects: dict[str, dict[str, Any]], **settings: Any) -> Lifecycle:
         path = self.write(projects)
         values: dict[str, Any] = {"projects_file": path, "stop_grace_s": 5.0, "reap_interval_s": 3600.0,
                                   "hold_timeout_s": WAIT_S, **settings}
         s = Settings(**values)
         self.backend = CountingBackend(s, self.changes)
-        self.lifecycle = ObservedLifecycle(self.backend, s, self.changes)
+        self.lifecycle = Lifecycle(self.backend, s, observer=Recorder(self.observed, self.changes))
         await self.lifecycle.start()
         return self.lifecycle
 
@@ -226,9 +204,9 @@ async def test_concurrent_cold_holds_coalesce_into_one_scale_up(env: Env) -> Non
     assert p.state is State.READY
     assert p.held == 0 and lc.held_total == 0
     assert await http_get(results[0].endpoint) == f"ok {env.backend.pid('web')}"
-    assert count(lc.observed, "wake_started", "web") == 1
-    assert count(lc.observed, "wake_finished", "web", "ready") == 1
-    assert sum(o[1] for o in lc.observed if o[0] == "held_changed") == 0
+    assert count(env.observed, "wake_started", "web") == 1
+    assert count(env.observed, "wake_finished", "web", "ready") == 1
+    assert sum(o[1] for o in env.observed if o[0] == "held_changed") == 0
 
 
 async def test_hold_on_a_ready_project_does_not_scale_up_again(env: Env) -> None:
@@ -250,7 +228,7 @@ async def test_hold_timeout_is_504_naming_the_project(env: Env) -> None:
     assert err.value.status == 504
     assert err.value.reason == "timeout"
     assert err.value.message == "project slow is not ready after 0.3s"
-    assert count(lc.observed, "held_rejected", "timeout") == 1
+    assert count(env.observed, "held_rejected", "timeout") == 1
     assert p.held == 0 and lc.held_total == 0
 
 
@@ -260,15 +238,15 @@ async def test_requests_failed_by_the_wake_deadline_get_what_their_own_timeout_g
     lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}, "hold_timeout_s": 0.5}})
     p = env.project("slow")
     first = asyncio.ensure_future(lc.hold(p))
-    await env.until(lambda: env.backend.calls["up"] == 1 and ("scale", "up", True) in lc.observed)
+    await env.until(lambda: env.backend.calls["up"] == 1 and ("scale", "up", True) in env.observed)
     later = [asyncio.ensure_future(lc.hold(p)) for _ in range(4)]
     results = await asyncio.wait_for(asyncio.gather(first, *later, return_exceptions=True), WAIT_S)
     assert all(isinstance(r, HoldRejected) for r in results)
     assert [(r.status, r.reason) for r in results if isinstance(r, HoldRejected)] == [(504, "timeout")] * 5
     assert all(isinstance(r, HoldRejected) and r.message == "project slow is not ready after 0.5s" for r in results)
-    assert count(lc.observed, "held_rejected", "timeout") == 5
-    assert [o for o in lc.observed if o[0] == "held_rejected"] == [("held_rejected", "timeout")] * 5
-    assert count(lc.observed, "wake_finished", "slow", "timeout") == 1
+    assert count(env.observed, "held_rejected", "timeout") == 5
+    assert [o for o in env.observed if o[0] == "held_rejected"] == [("held_rejected", "timeout")] * 5
+    assert count(env.observed, "wake_finished", "slow", "timeout") == 1
     assert p.state is State.FAILED and p.last_error == "no ready endpoint after 0.5s"
     assert p.held == 0 and lc.held_total == 0
 
@@ -279,15 +257,15 @@ async def test_a_hold_timer_and_the_wake_deadline_firing_together_count_once(env
     lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}}})
     p = env.project("slow")
     request = asyncio.ensure_future(lc.hold(p))
-    await env.until(lambda: len(p._waiters) == 1 and ("scale", "up", True) in lc.observed)
+    await env.until(lambda: len(p._waiters) == 1 and ("scale", "up", True) in env.observed)
     (fut,) = p._waiters
     _expire(fut)  # its own hold timer...
-    lc._wake_deadline(p, p._wake_id)  # ...and the wake's deadline, due together
+    lc._deadline(p, p.machine.wake)  # ...and the wake's deadline, due together
     with pytest.raises(HoldRejected) as err:
         await asyncio.wait_for(request, WAIT_S)
     assert (err.value.status, err.value.reason) == (504, "timeout")
-    assert [o for o in lc.observed if o[0] == "held_rejected"] == [("held_rejected", "timeout")]
-    assert count(lc.observed, "wake_finished", "slow", "timeout") == 1
+    assert [o for o in env.observed if o[0] == "held_rejected"] == [("held_rejected", "timeout")]
+    assert count(env.observed, "wake_finished", "slow", "timeout") == 1
 
 
 async def test_overflow_is_503_with_retry_after(env: Env) -> None:
@@ -312,7 +290,7 @@ async def test_overflow_is_503_with_retry_after(env: Env) -> None:
         fut.cancel()
     await asyncio.gather(*held, return_exceptions=True)
     assert slow.held == 0 and other.held == 0 and lc.held_total == 0  # cancelled holds release their slot
-    assert count(lc.observed, "held_rejected", "overflow") == 2
+    assert count(env.observed, "held_rejected", "overflow") == 2
 
 
 async def test_failed_boot_is_502_keeping_stderr_private_and_the_next_request_retries(env: Env) -> None:
@@ -331,8 +309,8 @@ async def test_failed_boot_is_502_keeping_stderr_private_and_the_next_request_re
     assert f"fatal: {marker} is missing" in err.detail
     assert p.state is State.FAILED and f"fatal: {marker} is missing" in (p.last_error or "")
     assert env.backend.calls["up"] == 1
-    assert count(lc.observed, "wake_finished", "web", "failed") == 1
-    assert count(lc.observed, "held_rejected", "failed") == 5  # once per request
+    assert count(env.observed, "wake_finished", "web", "failed") == 1
+    assert count(env.observed, "held_rejected", "failed") == 5  # once per request
     marker.write_text("")  # fixed: the next request wakes it again
     held = await lc.hold(p)
     assert p.state is State.READY and p.last_error is None
@@ -350,8 +328,8 @@ async def test_scale_up_error_fails_the_wake_and_the_next_request_retries(env: E
     assert err.value.message == "project web failed to start"
     assert "scale-up failed: quota exceeded for project web" in (err.value.detail or "")
     assert "quota exceeded" in (p.last_error or "")
-    assert ("scale", "up", False) in lc.observed
-    assert count(lc.observed, "held_rejected", "failed") == 1
+    assert ("scale", "up", False) in env.observed
+    assert count(env.observed, "held_rejected", "failed") == 1
     await lc.hold(p)
     assert p.state is State.READY
 
@@ -378,7 +356,7 @@ async def test_an_unreachable_backend_is_503_unavailable_counted_once(env: Env) 
     for h in holds:
         assert isinstance(h, HoldRejected) and h.message == "project web cannot be started now; retry shortly"
         assert "10.0.0.1" in (h.detail or "")
-    assert count(lc.observed, "held_rejected", "unavailable") == 3
+    assert count(env.observed, "held_rejected", "unavailable") == 3
 
 
 async def test_wait_ready(env: Env) -> None:
@@ -387,6 +365,16 @@ async def test_wait_ready(env: Env) -> None:
     assert env.project("web").state is State.READY
     assert not await lc.wait_ready(env.project("slow"), timeout_s=0.2)
     assert env.project("slow").state is State.WAKING
+
+
+async def test_wait_ready_answers_when_the_wake_ends_even_with_no_request_held(env: Env) -> None:
+    # An admin activate?wait=true is no held request: it is still told at once, not at its timeout.
+    marker = env.tmp_path / "config-present"
+    lc = await env.start({"web": {"env": {"FAIL_UNLESS_EXISTS": str(marker)}}, "ok": {"env": {"BOOT_DELAY_S": "0.3"}}})
+    assert not await asyncio.wait_for(lc.wait_ready(env.project("web"), timeout_s=3600), WAIT_S)
+    assert env.project("web").state is State.FAILED
+    assert await asyncio.wait_for(lc.wait_ready(env.project("ok"), timeout_s=3600), WAIT_S)
+    assert env.project("ok").held == 0
 
 
 # --- activity and sleep --------------------------------------------------------------------------
@@ -399,10 +387,10 @@ async def test_idle_project_is_reaped_by_the_reaper(env: Env) -> None:
     pid = env.backend.pid("web")
     with lc.activity(p):
         assert await http_get(held.endpoint) == f"ok {pid}"
-    await env.until(lambda: p.state is State.ASLEEP and env.backend.calls["down"] == 1 and not p._sleeping)
+    await env.until(lambda: p.state is State.ASLEEP and env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
     assert env.backend.pid("web") is None
     assert p.endpoints == ()
-    assert ("scale", "down", True) in lc.observed
+    assert ("scale", "down", True) in env.observed
     # And it wakes again on the next request.
     await lc.hold(p)
     assert env.backend.spawn_count["web"] == 2
@@ -419,7 +407,7 @@ async def test_reap_once_skips_projects_with_requests_in_flight(env: Env) -> Non
     assert lc.reap_once() == []  # the request just ended: that is activity
     p.last_activity_wall = time.time() - 100
     assert lc.reap_once() == ["web"]
-    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    await env.until(lambda: env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
     assert p.state is State.ASLEEP
 
 
@@ -433,7 +421,7 @@ async def test_a_request_starting_after_the_reaper_decided_is_not_cut_off(env: E
     assert p.pick() is not None
     lc.begin(p)
     await asyncio.sleep(0)  # let the reaper's task run
-    await env.until(lambda: not p._sleeping)
+    await env.until(lambda: p.machine.op is Op.NONE)
     assert env.backend.calls["down"] == 0
     assert p.state is State.READY and env.backend.pid("web") is not None
     lc.end(p)
@@ -504,7 +492,7 @@ async def test_project_with_a_dropped_endpoint_is_still_reaped(env: Env) -> None
     lc.endpoint_failed(p, first.endpoint, "connection refused")
     p.last_activity_wall = time.time() - 100
     assert lc.reap_once() == ["web"]  # its process still runs: it must not be left running forever
-    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    await env.until(lambda: env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
     assert env.backend.pid("web") is None
 
 
@@ -518,7 +506,7 @@ async def test_a_wake_that_never_became_ready_is_still_reaped(env: Env) -> None:
     assert lc.reap_once() == []
     p.last_activity_wall = time.time() - 100
     assert lc.reap_once() == ["slow"]
-    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    await env.until(lambda: env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
     assert env.backend.pid("slow") is None and p.state is State.ASLEEP
 
 
@@ -533,8 +521,47 @@ async def test_a_failure_of_a_project_woken_elsewhere_is_shown_and_reaped(env: E
     assert lc.reap_once() == []  # it gets a full idle period first
     p.last_activity_wall = time.time() - 100
     assert lc.reap_once() == ["web"]
-    await env.until(lambda: env.backend.calls["down"] == 1 and not p._sleeping)
+    await env.until(lambda: env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
     assert p.state is State.ASLEEP
+
+
+# --- modes (the coming Project resource's spec.mode) ---------------------------------------------
+
+
+async def test_a_suspended_project_is_never_woken_and_a_running_one_never_reaped(env: Env) -> None:
+    lc = await env.start({"web": {"idle_timeout_s": 1.0}})
+    p = env.project("web")
+    lc.set_mode(p, Mode.SUSPENDED)
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(p)
+    assert (err.value.status, err.value.reason, err.value.message) == (503, "suspended", "project web is suspended")
+    assert not lc.would_wake(p) and env.backend.calls["up"] == 0
+    assert count(env.observed, "held_rejected", "suspended") == 1
+    lc.set_mode(p, Mode.RUNNING)  # kept up: woken at once, without a request
+    await env.until(lambda: p.state is State.READY)
+    assert env.backend.calls["up"] == 1
+    p.last_activity_wall = time.time() - 100
+    assert lc.reap_once() == [] and not await lc.sleep(p)
+    lc.set_mode(p, Mode.AUTO)
+    assert lc.reap_once() == ["web"]
+    await env.until(lambda: env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
+    assert p.state is State.ASLEEP and env.backend.pid("web") is None
+
+
+async def test_suspending_a_running_project_answers_its_held_requests_and_scales_it_down(env: Env) -> None:
+    lc = await env.start({"web": {}, "slow": {"env": {"BOOT_DELAY_S": "60"}}})
+    web, slow = env.project("web"), env.project("slow")
+    await lc.hold(web)
+    request = asyncio.ensure_future(lc.hold(slow))
+    await env.until(lambda: slow.held == 1 and env.backend.pid("slow") is not None)
+    lc.set_mode(slow, Mode.SUSPENDED)
+    lc.set_mode(web, Mode.SUSPENDED)
+    with pytest.raises(HoldRejected) as err:
+        await asyncio.wait_for(request, WAIT_S)
+    assert (err.value.status, err.value.reason) == (503, "suspended")
+    await env.until(lambda: env.backend.calls["down"] == 2 and web.machine.op is slow.machine.op is Op.NONE)
+    assert env.backend.pid("web") is None and env.backend.pid("slow") is None
+    assert web.state is State.ASLEEP and slow.state is State.ASLEEP and web.pick() is None
 
 
 # --- the project table ---------------------------------------------------------------------------
@@ -552,9 +579,9 @@ async def test_removing_a_project_fails_its_held_requests(env: Env) -> None:
         await asyncio.wait_for(request, WAIT_S)
     assert err.value.status == 404 and err.value.reason == "removed"
     assert err.value.message == "project slow was removed"
-    assert count(lc.observed, "held_rejected", "removed") == 1
+    assert count(env.observed, "held_rejected", "removed") == 1
     assert lc.get("slow") is None and lc.get("web") is not None
-    assert ("removed", "slow") in lc.observed
+    assert ("removed", "slow") in env.observed
     assert pid is not None and env.backend.pid("slow") is None
 
 
@@ -597,4 +624,4 @@ async def test_draining_rejects_new_holds_and_close_fails_held_ones(env: Env) ->
         await asyncio.wait_for(request, WAIT_S)
     assert (err.value.status, err.value.reason) == (503, "draining")
     assert pid is not None and env.backend.pid("slow") is None
-    assert count(lc.observed, "held_rejected", "draining") == 2  # the new request and the held one
+    assert count(env.observed, "held_rejected", "draining") == 2  # the new request and the held one

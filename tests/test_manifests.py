@@ -1,12 +1,19 @@
 """The install manifests: they render, validate strictly, grant exactly what the backend uses, and
-the gateway's pods meet the ``restricted`` Pod Security Standard."""
+the gateway's pods meet the ``restricted`` Pod Security Standard. Every combination of the optional
+components renders, in any order, and each setting (domain, trusted proxies) lands exactly where it
+is needed. (The Helm chart is compared with these objects in tests/test_helm_chart.py.)"""
 
 from __future__ import annotations
 
+import ipaddress
+import itertools
 import json
+import os
+import re
 import shutil
 import subprocess
 from collections import defaultdict
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -15,15 +22,24 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from gateway import config
+from gateway import contract as L
 from gateway.backends import kubernetes as kb
 from gateway.config import option_names
-from provisioner import labels as L
+from tests.cluster import helm as H
 from tests.cluster.controlplane import bin_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ["", "overlays/monitoring", "overlays/gateway-api", "aks"]
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+KUSTOMIZATIONS = ["", "base", "overlays/monitoring", "overlays/gateway-api", "aks"]
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
+             ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+# Every combination of the optional components (components/settings is in each).
+COMBINATIONS = [c for n in range(len(H.COMPONENTS) + 1) for c in itertools.combinations(H.COMPONENTS, n)]
+DEFAULT_DOMAIN = "env.example.com"
+DEFAULT_TRUSTED_PROXIES = "10.244.0.0/16"
+# Settings unlike the defaults, to see where each one lands.
+SETTINGS = {"domain": "apps.test-domain.example", "trustedProxies": "10.1.0.0/16,192.168.7.0/24"}
 K8S_VERSION = "1.37.0"
 
 Obj = dict[str, Any]
@@ -88,8 +104,9 @@ def test_the_default_install_needs_no_crds() -> None:
     assert not [o for o in render("") if (o["apiVersion"], o["kind"]) in CRD_KINDS]
 
 
-def test_monitoring_overlay_adds_servicemonitor_and_dashboard() -> None:
+def test_monitoring_overlay_adds_servicemonitor_rules_and_dashboard() -> None:
     objs = render("overlays/monitoring")
+    assert one(objs, "PrometheusRule")["spec"]["groups"]
     sm = one(objs, "ServiceMonitor")
     svc = one(objs, "Service")
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
@@ -104,14 +121,129 @@ def test_gateway_api_overlay_replaces_the_ingress() -> None:
     objs = render("overlays/gateway-api")
     assert not find(objs, "Ingress")
     route = one(objs, "HTTPRoute")
-    assert route["spec"]["hostnames"] == ["*.env.example.com"]
+    assert route["spec"]["hostnames"] == [f"*.{DEFAULT_DOMAIN}"]
     assert route["spec"]["rules"][0]["backendRefs"] == [{"name": "wakegate", "port": 80}]
 
 
 def test_aks_overlay_uses_the_app_routing_ingress_class() -> None:
     objs = render("aks")
     assert one(objs, "Ingress")["spec"]["ingressClassName"] == "webapprouting.kubernetes.azure.com"
+    assert pod_spec(objs)["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert "Network policy engine" in (MANIFESTS / "aks" / "README.md").read_text()
+
+
+def test_the_default_install_is_the_base_with_its_own_defaults() -> None:
+    # manifests/kustomization.yaml writes its settings (the defaults) through components/settings; the
+    # base objects carry the same defaults, so rendering the base alone changes nothing.
+    assert sorted(map(json.dumps, render(""))) == sorted(map(json.dumps, render("base")))
+    settings = one(tuple(H.parse((MANIFESTS / "base" / "settings.yaml").read_text())), "ConfigMap",
+                   "wakegate-settings")
+    assert settings["data"] == {"domain": DEFAULT_DOMAIN, "trustedProxies": DEFAULT_TRUSTED_PROXIES}
+    assert settings["metadata"]["annotations"]["config.kubernetes.io/local-config"] == "true"
+    top = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
+    assert top["configMapGenerator"][0]["literals"] == [f"{k}={v}" for k, v in settings["data"].items()]
+    assert top["components"] == ["components/settings"]
+
+
+# --- components and settings -----------------------------------------------------------------------
+
+
+def label(combo: tuple[str, ...]) -> str:
+    return "+".join(combo) or "none"
+
+
+@cache
+def install(combo: tuple[str, ...], reverse: bool = False) -> tuple[Obj, ...]:
+    names = ["settings", *combo]
+    return tuple(H.kustomize_install(SETTINGS, names[::-1] if reverse else names))
+
+
+def strings(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """Every string in ``node`` (keys too) with its path."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{path}.{k}#key", str(k)
+            yield from strings(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from strings(v, f"{path}[{i}]")
+    elif isinstance(node, str):
+        yield path, node
+
+
+def where(objs: tuple[Obj, ...], needle: str) -> set[str]:
+    return {f"{o['kind']}/{o['metadata']['name']}{path}" for o in objs for path, text in strings(o)
+            if needle in text}
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=label)
+def test_every_combination_of_components_renders_and_validates(combo: tuple[str, ...]) -> None:
+    objs = install(combo)
+    kinds = {o["kind"] for o in objs}
+    assert ("Ingress" in kinds) != ("gateway-api" in combo)
+    assert ("HTTPRoute" in kinds) == ("gateway-api" in combo)
+    assert {"ServiceMonitor", "PrometheusRule"} <= kinds if "monitoring" in combo else not kinds & {
+        "ServiceMonitor", "PrometheusRule"}
+    assert not find(objs, "ConfigMap", "wakegate-settings"), "the settings ConfigMap must never be applied"
+    for o in objs:
+        if (o["apiVersion"], o["kind"]) not in CRD_KINDS:
+            kubernetes_validate.validate(o, K8S_VERSION, strict=True)
+    # the order in which components are listed does not matter
+    assert install(combo, reverse=True) == objs
+
+
+@pytest.mark.parametrize("combo", COMBINATIONS, ids=label)
+def test_the_domain_lands_exactly_where_it_is_needed(combo: tuple[str, ...]) -> None:
+    objs = install(combo)
+    domain = SETTINGS["domain"]
+    expected = {"Deployment/wakegate.spec.template.spec.containers[0].env[4].value"}
+    if "gateway-api" in combo:
+        expected |= {"HTTPRoute/wakegate.spec.hostnames[0]"}
+        assert one(objs, "HTTPRoute")["spec"]["hostnames"] == [f"*.{domain}"]
+    else:
+        expected |= {"Ingress/wakegate.spec.rules[0].host", "Ingress/wakegate.spec.tls[0].hosts[0]"}
+        ing = one(objs, "Ingress")
+        assert ing["spec"]["rules"][0]["host"] == ing["spec"]["tls"][0]["hosts"][0] == f"*.{domain}"
+    assert where(objs, domain) == expected
+    assert where(objs, DEFAULT_DOMAIN) == set(), "the default domain is left somewhere"
+    env = {e["name"]: e.get("value") for e in pod_spec(objs)["containers"][0]["env"]}
+    assert env["WAKEGATE_DOMAIN"] == domain
+    assert env["WAKEGATE_TRUSTED_PROXIES"] == SETTINGS["trustedProxies"]
+    assert where(objs, SETTINGS["trustedProxies"]) == {
+        "Deployment/wakegate.spec.template.spec.containers[0].env[5].value"}
+    assert where(objs, DEFAULT_TRUSTED_PROXIES) == set()
+
+
+def gateway_settings(objs: tuple[Obj, ...] | list[Obj]) -> config.Settings:
+    """The gateway's settings as the container's arguments and literal environment make them."""
+    from gateway.cli import build_parser
+
+    c = pod_spec(tuple(objs))["containers"][0]
+    args = build_parser(project_actions=False).parse_args(c["args"])
+    environ = {e["name"]: e["value"] for e in c["env"] if "value" in e}
+    return config.load_settings({o.field: getattr(args, o.field) for o in config.OPTIONS}, environ=environ)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS)
+def test_the_gateway_trusts_only_the_configured_proxies(path: str) -> None:
+    settings = gateway_settings(render(path))
+    assert settings.domain == DEFAULT_DOMAIN
+    assert settings.trusted_proxies == (DEFAULT_TRUSTED_PROXIES,)
+    assert settings.trust_forwarded is False
+    for net in settings.trusted_proxies:
+        assert ipaddress.ip_network(net).prefixlen > 0, "never trust every address"
+    custom = gateway_settings(install(()))
+    assert (custom.domain, ",".join(custom.trusted_proxies)) == (SETTINGS["domain"], SETTINGS["trustedProxies"])
+    for o in render(path):
+        text = json.dumps(o).lower()
+        assert "trust-forwarded" not in text and "trust_forwarded" not in text
+
+
+def test_readme_documents_trusted_proxies_per_controller() -> None:
+    text = (MANIFESTS / "README.md").read_text()
+    for word in ("trustedProxies", "ingress-nginx", "application routing", "AGIC", "Traefik",
+                 "externalTrafficPolicy", "0.0.0.0/0"):
+        assert word in text, word
 
 
 # --- RBAC ------------------------------------------------------------------------------------------
@@ -181,8 +313,8 @@ def test_provisioner_role_covers_the_project_namespace_writes() -> None:
 # --- the gateway's Deployment ---------------------------------------------------------------------
 
 
-def pod_spec() -> Obj:
-    spec: Obj = one(render(""), "Deployment")["spec"]["template"]["spec"]
+def pod_spec(objs: tuple[Obj, ...] | None = None) -> Obj:
+    spec: Obj = one(render("") if objs is None else objs, "Deployment")["spec"]["template"]["spec"]
     return spec
 
 
@@ -279,7 +411,7 @@ def test_service_ingress_and_network_policy_line_up() -> None:
     assert container_ports == {"http": 8080, "admin": 9090}
     assert "--listen=:8080" in c["args"] and "--admin-listen=:9090" in c["args"]
     ing = one(objs, "Ingress")
-    assert ing["spec"]["rules"][0]["host"] == "*.env.example.com"
+    assert ing["spec"]["rules"][0]["host"] == f"*.{DEFAULT_DOMAIN}"
     assert ing["spec"]["tls"][0]["secretName"]
     assert ing["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] == {"name": "wakegate",
                                                                                 "port": {"name": "http"}}
@@ -318,3 +450,39 @@ def test_dashboard_metric_names_exist_in_the_gateway() -> None:
     source = (ROOT / "gateway" / "metrics.py").read_text()
     for metric in DASHBOARD_METRICS:
         assert f'"{metric}"' in source, metric
+
+
+def test_alerting_rules_use_the_gateways_metrics() -> None:
+    rule = one(render("overlays/monitoring"), "PrometheusRule")
+    source = (ROOT / "gateway" / "metrics.py").read_text()
+    rules = [r for g in rule["spec"]["groups"] for r in g["rules"]]
+    assert {r["alert"] for r in rules} >= {"WakegateReplicaDown", "WakegateScaleErrors"}
+    for r in rules:
+        assert r["labels"]["severity"] in ("warning", "critical"), r["alert"]
+        assert r["annotations"]["summary"] and r["annotations"]["description"], r["alert"]
+        assert 'job="wakegate"' in r["expr"], r["alert"]  # the Service's name: the ServiceMonitor's job
+        for metric in re.findall(r"\b(wakegate_[a-z_]+)", r["expr"]):
+            family = re.sub(r"_(bucket|sum|count)$", "", metric) if metric.endswith("_seconds_bucket") else metric
+            assert f'"{family}"' in source, (r["alert"], metric)
+        for name, value in re.findall(r'(\w+)=~?"([^"]*)"', r["expr"]):
+            if name == "result":
+                assert set(value.split("|")) <= {"ready", "timeout", "failed", "error", "ok"}, value
+            if name == "reason":
+                assert set(value.split("|")) <= {"overflow", "timeout", "failed", "unavailable", "removed",
+                                                  "draining", "rate_limited", "suspended"}, value
+
+
+def test_the_readme_example_install_renders_with_its_settings(tmp_path: Path) -> None:
+    # The kustomization manifests/README.md shows ("Settings and components"), with its paths made
+    # to point at this manifests/ from tmp_path.
+    text = (MANIFESTS / "README.md").read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.S)
+    assert block, "manifests/README.md: no yaml example"
+    rel = Path(os.path.relpath(MANIFESTS, tmp_path)).as_posix()
+    (tmp_path / "kustomization.yaml").write_text(block.group(1).replace("../manifests", rel))
+    objs = tuple(H.kustomize(tmp_path))
+    c = pod_spec(objs)["containers"][0]
+    assert c["image"] == "registry.example.com/wakegate:0.1.0"
+    assert gateway_settings(objs).domain == "env.contoso.com"
+    assert one(objs, "Ingress")["spec"]["ingressClassName"] == "webapprouting.kubernetes.azure.com"
+    assert one(objs, "PrometheusRule") and where(objs, DEFAULT_DOMAIN) == set()

@@ -31,6 +31,11 @@ def parse(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], fl
     return out
 
 
+def strip_process(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> dict[
+        tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {k: v for k, v in samples.items() if not k[0].startswith("process_")}
+
+
 def types(text: bytes) -> dict[str, str]:
     return {f.name: f.type for f in text_string_to_metric_families(text.decode())}
 
@@ -89,6 +94,9 @@ async def test_every_required_metric_is_exposed_with_its_type(rig: Rig) -> None:
     assert value(s, "wakegate_projects", state="asleep") == 3
     assert value(s, "wakegate_held_requests") == 0
     assert value(s, "wakegate_inflight_requests") == 0
+    # A single gateway on a backend without a control plane: reachable, and it runs the reaper.
+    assert t["wakegate_backend_reachable"] == t["wakegate_reaper_leader"] == "gauge"
+    assert value(s, "wakegate_backend_reachable") == 1 and value(s, "wakegate_reaper_leader") == 1
     # No project label on histograms.
     assert not any(name.startswith("wakegate_request_duration") and "project" in dict(labels) for name, labels in s)
 
@@ -139,7 +147,7 @@ async def test_scenario_cold_wake_requests_and_reap(rig: Rig) -> None:
 
 async def _sleep_done(lc: Lifecycle, name: str) -> None:
     # The reaper's sleep task is the lifecycle's; await it rather than poll.
-    await asyncio.gather(*list(lc._tasks))
+    await lc._tasks.join()
     assert lc.projects[name].state is State.ASLEEP
 
 
@@ -275,7 +283,8 @@ async def test_render_matches_the_registry_with_thousands_of_projects() -> None:
         m.wake_finished(f"p{i}", "ready", 0.5)
     m.request_finished('we"ird\\name', 200, 0.001)
     rendered = parse(await m.render())
-    assert rendered == parse(generate_latest(m.registry))
+    # The process's own CPU and memory move between the two scrapes; everything else is the same.
+    assert strip_process(rendered) == strip_process(parse(generate_latest(m.registry)))
     assert value(rendered, "wakegate_project_requests_total", project="p4999") == 1
     assert value(rendered, "wakegate_project_requests_total", project='we"ird\\name') == 1
     assert sum(1 for name, _ in rendered if name == "wakegate_project_wakeups_total") == 5000
@@ -353,3 +362,46 @@ async def test_count_states_agrees_with_the_lifecycle(rig: Rig) -> None:
     expected = {k: v for k, v in lc.count_by_state().items() if v}
     assert count_states(list(lc.projects.values())) == expected == {"ready": 1, "failed": 1, "asleep": 1}
     assert count_states([]) == {}
+
+
+async def test_waiting_pages_streams_and_tunnels_are_counted_apart() -> None:
+    m = Metrics()
+    m.request_finished("alpha", 503, 0.001, page=True)  # a cold browser visit: the waiting page
+    m.request_finished("alpha", 200, 0.002)  # time to the response head
+    m.stream_finished("stream", 42.0)
+    m.stream_finished("tunnel", 600.0)
+    body = await m.render()
+    s = parse(body)
+    assert value(s, "wakegate_requests_total", code_class="waiting_page") == 1
+    assert value(s, "wakegate_requests_total", code_class="5xx") == 0  # error-rate alerts stay quiet
+    assert value(s, "wakegate_stream_duration_seconds_count", kind="stream") == 1
+    assert value(s, "wakegate_stream_duration_seconds_sum", kind="tunnel") == 600.0
+    assert value(s, "wakegate_stream_duration_seconds_bucket", kind="tunnel", le="300.0") == 0
+    # Process metrics as every Prometheus user expects, and no *_created series unless asked for.
+    for name in ("process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds"):
+        assert value(s, name) is not None and value(s, name) > 0, name  # type: ignore[operator]
+    assert b"_created" not in body
+    assert b"wakegate_requests_created" in await Metrics(created_series=True).render()
+    Metrics()  # back to the default for the rest of the process
+
+
+async def test_scraped_waiting_page_and_stream_over_http(tmp_path: Path) -> None:
+    projects = write_projects(tmp_path, {"alpha": {"env": {"SLOW_S": 0.4, "BOOT_S": 0.5}}})
+    gw = await GatewayProcess.start(projects)
+    browser = {"Host": "alpha.localhost", "Accept": "text/html", "Sec-Fetch-Mode": "navigate"}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            async with http.get(gw.url + "/", headers=browser) as resp:
+                assert resp.status == 503 and "is starting" in await resp.text()
+            async with http.get(gw.url + "/slow", headers={"Host": "alpha.localhost"}) as resp:
+                assert resp.status == 200 and len(await resp.read()) == 4000
+            async with http.get(gw.admin_url + "/metrics") as resp:
+                s = parse(await resp.text())
+    finally:
+        await gw.kill()
+    assert value(s, "wakegate_requests_total", code_class="waiting_page") == 1
+    assert value(s, "wakegate_requests_total", code_class="5xx") == 0
+    assert value(s, "wakegate_requests_total", code_class="2xx") == 1
+    assert value(s, "wakegate_stream_duration_seconds_count", kind="stream") == 1
+    # The body took the app's own pauses (0.4 s) after the head; that is the stream's lifetime.
+    assert value(s, "wakegate_stream_duration_seconds_sum", kind="stream") >= 0.3  # type: ignore[operator]

@@ -7,6 +7,7 @@ import asyncio
 import importlib.machinery
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -130,3 +131,40 @@ async def test_the_same_source_proxies_as_plain_python(tmp_path: Path, monkeypat
         assert resp.status == 200 and "real content of web" in body and "path /hello" in body
     finally:
         await gw.kill()
+
+
+# --- the extension check of `wakegate serve` (gateway.service.check_extensions) ---------------------
+
+
+def test_serve_requires_the_compiled_parts_of_the_data_path_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import aiohttp.helpers
+
+    from gateway.service import DATA_PATH_EXTENSIONS, check_extensions
+
+    assert DATA_PATH_EXTENSIONS == ("httptools.parser.parser", "uvloop.loop")
+    check_extensions()
+    # aiohttp's C HTTP parser and WebSocket reader are not on the data path: without them (here: not
+    # importable, and AIOHTTP_NO_EXTENSIONS in force) the gateway still starts.
+    for module in ("aiohttp._http_parser", "aiohttp._http_writer", "aiohttp._websocket.reader_c"):
+        monkeypatch.setitem(sys.modules, module, None)
+    monkeypatch.setattr(aiohttp.helpers, "NO_EXTENSIONS", True)
+    check_extensions()
+
+
+@pytest.mark.parametrize("module", ["httptools.parser.parser", "uvloop.loop"])
+def test_serve_refuses_to_start_without_a_data_path_extension(monkeypatch: pytest.MonkeyPatch, module: str) -> None:
+    from gateway.service import StartupError, check_extensions
+
+    monkeypatch.setitem(sys.modules, module, None)  # what an import of a missing module meets
+    with pytest.raises(StartupError, match=rf"compiled extensions are missing: {re.escape(module)};"):
+        check_extensions()
+
+
+def test_serve_refuses_a_pure_python_module_in_place_of_an_extension(monkeypatch: pytest.MonkeyPatch) -> None:
+    import httptools.parser.protocol
+
+    from gateway.service import StartupError, check_extensions
+
+    monkeypatch.setitem(sys.modules, "httptools.parser.parser", httptools.parser.protocol)
+    with pytest.raises(StartupError, match=r"httptools\.parser\.parser \(not a compiled extension: .*protocol\.py\)"):
+        check_extensions()

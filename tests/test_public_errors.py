@@ -80,6 +80,9 @@ class Tee:
         self.metrics.project_removed(project)
         self.watch.project_removed(project)
 
+    def project_changed(self, project: str) -> None:
+        self.watch.project_changed(project)
+
 
 @dataclasses.dataclass
 class Gateway:
@@ -201,13 +204,13 @@ async def test_a_failed_start_is_told_without_its_stderr_but_with_the_request_id
         assert r.text.startswith("project broken failed to start\nrequest id: ")
         generated = r.text.rsplit("request id: ", 1)[1].strip()
         assert generated
-        # The status JSON and the waiting page say no more.
+        # The status JSON and the final error page (a browser right after the failed wake) say no more.
         r = await c.request("GET", STATUS_PATH, "broken")
         assert r.status == 200 and json.loads(r.body) == {"project": "broken", "state": "failed", "ready": False}
         r = await c.request("GET", "/", "broken", {**BROWSER, "X-Request-Id": "page-7"})
-        assert r.status == 503 and (r.header("Content-Type") or "").startswith("text/html")
+        assert r.status == 502 and (r.header("Content-Type") or "").startswith("text/html")
         _assert_private(r.text)
-        assert "page-7" in r.text
+        assert "broken</span> could not start" in r.text and "page-7" in r.text
     # The detail is kept for operators: the admin API and the structured logs (with the request id).
     await gw.watch.until(lambda: gw.service.lifecycle.projects["broken"].last_error is not None)
     project = await gw.admin("/api/v1/projects/broken")

@@ -9,6 +9,7 @@ import logging
 import pytest
 
 from gateway import logs
+from gateway.backends.base import ProjectInfo
 from tests.support import (
     DOMAIN,
     RawUpstream,
@@ -158,3 +159,21 @@ async def test_observer_sees_every_request_once() -> None:
         await watch.until(lambda: len(watch.finished) == 3)
     assert watch.finished == [("app", 200), ("ghost", 404), (None, 400)]
     assert watch.inflight == 0
+
+
+class BrokenDiscovery(TableBackend):
+    """A backend with a bug: looking up an unknown name raises something no one expects."""
+
+    async def discover(self, name: str) -> ProjectInfo | None:
+        raise RuntimeError("a bug in the backend")
+
+
+async def test_a_handler_that_raises_answers_500_and_the_gateway_serves_on(caplog: pytest.LogCaptureFixture) -> None:
+    backend = BrokenDiscovery({"a": RecordingUpstream()})
+    async with running_gateway(backend) as gw, gw.client() as c:
+        r = await c.request("GET", "/", "unknown")
+        assert r.status == 500 and r.text == "internal error in the gateway\n"
+        assert "a bug in the backend" not in r.text
+        assert "request handler failed" in caplog.text and "RuntimeError: a bug in the backend" in caplog.text
+    async with running_gateway(BrokenDiscovery({"a": RecordingUpstream()})) as gw, gw.client() as c:
+        assert (await c.request("GET", "/", "a")).status == 200  # known projects are served as ever

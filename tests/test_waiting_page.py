@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +14,15 @@ import pytest
 from playwright.async_api import Browser, Response, async_playwright
 
 from gateway import waiting_page
-from gateway.waiting_page import STATUS_PATH, page_response_headers, render_page, render_status, wants_page
-from tests.ops_support import GatewayProcess, write_projects
+from gateway.waiting_page import (
+    STATUS_PATH,
+    page_response_headers,
+    render_failed_page,
+    render_page,
+    render_status,
+    wants_page,
+)
+from tests.ops_support import GatewayProcess, ensure_debian_package, write_projects
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,*/*;q=0.8"
 
@@ -94,6 +99,21 @@ def test_page_states() -> None:
     assert b'id="slow" hidden>' in render_page("alpha", "waking", 5, 120)
 
 
+def test_failed_page_is_final_and_private() -> None:
+    page = render_failed_page('x"><script>alert(1)</script>', "req-7").decode()
+    assert "could not start" in page and '<code id="rid">req-7</code>' in page
+    assert "<script" not in page and "&lt;script&gt;" in page  # no script of its own: it does not poll
+    assert "refresh" not in page.lower()
+    assert 'id="rid"' not in render_failed_page("alpha").decode()
+    assert waiting_page.FAILED_STATUS == 502
+
+
+def test_the_waiting_page_reloads_once_on_failure_instead_of_polling_on() -> None:
+    script = render_page("alpha", "waking", 1, 120).decode()
+    failed = script[script.index('if (st.state === "failed")'):]
+    assert failed.index("window.location.reload()") < failed.index("return;") < failed.index("setTimeout(poll")
+
+
 def test_headers_and_status_answer() -> None:
     headers = page_response_headers()
     assert headers["Content-Type"] == "text/html; charset=utf-8"
@@ -120,13 +140,7 @@ STEP_MS = 30_000
 
 
 def ensure_chromium() -> str:
-    """Debian's chromium (``make system-deps`` installs it; install it here when it is missing)."""
-    if not os.path.exists(CHROMIUM):
-        subprocess.run(["apt-get", "update", "-qq"], check=True, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"], check=True,
-                       timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-    assert os.path.exists(CHROMIUM), f"{CHROMIUM} is missing; run `make system-deps`"
-    return CHROMIUM
+    return ensure_debian_package(CHROMIUM, "chromium")
 
 
 @pytest.fixture
@@ -136,6 +150,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
         "plain": {"env": {"BOOT_S": BOOT_S}, "strategy": "block"},
         "api": {"env": {"BOOT_S": 0.5}},
         "nojs": {"env": {"BOOT_S": BOOT_S}},
+        "broken": {"command": ["{python}", "-c", "import sys, time; time.sleep(1); sys.exit(3)"]},
     })
     gw = await GatewayProcess.start(projects)
     try:
@@ -235,3 +250,37 @@ async def test_page_and_status_over_http(gateway: GatewayProcess) -> None:
             assert resp.status == 200
         async with http.get(gateway.url + STATUS_PATH, headers={"Host": "hello.localhost"}) as resp:
             assert await resp.json() == {"project": "hello", "state": "ready", "ready": True}
+
+
+async def test_a_failed_wake_ends_on_a_final_error_page_that_stops_polling(gateway: GatewayProcess,
+                                                                           browser: Browser) -> None:
+    page = await browser.new_page()
+    page.set_default_timeout(STEP_MS)
+    documents: list[int] = []
+    polls_after_final: list[str] = []
+    final = asyncio.Event()
+
+    def on_response(response: Response) -> None:
+        if response.request.resource_type == "document":
+            documents.append(response.status)
+            if response.status == waiting_page.FAILED_STATUS:
+                final.set()
+        elif final.is_set() and response.url.endswith(STATUS_PATH):
+            polls_after_final.append(response.url)
+
+    page.on("response", on_response)
+    first = await page.goto(f"http://broken.localhost:{gateway.port}/", wait_until="domcontentloaded")
+    assert first is not None and first.status == 503
+    # The page's own script sees the failure and loads the page once more: the final error page.
+    await page.wait_for_selector('main[data-state="failed"]')
+    assert documents == [503, 502]
+    text = await page.text_content("main") or ""
+    assert "broken could not start" in text and "Request id:" in text
+    assert "exit" not in text and "code 3" not in text  # the reason stays private
+    # It is final: no script, so nothing polls (a new status request would have to come from it).
+    assert await page.evaluate("document.scripts.length") == 0
+    assert polls_after_final == []
+    # A later visit (after the failure window) would try again; an API client is held and gets 502 now.
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http, \
+            http.get(f"{gateway.url}/", headers={"Host": "broken.localhost"}) as resp:
+        assert resp.status == 502

@@ -312,3 +312,15 @@ async def test_admin_activations_are_never_limited() -> None:
     finally:
         await service.stop()
 
+
+
+async def test_a_forwarded_address_with_a_port_counts_as_that_address() -> None:
+    # Azure Application Gateway writes X-Forwarded-For as address:port: a client's connections have
+    # different ports but one address, so they share one client's wakes.
+    backend = backend_of(("a", "b", "c"))
+    async with running_gateway(backend, wake_rate_per_client_per_min=1, trusted_proxies=("127.0.0.1/32",)) as gw, \
+            gw.client() as ingress:
+        first = await ingress.request("GET", "/", "a", headers={"X-Forwarded-For": "203.0.113.7:50112"})
+        second = await ingress.request("GET", "/", "b", headers={"X-Forwarded-For": "203.0.113.7:50113"})
+        other = await ingress.request("GET", "/", "c", headers={"X-Forwarded-For": "[2001:db8::7]:443"})
+    assert (first.status, second.status, other.status) == (200, 429, 200)

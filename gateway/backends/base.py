@@ -123,6 +123,21 @@ class Backend(abc.ABC):
         """Whether the backend is reachable and has loaded its initial table (for ``/readyz``)."""
         return True
 
+    @property
+    def reachable(self) -> bool:
+        """Whether the backend's control plane answered its last request (metric
+        ``wakegate_backend_reachable``); a backend without one is always reachable."""
+        return True
+
+    # --- Optional capabilities -------------------------------------------------------------------
+
+    #: Whether :meth:`reload` re-reads the project table (the local backend's projects file). A
+    #: backend that watches its table (Kubernetes) has nothing to re-read.
+    supports_reload: bool = False
+
+    async def reload(self) -> None:
+        """Re-read the project table (``SIGHUP``) where :attr:`supports_reload`; else do nothing."""
+
     # --- Coordination between gateway replicas (single-replica defaults) -----------------------
 
     def may_reap(self) -> bool:

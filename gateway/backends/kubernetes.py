@@ -24,6 +24,11 @@ Lease of the idle reaper (renewed every ``--leader-lease``/3 by the holder); an 
 Deployment when it is woken or put to sleep; and, once per Deployment, the removal of the
 per-replica activity annotations that earlier versions wrote. No write per request or per active
 project: with P active projects and R replicas the steady-state write rate is the Lease's alone.
+
+The backend composes the table (the watches above, :mod:`~gateway.backends.k8s.objects` for what
+they mean) with the reaper Lease (:mod:`~gateway.backends.k8s.election`), the activity exchange
+(:mod:`~gateway.backends.k8s.exchange`) and the legacy-annotation pruning
+(:mod:`~gateway.backends.k8s.legacy`); its background tasks are one :class:`~gateway.tasks.Tasks`.
 """
 
 from __future__ import annotations
@@ -35,22 +40,34 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from gateway import contract as C
 from gateway import logs
 from gateway.activity import ALONE, SharedActivity
 from gateway.backends.base import Backend, BackendError, BackendUnavailable, Endpoint, ProjectInfo
-from gateway.backends.k8s import leader
+from gateway.backends.k8s import client as credentials
 from gateway.backends.k8s import objects as obj
-from gateway.backends.k8s.api import MERGE_PATCH, ApiError, ApiUnreachable, Informer, Key, Kube, Obj, path_quote
+from gateway.backends.k8s.api import (
+    MERGE_PATCH,
+    ApiError,
+    ApiUnreachable,
+    Informer,
+    Key,
+    Kube,
+    Obj,
+    deployment_path,
+    path_quote,
+)
+from gateway.backends.k8s.election import LeaseElection
 from gateway.backends.k8s.exchange import ActivityExchange, describe
-from gateway.config import Settings, read_token
-from provisioner import labels as L
+from gateway.backends.k8s.legacy import LegacyAnnotations
+from gateway.config import Settings
+from gateway.tasks import Tasks
 
-FIELD_MANAGER = "wakegate-gateway"
-LEASE_NAME = "wakegate-reaper"
-EVENT_COMPONENT = "wakegate"
+#: The reaper Lease (``tests/test_manifests.py`` checks that the gateway's Role names exactly it).
+LEASE_NAME = C.REAPER_LEASE
 
 #: What the backend does with the API, by scope. ``tests/test_manifests.py`` checks that the install
 #: manifests grant exactly these (cluster scope and the gateway namespace) and that the provisioner's
@@ -77,21 +94,12 @@ def default_replica_id() -> str:
 
 
 async def make_api_client(settings: Settings) -> Any:
-    """An ``ApiClient`` from ``--kubeconfig``/``--context``, or in-cluster config inside a pod."""
-    from kubernetes_asyncio import client, config
-
-    cfg = client.Configuration()
+    """An ``ApiClient`` from ``--kubeconfig``/``--context``, a kubeconfig file, or in-cluster config
+    inside a pod (:func:`gateway.backends.k8s.client.api_client`). Raises :class:`BackendError`."""
     try:
-        if settings.kubeconfig is None and settings.context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        else:
-            path = str(settings.kubeconfig) if settings.kubeconfig else None
-            await config.load_kube_config(config_file=path, context=settings.context, client_configuration=cfg,
-                                          persist_config=False)
-    except (config.ConfigException, OSError, ValueError, TypeError) as exc:
-        where = f"--kubeconfig {settings.kubeconfig}" if settings.kubeconfig else "the default kubeconfig"
-        raise BackendError(f"cannot load Kubernetes credentials from {where}: {exc}") from None
-    return client.ApiClient(configuration=cfg)
+        return await credentials.api_client(settings.kubeconfig, settings.context)
+    except credentials.CredentialsError as exc:
+        raise BackendError(str(exc)) from None
 
 
 class KubernetesBackend(Backend):
@@ -101,14 +109,12 @@ class KubernetesBackend(Backend):
                  start_timeout_s: float = 15.0) -> None:
         self.settings = settings
         self.replica_id = settings.replica_id or default_replica_id()
-        self.lease_s = settings.leader_lease_s
-        self.renew_interval_s = max(0.2, self.lease_s / 3)
         self.request_timeout_s = request_timeout_s
         self.start_timeout_s = start_timeout_s
         self._api_client = api_client
         self._owns_client = api_client is None
         self.kube: Kube | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = Tasks()
         self._informers: list[Informer] = []
         # project state
         self._claims: dict[str, dict[str, obj.ProjectRef]] = {}
@@ -121,14 +127,10 @@ class KubernetesBackend(Backend):
         self._reported: dict[str, str] = {}
         self._waking: dict[str, float] = {}  # project → monotonic time of our scale-up
         self._notify_scheduled = False
-        # activity of the other replicas
+        # coordination between replicas: the reaper Lease, and the others' activity (pulled by its holder)
+        self.election: LeaseElection | None = None
         self.exchange: ActivityExchange | None = None
-        self._pruned: set[Key] = set()  # Deployments whose legacy activity annotations were removed
-        # leader election
-        self._lease_until = 0.0
-        self._leader_since = float("inf")  # wall time this replica became the holder
-        self._lease_record: leader.LeaseRecord | None = None
-        self._closing = False
+        self._legacy: LegacyAnnotations | None = None
 
     # --- informers' stores -----------------------------------------------------------------------
 
@@ -147,28 +149,27 @@ class KubernetesBackend(Backend):
             self._api_client = await make_api_client(self.settings)
         self.kube = Kube(self._api_client, self.request_timeout_s)
         self.kube.on_reachability = self._reachability_changed
-        ns_selector = L.MANAGED_SELECTOR
+        ns_selector = C.MANAGED_SELECTOR
         if self.settings.namespace_selector:
             ns_selector += "," + self.settings.namespace_selector
         k = self.kube
         self._informers = [
             Informer(k, "namespaces", "/api/v1/namespaces", self._on_namespace, label_selector=ns_selector),
             Informer(k, "deployments", "/apis/apps/v1/deployments", self._on_deployment,
-                     label_selector=f"{L.MANAGED_SELECTOR},{L.PROJECT_LABEL}"),
+                     label_selector=f"{C.MANAGED_SELECTOR},{C.PROJECT_LABEL}"),
             Informer(k, "endpointslices", "/apis/discovery.k8s.io/v1/endpointslices", self._on_slice,
-                     label_selector=L.PROJECT_LABEL),
+                     label_selector=C.PROJECT_LABEL),
             Informer(k, "pods", "/api/v1/pods", self._on_pod,
-                     label_selector=f"{L.PROJECT_LABEL},{L.COMPONENT_LABEL}={L.COMPONENT_APP}"),
+                     label_selector=f"{C.PROJECT_LABEL},{C.COMPONENT_LABEL}={C.COMPONENT_APP}"),
         ]
-        token = read_token(self.settings.admin_token_file) if self.settings.admin_token_file else None
-        self.exchange = ActivityExchange(
-            k, namespace=self.settings.gateway_namespace, service=self.settings.peer_service, port_name="admin",
-            own_name=self.replica_id, own_ip=os.environ.get("POD_IP"), token=token,
-            interval_s=self.settings.activity_pull_interval_s, since_window_s=self._longest_idle_timeout_s)
-        for inf in (*self._informers, self.exchange.slices):
-            self._spawn(inf.run(), f"wakegate-watch-{inf.kind}")
-        self._spawn(self._lead(), "wakegate-leader-election")
-        self._spawn(self.exchange.run(self._holds_lease), "wakegate-activity-exchange")
+        self._legacy = LegacyAnnotations(k, self._tasks)
+        self.election = LeaseElection(k, namespace=self.settings.gateway_namespace, identity=self.replica_id,
+                                      lease_s=self.settings.leader_lease_s, on_acquired=self._lease_acquired)
+        self.exchange = ActivityExchange.for_gateway(k, self.settings, self.replica_id, self._longest_idle_timeout_s)
+        for inf in self._informers:
+            self._tasks.spawn(inf.run(), f"wakegate-watch-{inf.kind}")
+        self._tasks.spawn(self.election.run(), "wakegate-leader-election")
+        self.exchange.start(self._tasks, self._holds_lease)
         try:
             await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in (*self._informers, self.exchange.slices))),
                                    self.start_timeout_s)
@@ -181,27 +182,14 @@ class KubernetesBackend(Backend):
                        replica=self.replica_id)
 
     async def close(self) -> None:
-        self._closing = True
-        tasks = list(self._tasks)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self._tasks.close()
         if self.exchange is not None:
             await self.exchange.close()
-        if self.kube is not None:
+        if self.election is not None:  # on shutdown: hand the reaper Lease over at once
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._release_lease(), 3)
+                await asyncio.wait_for(self.election.release(), 3)
         if self._owns_client and self._api_client is not None:
             await self._api_client.close()
-
-    async def _release_lease(self) -> None:
-        """On shutdown: hand the reaper Lease over at once."""
-        if self._lease_record is not None and time.monotonic() < self._lease_until:
-            assert self.kube is not None
-            body = leader.release_body(LEASE_NAME, self.settings.gateway_namespace, self._lease_record, time.time())
-            with contextlib.suppress(ApiError, ApiUnreachable):
-                await self.kube.request("PUT", self._lease_path(), body=body)
-                logs.event("leader_released", replica=self.replica_id)
 
     # --- Backend: table --------------------------------------------------------------------------
 
@@ -216,7 +204,7 @@ class KubernetesBackend(Backend):
         return bool(self._informers) and all(i.synced.is_set() for i in self._informers)
 
     @property
-    def api_reachable(self) -> bool:
+    def reachable(self) -> bool:
         """Whether the last request to the API server got an answer."""
         return self.kube is not None and self.kube.reachable
 
@@ -273,9 +261,8 @@ class KubernetesBackend(Backend):
         if self._is_waking(name):
             return False  # this replica is waking it
         kube = self._require_kube()
-        path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(name)}"
         try:
-            dep = await kube.request("GET", path)
+            dep = await kube.request("GET", deployment_path(ref.namespace, name))
         except ApiUnreachable as exc:
             raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
         except ApiError as exc:
@@ -285,10 +272,8 @@ class KubernetesBackend(Backend):
         # The lifecycle decided from the last pulls; every other replica must confirm now that it
         # has nothing open for this project and no activity the decision did not see (one that
         # does not answer blocks the sleep).
-        seen = self.shared_activity(name)
-        shared = await self.exchange.confirm(name) if self.exchange is not None else ALONE
-        if shared.unknown or shared.open or (shared.last_s is not None and (seen.last_s is None
-                                                                            or shared.last_s > seen.last_s)):
+        idle, shared = await self.exchange.confirm_idle(name) if self.exchange is not None else (True, ALONE)
+        if not idle:
             logs.event("sleep_refused", project=name, reason="another gateway replica is using it or did not answer",
                        **describe(shared))
             return False
@@ -313,11 +298,9 @@ class KubernetesBackend(Backend):
 
     async def _patch_deployment(self, ref: obj.ProjectRef, body: dict[str, Any], subresource: str = "") -> None:
         kube = self._require_kube()
-        path = (f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/"
-                f"{path_quote(ref.name)}{subresource}")
         try:
-            await kube.request("PATCH", path, body=body, content_type=MERGE_PATCH,
-                               query={"fieldManager": FIELD_MANAGER})
+            await kube.request("PATCH", deployment_path(ref.namespace, ref.name, subresource), body=body,
+                               content_type=MERGE_PATCH, query={"fieldManager": C.GATEWAY_FIELD_MANAGER})
         except ApiUnreachable as exc:
             raise BackendUnavailable(f"Kubernetes API unreachable: {exc}") from None
         except ApiError as exc:
@@ -326,29 +309,15 @@ class KubernetesBackend(Backend):
                 raise _Conflict() from None
             if exc.status == 403:
                 raise BackendError(f"the gateway may not scale {where}: {exc.message} (does the namespace have "
-                                   f"the provisioner's {L.GATEWAY_ROLE} RoleBinding?)") from None
+                                   f"the provisioner's {C.GATEWAY_ROLE} RoleBinding?)") from None
             if exc.status == 404:
                 raise BackendError(f"{where} does not exist") from None
             raise BackendError(f"scaling {where} failed: {exc}") from None
 
     def _prune_legacy_of(self, ref: obj.ProjectRef) -> None:
         """Remove the per-replica activity annotations earlier versions wrote (holder only, once)."""
-        key = (ref.namespace, ref.name)
-        legacy = obj.legacy_activity_keys(self._deployment(ref))
-        if legacy and key not in self._pruned:
-            self._pruned.add(key)
-            self._spawn(self._prune_legacy(ref, legacy), "wakegate-prune-legacy")
-
-    async def _prune_legacy(self, ref: obj.ProjectRef, keys: list[str]) -> None:
-        path = f"/apis/apps/v1/namespaces/{path_quote(ref.namespace)}/deployments/{path_quote(ref.name)}"
-        try:
-            await self._require_kube().request("PATCH", path, body=obj.remove_annotations_patch(keys),
-                                               content_type=MERGE_PATCH, query={"fieldManager": FIELD_MANAGER})
-        except (ApiError, ApiUnreachable) as exc:
-            self._pruned.discard((ref.namespace, ref.name))  # tried again on the next change
-            logs.event("prune_failed", logging.WARNING, project=ref.name, error=str(exc))
-        else:
-            logs.event("legacy_activity_pruned", project=ref.name, annotations=len(keys))
+        if self._legacy is not None:
+            self._legacy.prune(ref, self._deployment(ref))
 
     def _require_kube(self) -> Kube:
         if self.kube is None:
@@ -360,75 +329,24 @@ class KubernetesBackend(Backend):
     def may_reap(self) -> bool:
         """The Lease holder reaps, once every other replica has answered it since it took the Lease
         (a new holder learns the current activity before it may put anything to sleep)."""
-        return self._holds_lease() and (self.exchange is None or self.exchange.learned_since(self._leader_since))
+        election = self.election
+        if election is None or not election.holds():
+            return False
+        return self.exchange is None or self.exchange.learned_since(election.since_wall_s)
 
     def shared_activity(self, name: str) -> SharedActivity:
         return self.exchange.shared(name) if self.exchange is not None else ALONE
 
     def _holds_lease(self) -> bool:
-        return time.monotonic() < self._lease_until
+        return self.election is not None and self.election.holds()
+
+    def _lease_acquired(self) -> None:
+        for ref in list(self._table.values()):
+            self._prune_legacy_of(ref)
 
     def _longest_idle_timeout_s(self) -> float:
         return max((r.info.settings.idle_timeout_s or 0.0 for r in self._table.values()),
                    default=0.0) or self.settings.idle_timeout_s
-
-    # --- leader election -------------------------------------------------------------------------
-
-    def _lease_path(self) -> str:
-        return (f"/apis/coordination.k8s.io/v1/namespaces/{path_quote(self.settings.gateway_namespace)}"
-                f"/leases/{LEASE_NAME}")
-
-    async def _lead(self) -> None:
-        kube = self._require_kube()
-        ns = self.settings.gateway_namespace
-        observed: tuple[str | None, str] | None = None
-        observed_at = time.monotonic()
-        while True:
-            started = time.monotonic()
-            try:
-                try:
-                    lease = await kube.request("GET", self._lease_path())
-                    record: leader.LeaseRecord | None = leader.parse_lease(lease)
-                except ApiError as exc:
-                    if exc.status != 404:
-                        raise
-                    record = None
-                if record is not None and record.version != observed:
-                    observed, observed_at = record.version, started
-                action = leader.decide(record, self.replica_id, observed_at, started, self.lease_s)
-                if action is leader.Action.FOLLOW:
-                    self._set_leader(False, record)
-                else:
-                    body = leader.lease_body(LEASE_NAME, ns, self.replica_id, self.lease_s, time.time(), record)
-                    if action is leader.Action.CREATE:
-                        new = await kube.request("POST", f"/apis/coordination.k8s.io/v1/namespaces/"
-                                                         f"{path_quote(ns)}/leases", body=body)
-                    else:
-                        new = await kube.request("PUT", self._lease_path(), body=body)
-                    self._lease_record = leader.parse_lease(new)
-                    observed = self._lease_record.version
-                    # Others take over only a full lease after they see this renewal; stop a bit earlier.
-                    self._set_leader(True, self._lease_record, started + self.lease_s * 0.8)
-            except ApiError as exc:
-                if exc.status == 409:  # another replica wrote first
-                    self._set_leader(False, None)
-                else:
-                    logs.event("leader_election_error", logging.WARNING, error=str(exc))
-            except ApiUnreachable as exc:
-                logs.event("leader_election_error", logging.WARNING, error=str(exc))
-            await asyncio.sleep(self.renew_interval_s)
-
-    def _set_leader(self, held: bool, record: leader.LeaseRecord | None, until: float = 0.0) -> None:
-        was = time.monotonic() < self._lease_until
-        self._lease_until = until if held else 0.0
-        if held and not was:
-            self._leader_since = time.time()
-            logs.event("leader_acquired", replica=self.replica_id, lease=LEASE_NAME)
-            for ref in list(self._table.values()):
-                self._prune_legacy_of(ref)
-        elif not held and was:
-            logs.event("leader_lost", logging.WARNING, replica=self.replica_id,
-                       holder=record.holder if record else None)
 
     # --- watch handlers --------------------------------------------------------------------------
 
@@ -453,7 +371,7 @@ class KubernetesBackend(Backend):
                 and obj.spec_replicas(old) > 0):
             # Another replica (or a person) scaled it down while our wake waits: scale up again.
             logs.event("rewake", project=dep_name, reason="scaled to zero while a wake was waiting")
-            self._spawn(self._rewake(ref), "wakegate-rewake")
+            self._tasks.spawn(self._rewake(ref), "wakegate-rewake")
 
     def _is_waking(self, name: str) -> bool:
         """Whether this replica scaled ``name`` up and is still waiting for a ready pod."""
@@ -495,10 +413,10 @@ class KubernetesBackend(Backend):
         ns, pod_name = key
         touched = set()
         for o in (old, new):
-            if o is not None and (project := obj.labels_of(o).get(L.PROJECT_LABEL)):
+            if o is not None and (project := obj.labels_of(o).get(C.PROJECT_LABEL)):
                 touched.add(project)
                 self._pods.get((ns, project), {}).pop(pod_name, None)
-        if new is not None and (project := obj.labels_of(new).get(L.PROJECT_LABEL)):
+        if new is not None and (project := obj.labels_of(new).get(C.PROJECT_LABEL)):
             self._pods.setdefault((ns, project), {})[pod_name] = new
         for project in touched:
             if not self._pods.get((ns, project)):
@@ -606,38 +524,14 @@ class KubernetesBackend(Backend):
         dep = self._deployment(ref)
         if dep is None or self.kube is None:
             return
-        now = obj.format_time(time.time())
-        body = {
-            "apiVersion": "v1", "kind": "Event",
-            "metadata": {"generateName": f"{ref.name}.", "namespace": ref.namespace},
-            "involvedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": ref.namespace,
-                               "name": ref.name, "uid": obj.meta(dep).get("uid")},
-            "reason": reason, "message": message, "type": "Normal",
-            "source": {"component": EVENT_COMPONENT},
-            "reportingComponent": EVENT_COMPONENT, "reportingInstance": self.replica_id[:128],
-            "firstTimestamp": now[:19] + "Z", "lastTimestamp": now[:19] + "Z", "count": 1,
-        }
+        body = obj.event_body(dep, reason, message, self.replica_id, time.time())
         kube = self.kube
 
         async def send() -> None:
             with contextlib.suppress(ApiError, ApiUnreachable):
                 await kube.request("POST", f"/api/v1/namespaces/{path_quote(ref.namespace)}/events", body=body)
 
-        self._spawn(send(), "wakegate-event")
-
-    # --- helpers ---------------------------------------------------------------------------------
-
-    def _spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            exc = task.exception()
-            logging.getLogger(__name__).error("background task %s failed", task.get_name(), exc_info=exc)
+        self._tasks.spawn(send(), "wakegate-event")
 
 
 class _Conflict(Exception):

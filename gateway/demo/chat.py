@@ -43,12 +43,15 @@ async def events(request: web.Request) -> web.StreamResponse:
     resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
     await resp.prepare(request)
     n = 0
-    while count is None or n < count:
-        n += 1
-        await resp.write(f"id: {n}\ndata: tick {n} at {time.strftime('%H:%M:%S')}\n\n".encode())
-        if count is None or n < count:
-            await asyncio.sleep(interval)
-    await resp.write_eof()
+    try:
+        while count is None or n < count:
+            n += 1
+            await resp.write(f"id: {n}\ndata: tick {n} at {time.strftime('%H:%M:%S')}\n\n".encode())
+            if count is None or n < count:
+                await asyncio.sleep(interval)
+        await resp.write_eof()
+    except ConnectionError:  # the client went away: the normal end of an event stream
+        print(f"chat: event stream closed by the client after {n} event(s)", flush=True)
     return resp
 
 
@@ -68,8 +71,10 @@ def main() -> None:
     app.router.add_get("/", index)
     app.router.add_get("/events", events)
     app.router.add_get("/ws", ws_echo)
-    print(f"chat: listening on 127.0.0.1:{os.environ['PORT']}")
-    web.run_app(app, host="127.0.0.1", port=int(os.environ["PORT"]), print=None, access_log=None)
+    port = int(os.environ["PORT"])
+    # run_app calls ``print`` once the socket is bound: the line means "connect now".
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None,
+                print=lambda _: print(f"chat: listening on 127.0.0.1:{port}", flush=True))
 
 
 if __name__ == "__main__":

@@ -12,7 +12,12 @@ is not read while the client's write buffer is full.
 
 The warm path runs once per request, so it is written for few Python calls: each field is
 classified and serialised in ``on_header`` (one walk over the head), and the handler forwards
-without leaving the parser's callbacks.
+without leaving the parser's callbacks. Its shortcuts (remembered heads, deferred writes and
+closes) are the listener's :class:`~gateway.forward.memo.Memo`.
+
+An :class:`Exchange` holds what parsing the request gave and where its transport stands; the
+handler keeps its own record of the request in :attr:`Exchange.handling`. The upstream side
+reports to the exchange through :class:`~gateway.forward.upstream.ResponseSink`.
 """
 
 from __future__ import annotations
@@ -27,13 +32,23 @@ import os
 import resource
 import time
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import httptools
 
 from gateway import logs
 from gateway.backends.base import Endpoint
-from gateway.forward.upstream import UpstreamConnection, UpstreamPool
+from gateway.forward.memo import KNOWN_REQUEST_MAX_BYTES, KNOWN_REQUEST_MISSES, Memo, ParsedRequest
+from gateway.forward.upstream import (
+    MODE_CLOSE,
+    MODE_HEAD,
+    MODE_HTTP10,
+    MODE_PLAIN,
+    MODE_SWITCH,
+    MODE_UPGRADE,
+    UpstreamConnection,
+    UpstreamPool,
+)
 from gateway.headers import (
     F_CONNECTION,
     F_EXPECT,
@@ -49,48 +64,31 @@ from gateway.headers import (
     F_XFH,
     F_XFP,
     F_XRIP,
-    FRAME_NONE,
-    REASONS,
     kept_parts,
     listed_tokens,
     request_fields_table,
     request_suffix,
-    response_head,
     safe_request_id,
     simple_response,
-    strip_hop_by_hop,
 )
 
 HttpParserError: type[Exception] = httptools.HttpParserError
 HttpParserUpgrade: type[Exception] = httptools.HttpParserUpgrade
 
-MAX_REQUEST_TARGET_BYTES = 8192
-MAX_HEAD_BYTES = 64 * 1024
-MAX_HEADER_COUNT = 128
-# Deferred warm-path writes (Listener.defer_upstream / defer_response) flushed at once beyond this.
-MAX_DEFERRED_WRITES = 64
-# Client connections closed by their client between exchanges wait for their own close while
-# requests are in flight (Listener.close_later): at most this many, for at most this long.
-MAX_CLOSE_LATER = 4096
-CLOSE_LATER_S = 0.25
-CLOSE_BATCH = 64  # closed per round of the event loop
+MAX_REQUEST_TARGET_BYTES: Final = 8192
+MAX_HEAD_BYTES: Final = 64 * 1024
+MAX_HEADER_COUNT: Final = 128
 # Descriptors the process's table is sized for up front (grow_fd_table).
-FD_TABLE_SIZE = 1 << 16
-# Request heads remembered per listener (Listener.known_requests), and the longest read remembered.
-KNOWN_REQUESTS = 1024
-KNOWN_REQUEST_MAX_BYTES = 4096
-# A connection stops looking reads up in the memo after this many misses in a row (its requests
-# differ from each other, e.g. cookies that change): a miss costs hashing the read.
-KNOWN_REQUEST_MISSES = 16
+FD_TABLE_SIZE: Final = 1 << 16
 
 # Body modes of a request.
-BODY_BUFFER = 0  # waiting for an upstream connection; the client is not read meanwhile
-BODY_STREAM = 1  # written straight to the upstream connection
-BODY_DISCARD = 2  # the response is already complete; the rest of the body is read and dropped
+BODY_BUFFER: Final = 0  # waiting for an upstream connection; the client is not read meanwhile
+BODY_STREAM: Final = 1  # written straight to the upstream connection
+BODY_DISCARD: Final = 2  # the response is already complete; the rest of the body is read and dropped
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-_CRLF = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})
 _KEPT_SPECIAL = frozenset({F_HOST, F_EXPECT, F_USER_AGENT, F_LENGTH, F_ROUTE})
 
@@ -117,15 +115,19 @@ class Handler(Protocol):
 
 
 class Exchange:
-    """One request and its response on a client connection.
+    """One request and its response on a client connection: what parsing the request gave, and where
+    its transport stands. The upstream side reports to it (it is the
+    :class:`~gateway.forward.upstream.ResponseSink` of its upstream connection).
 
     Request fields the gateway needs are extracted while parsing (``host``, ``route_value``,
-    ``request_id``, ``user_agent``, ``upgrade``); :meth:`header` finds any other. ``project``,
-    ``name``, ``tracked``, ``proxied`` and ``request_id_out`` belong to the handler.
+    ``request_id``, ``user_agent``, ``upgrade``); :meth:`header` finds any other. The handler sets
+    ``id_field`` and ``response_extra`` (what it adds to the messages) and keeps its own record of
+    the request in ``handling``, which the data path never reads.
     """
 
     # Defaults live on the class: a request sets only what it has (one Exchange per request, so
     # its construction is on the hot path). Every value here is immutable.
+    # -- what parsing the request gave
     method = b""
     target = b""
     host: bytes | None = None
@@ -142,35 +144,34 @@ class Exchange:
     xrip: bytes | None = None
     id_seen = False  # an X-Request-Id field was seen (only the first counts)
     expect_continue = False
-    got_continue = False
     http11 = True
     keep_alive = True
     is_head = False
     has_body = False
     chunked = False
+    refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
+    special = False  # Transfer-Encoding, Upgrade, identity fields or a Connection naming fields: no fast path
+    started = 0.0  # when its head was complete (the listener's clock)
+    # -- what the handler adds: fields for the upstream and for the client
+    id_field = b""  # a generated ``X-Request-Id: ...\r\n`` line for the upstream
+    extra_up: Sequence[tuple[bytes, bytes]] = ()
+    response_extra: Sequence[tuple[bytes, bytes]] = ()
+    # -- where the transport stands
+    got_continue = False
     body_mode = BODY_BUFFER
     buffered: list[bytes] | None = None
     request_done = False
     upstream: UpstreamConnection | None = None
-    endpoint: Endpoint | None = None
     reused = False
-    attempts = 0
+    task: asyncio.Task[None] | None = None  # connecting to the upstream
     head_sent = False
+    head_at = 0.0  # when a streamed response's head (or a tunnel's 101) went out; 0: with its end
     status = 0
     close_after = False
     finished = False
     error: str | None = None
-    task: asyncio.Task[Any] | None = None
-    started = 0.0
-    extra_up: Sequence[tuple[bytes, bytes]] = ()
-    response_extra: Sequence[tuple[bytes, bytes]] = ()
-    project: Any = None
-    name: str | None = None
-    tracked = False
-    proxied = False
-    refusal: tuple[int, bytes] | None = None  # what llhttp let through but the proxy refuses
-    special = False  # Transfer-Encoding, Upgrade, identity fields or a Connection naming fields: no fast path
-    id_field = b""  # a generated ``X-Request-Id: ...\r\n`` line for the upstream
+    # -- the handler's own record of this request (gateway.server.Request); opaque to the data path
+    handling: object = None
 
     def __init__(self, conn: ClientConnection, headers: Sequence[tuple[bytes, bytes]] | None = None,
                  parts: list[bytes] | None = None) -> None:
@@ -193,6 +194,10 @@ class Exchange:
         xff = self.xff
         if xff is not None and self.conn.trusted:
             last = xff.rsplit(b",", 1)[-1].strip()
+            if last.startswith(b"["):  # [IPv6]:port
+                last = last[1:].split(b"]", 1)[0]
+            elif last.count(b":") == 1:  # IPv4:port, as Azure Application Gateway writes it
+                last = last.split(b":", 1)[0]
             if last:
                 return last
         return self.conn.ip
@@ -293,22 +298,22 @@ class Exchange:
         :meth:`Handler.upstream_failed`."""
         if self.finished:
             return
-        self.endpoint = endpoint
-        self.attempts += 1
         conn = self.conn
+        listener = conn.listener
         if self.upgrade is None and not fresh:
-            up = conn.listener.pool.acquire(endpoint)
+            up = listener.pool.acquire(endpoint)
             if up is not None:
                 if self.request_done and self.buffered is None and not self.special and not conn.write_paused:
                     # The warm path for a request without a body: one write, at the end of this
-                    # round of events (see Listener.defer_upstream).
+                    # round of events (Memo.defer_upstream).
                     self.upstream = up
                     self.reused = True
-                    up.start_deferred(self, self.upstream_head())
+                    up.start(self, self.response_extra, True)
+                    listener.memo.defer_upstream(up.transport, self.upstream_head())  # type: ignore[arg-type]
                 else:
                     self._attach(up, True)
                 return
-        if conn.listener.pool.may_connect(endpoint, self):
+        if listener.pool.may_connect(endpoint, self, self.upgrade is not None):
             self.start_connect(endpoint)
 
     def start_connect(self, endpoint: Endpoint) -> None:
@@ -349,7 +354,7 @@ class Exchange:
             self.conn.listener.handler.upstream_failed(self, reason, message)
 
     def attach(self, up: UpstreamConnection, reused: bool) -> None:
-        """Serve this request over ``up`` (called by the pool for a waiting request)."""
+        """Serve this request over ``up``."""
         self.task = None
         self._attach(up, reused)
 
@@ -357,19 +362,21 @@ class Exchange:
         conn = self.conn
         self.upstream = up
         self.reused = reused
+        transport = up.transport
+        assert transport is not None
         if self.request_done and not self.buffered and self.upgrade is None and not self.chunked:
-            up.start_deferred(self, self.upstream_head())  # nothing follows the head
+            up.start(self, self.response_extra, True)
+            conn.listener.memo.defer_upstream(transport, self.upstream_head())  # nothing follows the head
             if conn.write_paused:
                 up.pause_reading()
             return
-        up.start(self, self.upstream_head())
+        up.start(self, self.response_extra, self.request_done)
+        transport.write(self.upstream_head())
         if conn.write_paused:
             up.pause_reading()
         if self.upgrade is not None:
             return  # bytes after the head wait for the 101 (start_tunnel)
         buffered = self.buffered
-        transport = up.transport
-        assert transport is not None
         if buffered:
             self.buffered = None
             if self.chunked:
@@ -389,97 +396,127 @@ class Exchange:
         self.body_mode = BODY_DISCARD
         self.conn.sync_reading()
 
-    # --- called by the upstream connection ---------------------------------------------------------
+    # --- what the upstream side reports (upstream.ResponseSink) -----------------------------------
 
-    def relay_interim(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    def upstream_ready(self, endpoint: Endpoint, up: UpstreamConnection | None) -> None:
+        """The pool's answer while this request waited: a free connection, or None: connect now."""
+        if up is not None:
+            self.attach(up, True)
+        else:
+            self.start_connect(endpoint)
+
+    def response_mode(self) -> int:
+        """How the response now arriving is framed for the client (``upstream.MODE_*``)."""
+        mode = 0 if self.http11 else MODE_HTTP10
+        if self.is_head:
+            mode |= MODE_HEAD
+        upgrade = self.upgrade
+        if upgrade is not None:
+            mode |= MODE_UPGRADE | MODE_CLOSE
+            if upgrade:
+                mode |= MODE_SWITCH
+        elif (not self.keep_alive or self.conn.closing
+              or (self.expect_continue and not self.got_continue and not self.request_done)):
+            mode |= MODE_CLOSE  # the client may still send the body it announced: none follows
+        elif self.http11 and not self.is_head and not self.expect_continue:
+            mode |= MODE_PLAIN
+        return mode
+
+    def response_interim(self, status: int, head: bytes) -> None:
         """Pass a 1xx (e.g. 100 Continue, 103 Early Hints) on to an HTTP/1.1 client."""
         if status == 100:
             self.got_continue = True
         conn = self.conn
         if self.http11 and not self.head_sent and conn.transport is not None and not conn.closed:
-            parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Informational"))]
-            for name, value in strip_hop_by_hop(headers):
-                parts += (name, b": ", value, _CRLF)
-            parts.append(_CRLF)
-            conn.transport.write(b"".join(parts))
-
-    def closes_after_response(self) -> bool:
-        """Whether the connection must close after the response now starting."""
-        return (
-            not self.keep_alive
-            or self.conn.closing
-            or self.upgrade is not None
-            or (self.expect_continue and not self.got_continue and not self.request_done)
-        )
+            conn.transport.write(head)
 
     def response_starts(self, status: int, close: bool) -> None:
-        """The final response head (closing the connection after it if ``close``) is about to be
-        written."""
+        """The final response head (closing the connection after it if ``close``) is sent next."""
         self.status = status
         self.head_sent = True
+        self.head_at = self.conn.listener.clock()
         self.close_after = close
 
+    def response_data(self, *parts: bytes) -> None:
+        """Bytes for the client."""
+        transport = self.conn.transport
+        if transport is not None:
+            if len(parts) == 1:
+                transport.write(parts[0])
+            else:
+                transport.writelines(parts)
+
     def response_complete(self) -> None:
-        """The upstream response has been relayed completely."""
+        """The upstream response has been relayed completely, or the project closed the tunnel."""
         self.upstream = None
+        if self.conn.tunnelling is self:
+            self.tunnel_closed()
+            return
         if not self.request_done:
             self._discard_body()
-        self.finished = True
-        if self.task is not None:
-            self._cancel_task()
-        self.conn.exchange_finished(self)
+        self._finish()
+
+    def response_whole(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response arrived in one read (a plain exchange: the connection stays open)."""
+        self.status = status
+        self.head_sent = True
+        self.upstream = None
+        conn = self.conn
+        conn.listener.memo.write_last(conn, (head, body))  # now, or at the end of the round
+        if not self.request_done:
+            self._discard_body()
+        self._finish()
 
     def upstream_failed(self, reason: str, message: str) -> None:
-        """The upstream failed before the response head reached the client."""
+        """The upstream failed: before the response head reached the client the handler answers
+        (or forwards again); mid-response the client is aborted, so a truncated body never looks
+        complete."""
         up = self.upstream
         self.upstream = None
         if up is not None and not up.closed:
             up.abort()
-        if not self.finished:
+        if self.finished:
+            return
+        if not self.head_sent:
             self.conn.listener.handler.upstream_failed(self, reason, message)
-
-    def upstream_broken(self) -> None:
-        """The upstream failed mid-response: abort the client so a truncated body never looks
-        complete."""
-        self.upstream = None
+            return
         self.error = "mid_body"
-        conn = self.conn
-        if conn.transport is not None:
-            conn.transport.abort()
+        transport = self.conn.transport
+        if transport is not None:
+            transport.abort()
         self._finish()
 
-    def tunnel_open(self, status: int, headers: list[tuple[bytes, bytes]], upgrade: bytes, tail: bytes) -> None:
+    def tunnel_open(self, head: bytes, tail: bytes) -> None:
         """Upstream switched protocols: relay its 101 and splice bytes both ways from now on."""
         conn = self.conn
-        self.status = status
+        self.status = 101
         self.head_sent = True
+        self.head_at = conn.listener.clock()
         self.close_after = True
         if conn.transport is None or conn.closed:
             self.abort("client_gone")
             return
-        conn.transport.write(
-            response_head(status, REASONS[101], headers, framing=FRAME_NONE, upgrade=upgrade,
-                          extra=self.response_extra)
-        )
+        conn.transport.write(head)
         if tail:
             conn.transport.write(tail)
         conn.start_tunnel(self)
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The upstream connection's write buffer filled or drained: stop or resume reading the client."""
+        self.conn.set_upstream_backpressure(paused)
+
+    # --- ending ------------------------------------------------------------------------------------
 
     def tunnel_closed(self) -> None:
         """One side of the tunnel closed: close the other one (after flushing) and finish."""
         up = self.upstream
         self.upstream = None
-        if up is not None and not up.closed:
-            up.closed = True
-            up.exchange = None
-            if up.transport is not None:
-                up.transport.close()
+        if up is not None:
+            up.close()
         conn = self.conn
         if conn.transport is not None and not conn.closed:
             conn.transport.close()
         self._finish()
-
-    # --- ending ------------------------------------------------------------------------------------
 
     def abort(self, error: str) -> None:
         """End the exchange now (client gone, gateway closing): drop the upstream connection."""
@@ -494,6 +531,7 @@ class Exchange:
         self._finish()
 
     def _finish(self) -> None:
+        """The one way an exchange ends: once, then the connection moves on."""
         if self.finished:
             return
         self.finished = True
@@ -508,15 +546,10 @@ class Exchange:
             task.cancel()
 
 
-# What parsing a plain request head yields: method, target, Host, route-header value, X-Request-Id,
-# User-Agent, the fields, the kept fields serialised.
-_Parsed = tuple[bytes, bytes, bytes | None, bytes | None, bytes | None, bytes | None,
-                tuple[tuple[bytes, bytes], ...], bytes]
-
-
 def _plain_request(ex: Exchange) -> bool:
     """Whether a parsed request needs nothing beyond its head: HTTP/1.1 keep-alive, not HEAD or
-    CONNECT, no body, no Expect, no hop-by-hop or forwarding fields, nothing refused."""
+    CONNECT, no body, no Expect, no hop-by-hop or forwarding fields, nothing refused (the only
+    requests Memo.requests remembers)."""
     return (not ex.special and ex.connection is None and ex.keep_alive and ex.http11 and not ex.has_body
             and ex.te is None and ex.upgrade is None and not ex.expect_continue and ex.refusal is None
             and ex.request_done and ex.buffered is None and ex.method != b"HEAD" and ex.method != b"CONNECT"
@@ -527,9 +560,9 @@ class ClientConnection(asyncio.Protocol):
     """One client socket: parses requests and serves their exchanges in order.
 
     A read that is exactly one plain request head seen before on this listener
-    (``Listener.known_requests``) is not given to llhttp: identical bytes parse identically, and
-    llhttp, at a message start, stays there. Only reads that llhttp parsed into exactly one
-    complete plain request are remembered.
+    (:attr:`Memo.requests`) is not given to llhttp: identical bytes parse identically, and llhttp,
+    at a message start, stays there. Only reads that llhttp parsed into exactly one complete plain
+    request are remembered.
     """
 
     def __init__(self, listener: Listener) -> None:
@@ -545,9 +578,11 @@ class ClientConnection(asyncio.Protocol):
         self.closing = False  # no exchange after the current one
         self.trusted = False  # the peer is a trusted proxy: its identity fields are kept
         self.write_paused = False
-        self.deferred = False  # a complete response waits in Listener.defer_response
-        self._known = listener.known_requests
-        self._known_misses = 0
+        self.deferred = False  # a complete response waits in the memo (Memo.write_last)
+        self.tunnelling: Exchange | None = None  # the exchange whose tunnel this connection carries
+        self._memo = memo = listener.memo
+        self._known = memo.requests
+        self._known_misses = 0 if memo.enabled else KNOWN_REQUEST_MISSES
         self._messages = 0  # messages llhttp began in the current feed
         self._reading = True
         self._upstream_bp = False
@@ -560,7 +595,6 @@ class ClientConnection(asyncio.Protocol):
         self._error_message = b""
         self._upgraded = False
         self._upgrade_tail: list[bytes] = []
-        self._tunnel: Exchange | None = None
         self.since = listener.now
         self._read_at = listener.now  # the last read (or resumption of reading): body timeout
         # The proxy's own request fields for the last Host seen on this connection.
@@ -583,9 +617,9 @@ class ClientConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self._read_at = self.listener.now
         if self.deferred:
-            self.listener.flush()  # whatever this data leads to is written after that response
-        if self._tunnel is not None:
-            up = self._tunnel.upstream
+            self._memo.flush()  # whatever this data leads to is written after that response
+        if self.tunnelling is not None:
+            up = self.tunnelling.upstream
             if up is not None and up.transport is not None:
                 up.transport.write(data)
             return
@@ -631,13 +665,10 @@ class ClientConnection(asyncio.Protocol):
             self.sync_reading()
 
     def _remember(self, data: bytes, ex: Exchange) -> None:
-        known = self._known
-        if len(known) >= KNOWN_REQUESTS:
-            known.clear()
-        known[data] = (ex.method, ex.target, ex.host, ex.route_value, ex.request_id, ex.user_agent,
-                       tuple(ex.headers), b"".join(ex.parts))
+        self._memo.remember_request(data, (ex.method, ex.target, ex.host, ex.route_value, ex.request_id,
+                                           ex.user_agent, tuple(ex.headers), b"".join(ex.parts)))
 
-    def _serve_known(self, known: _Parsed) -> None:
+    def _serve_known(self, known: ParsedRequest) -> None:
         """Serve a read that is a remembered plain request head (llhttp is not fed)."""
         ex = Exchange(self, known[6], [b"", known[7]])
         ex.method, ex.target, host, route_value, request_id, user_agent = known[:6]
@@ -669,11 +700,11 @@ class ClientConnection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         # The client closed its side. Between exchanges, closing the socket is mere cleanup (in
         # kernel time about a third of a held request's cost): it waits while requests are in
-        # flight (Listener.close_later). Mid-exchange, the transport closes now (the exchange aborts).
+        # flight (Memo.close_later). Mid-exchange, the transport closes now (the exchange aborts).
         if (self.current is None and self.parsing is None and not self.queue and not self.deferred
-                and self._tunnel is None and not self._upgraded and not self.closed):
+                and self.tunnelling is None and not self._upgraded and not self.closed):
             self.closing = True
-            return self.listener.close_later(self)
+            return self._memo.close_later(self, self.listener.in_flight)
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -681,7 +712,7 @@ class ClientConnection(asyncio.Protocol):
         self.listener.connections.discard(self)
         ex = self.current
         if ex is not None and not ex.finished:
-            if self._tunnel is ex:
+            if self.tunnelling is ex:
                 ex.tunnel_closed()
             else:
                 ex.abort("client_gone")
@@ -844,10 +875,12 @@ class ClientConnection(asyncio.Protocol):
             return
         self.parsing = None
         ex.request_done = True
-        if ex.body_mode == BODY_STREAM and ex.chunked:
+        if ex.body_mode == BODY_STREAM:
             up = ex.upstream
-            if up is not None and up.transport is not None:
-                up.transport.write(_LAST_CHUNK)
+            if up is not None:
+                if ex.chunked and up.transport is not None:
+                    up.transport.write(_LAST_CHUNK)
+                up.request_sent()
 
     # --- exchanges ---------------------------------------------------------------------------------
 
@@ -884,15 +917,15 @@ class ClientConnection(asyncio.Protocol):
         if listener.in_flight == 0:
             if listener.drain_waiter is not None:
                 listener.wake_drain()
-            if listener.to_close:
-                listener.close_soon()
+            if self._memo.to_close:
+                self._memo.close_soon()
         if self.closed:
             return
         if ex.close_after or self._upgraded:
             self.closing = True
             self.queue.clear()
             if self.deferred:
-                listener.flush()
+                self._memo.flush()
             if ex.error is None and self.transport is not None:
                 self.transport.close()
             return
@@ -903,7 +936,7 @@ class ClientConnection(asyncio.Protocol):
 
     def sync_reading(self) -> None:
         """Read from the client only when the data has somewhere to go."""
-        if self._tunnel is not None:
+        if self.tunnelling is not None:
             want = not self._upstream_bp
         elif self._upgraded:
             want = False
@@ -932,7 +965,7 @@ class ClientConnection(asyncio.Protocol):
         self.sync_reading()
 
     def start_tunnel(self, ex: Exchange) -> None:
-        self._tunnel = ex
+        self.tunnelling = ex
         tail = b"".join(self._upgrade_tail)
         self._upgrade_tail = []
         up = ex.upstream
@@ -992,7 +1025,7 @@ class ClientConnection(asyncio.Protocol):
                 and not self.closed):
             self._body_timeout(body)
             return
-        if self.closed or self.current is not None or self.queue or self._tunnel is not None:
+        if self.closed or self.current is not None or self.queue or self.tunnelling is not None:
             return
         if self._in_head:
             if now - self.since > listener.header_timeout_s:
@@ -1024,7 +1057,7 @@ class ClientConnection(asyncio.Protocol):
         """Close gracefully (pending writes are flushed)."""
         self.closing = True
         if self.deferred:
-            self.listener.flush()
+            self._memo.flush()
         if self.transport is not None and not self.closed:
             self.transport.close()
 
@@ -1093,13 +1126,6 @@ def _origin_form(ex: Exchange) -> tuple[int, bytes] | None:
     return None
 
 
-def _close_all(conns: list[ClientConnection]) -> None:
-    for conn in conns:
-        t = conn.transport
-        if t is not None and not conn.closed:
-            t.close()
-
-
 def grow_fd_table(limit: int = FD_TABLE_SIZE) -> None:
     """Have the kernel size the process's descriptor table for ``limit`` descriptors (or the
     open-file limit, if lower) now. It grows by doubling as descriptors are allocated, and in a
@@ -1120,7 +1146,7 @@ def grow_fd_table(limit: int = FD_TABLE_SIZE) -> None:
 
 
 class Listener:
-    """The public socket: client connections, the upstream pool, timeouts and drain."""
+    """The public socket: client connections, the upstream pool, the memo, timeouts and drain."""
 
     def __init__(
         self,
@@ -1135,6 +1161,7 @@ class Listener:
         body_timeout_s: float = 60.0,
         route_header: str | None = None,
         pool: UpstreamPool | None = None,
+        memo: Memo | None = None,
     ) -> None:
         self.handler = handler
         self.scheme = scheme
@@ -1144,10 +1171,11 @@ class Listener:
         self.keepalive_timeout_s = keepalive_timeout_s
         self.header_timeout_s = header_timeout_s
         self.body_timeout_s = body_timeout_s
+        # The warm path's shortcuts (gateway.forward.memo), shared with the pool's connections.
+        self.memo = memo if memo is not None else Memo()
         self.pool = pool or UpstreamPool()
+        self.pool.memo = self.memo
         self.fields = request_fields_table(route_header)
-        # Reads that were exactly one plain request head -> what llhttp made of them (ClientConnection).
-        self.known_requests: dict[bytes, _Parsed] = {}
         self.connections: set[ClientConnection] = set()
         self.in_flight = 0
         self.draining = False
@@ -1159,16 +1187,6 @@ class Listener:
         self.port: int | None = None
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.TimerHandle | None = None
-        # Warm-path writes held until the end of the current round of I/O events (flush runs as
-        # the next ready callback): the peers (projects, clients) are then woken once per round
-        # rather than once per request, which costs the kernel (and the gateway) far less.
-        self._up_out: list[tuple[asyncio.Transport, bytes]] = []
-        self._client_out: list[tuple[ClientConnection, tuple[bytes, bytes]]] = []
-        self._flush_due = False
-        # Connections the client closed between exchanges, closed once no request is in flight.
-        self.to_close: list[ClientConnection] = []
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._close_next: asyncio.Handle | None = None
 
     def is_trusted(self, ip: bytes) -> bool:
         """Whether a peer address is inside one of the trusted proxies' networks."""
@@ -1179,85 +1197,6 @@ class Listener:
         if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.trusted_proxies)
-
-    def defer_upstream(self, transport: asyncio.Transport, head: bytes) -> None:
-        """Write ``head`` to an upstream connection at the end of this round: only for a request
-        head with nothing after it (its response cannot come before it is sent)."""
-        if not self._flush_due:
-            self._flush_due = True
-            self.loop.call_soon(self.flush)
-        out = self._up_out
-        out.append((transport, head))
-        if len(out) >= MAX_DEFERRED_WRITES:
-            self.flush()
-
-    def defer_response(self, conn: ClientConnection, parts: tuple[bytes, bytes]) -> None:
-        """Write a complete response to ``conn`` at the end of this round. Only when nothing else
-        is due on ``conn`` before its next request arrives (whose data_received flushes first)."""
-        if not self._flush_due:
-            self._flush_due = True
-            self.loop.call_soon(self.flush)
-        conn.deferred = True
-        out = self._client_out
-        out.append((conn, parts))
-        if len(out) >= MAX_DEFERRED_WRITES:
-            self.flush()
-
-    def close_later(self, conn: ClientConnection) -> bool:
-        """Close ``conn`` (its client closed its side between exchanges) once no request is in
-        flight or within CLOSE_LATER_S; at once (False) when nothing is in flight or too many wait."""
-        if self.in_flight == 0 or len(self.to_close) >= MAX_CLOSE_LATER:
-            return False  # the transport closes now
-        self.to_close.append(conn)
-        if self._close_timer is None and self._close_next is None:
-            self._close_timer = self.loop.call_later(CLOSE_LATER_S, self.close_soon)
-        return True
-
-    def close_soon(self) -> None:
-        """Start closing the connections :meth:`close_later` kept (from the next callback on)."""
-        if self._close_timer is not None:
-            self._close_timer.cancel()
-            self._close_timer = None
-        if self._close_next is None and self.to_close:
-            self._close_next = self.loop.call_soon(self._close_some)
-
-    def _close_some(self) -> None:
-        # CLOSE_BATCH per round of the loop: a long list closed at once would stall that round.
-        self._close_next = None
-        conns = self.to_close
-        if len(conns) > CLOSE_BATCH:
-            conns, self.to_close = conns[:CLOSE_BATCH], conns[CLOSE_BATCH:]
-            self._close_next = self.loop.call_soon(self._close_some)
-        else:
-            self.to_close = []
-        _close_all(conns)
-
-    def close_deferred(self) -> None:
-        """Close every connection :meth:`close_later` kept, now."""
-        for handle in (self._close_timer, self._close_next):
-            if handle is not None:
-                handle.cancel()
-        self._close_timer = self._close_next = None
-        conns, self.to_close = self.to_close, []
-        _close_all(conns)
-
-    def flush(self) -> None:
-        """Write everything deferred (transports closed meanwhile are skipped)."""
-        self._flush_due = False
-        up_out = self._up_out
-        if up_out:
-            self._up_out = []
-            for transport, head in up_out:
-                if not transport.is_closing():
-                    transport.write(head)
-        client_out = self._client_out
-        if client_out:
-            self._client_out = []
-            for conn, parts in client_out:
-                conn.deferred = False
-                t = conn.transport
-                if t is not None and not t.is_closing():
-                    t.writelines(parts)
 
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting."""
@@ -1307,8 +1246,8 @@ class Listener:
 
     def close(self) -> None:
         """Abort every connection and close the pool."""
-        self.flush()
-        self.close_deferred()
+        self.memo.flush()
+        self.memo.close_deferred()
         if self._sweeper is not None:
             self._sweeper.cancel()
             self._sweeper = None

@@ -7,6 +7,11 @@ leave it when they close, misbehave, or idle too long.
 Response bodies are re-framed for the client: a ``Content-Length`` passes through; chunked and
 close-delimited bodies are (re-)chunked for HTTP/1.1 clients. Whatever one read of the upstream
 produces for the client is written with one call.
+
+This side knows nothing of client connections: what it learns of a response it reports to the
+:class:`ResponseSink` of the exchange it serves (the client side's
+:class:`~gateway.forward.client.Exchange`), and its shortcuts come from the listener's
+:class:`~gateway.forward.memo.Memo`.
 """
 
 from __future__ import annotations
@@ -15,34 +20,98 @@ import asyncio
 import collections
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final, Protocol
 
 import httptools
 
 from gateway.backends.base import Endpoint
+from gateway.forward.memo import KnownResponse, Memo
 from gateway.headers import (
     FRAME_CHUNKED,
     FRAME_CLOSE,
     FRAME_LENGTH,
     FRAME_NONE,
+    REASONS,
     FramingError,
     parse_fields,
     relay_raw_response_head,
+    response_head,
+    strip_hop_by_hop,
 )
-
-if TYPE_CHECKING:
-    from gateway.forward.client import Exchange
 
 HttpParserError: type[Exception] = httptools.HttpParserError
 HttpParserUpgrade: type[Exception] = httptools.HttpParserUpgrade
 
-_CRLF = b"\r\n"
-_LAST_CHUNK = b"0\r\n\r\n"
-MAX_RESPONSE_HEAD_BYTES = 1024 * 1024
+_CRLF: Final = b"\r\n"
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+MAX_RESPONSE_HEAD_BYTES: Final = 1024 * 1024
 # Requests waiting for a connection to an endpoint: while connections come free more often than
 # this, no new connection is opened for them (UpstreamPool.connect_done).
-_STALL_S = 0.01
+_STALL_S: Final = 0.01
 _monotonic = time.monotonic
+
+# What a response must be for its exchange (ResponseSink.response_mode), asked as its head arrives.
+MODE_HEAD: Final = 1  # the request was HEAD: no body, whatever the head says
+MODE_HTTP10: Final = 2  # an HTTP/1.0 client: bodies are never chunked for it, and it gets no 1xx
+MODE_UPGRADE: Final = 4  # the request carries Upgrade: its upstream connection is not kept
+MODE_SWITCH: Final = 8  # ... and names a protocol: a 101 may switch to it
+MODE_CLOSE: Final = 16  # the client connection closes after this response
+MODE_PLAIN: Final = 32  # an HTTP/1.1 keep-alive exchange asking nothing of the head but the gateway's fields
+
+
+class ResponseSink(Protocol):
+    """The client side of one exchange, as its upstream connection and the pool see it. Every call
+    happens on the event loop.
+
+    While the request waits for a connection, the pool may call :meth:`upstream_ready`. Then, per
+    response: :meth:`response_interim` for each 1xx, :meth:`response_starts`, :meth:`response_data`
+    as bytes come, and :meth:`response_complete`; or, for a whole response in one read,
+    :meth:`response_whole` alone; or :meth:`tunnel_open`, bytes both ways, and
+    :meth:`response_complete` when the project closes the tunnel; or, at any point,
+    :meth:`upstream_failed`, after which the connection reports nothing more. :meth:`response_mode`
+    is asked as a head arrives.
+    """
+
+    finished: bool  # the exchange is over (a request waiting for a connection no longer does)
+
+    def upstream_ready(self, endpoint: Endpoint, up: UpstreamConnection | None) -> None:
+        """The pool's answer to a request waiting for a connection to ``endpoint``: one that came
+        free (``up``), or ``None``: open a new one now."""
+
+    def response_mode(self) -> int:
+        """``MODE_*`` bits: how the response whose head just arrived is framed for the client."""
+
+    def response_interim(self, status: int, head: bytes) -> None:
+        """A 1xx response (``head``, as the client would get it), e.g. 100 Continue."""
+
+    def response_starts(self, status: int, close: bool) -> None:
+        """The final response head is sent next; the client connection closes after the response
+        if ``close``."""
+
+    def response_data(self, *parts: bytes) -> None:
+        """Bytes for the client: the response head, its body (framed for the client), a tunnel's bytes."""
+
+    def response_complete(self) -> None:
+        """The response was relayed completely (or the project closed the tunnel); the upstream
+        connection is back in its pool, or closed."""
+
+    def response_whole(self, status: int, head: bytes, body: bytes) -> None:
+        """A whole response (``head`` as the client gets it, and ``body``) arrived in one read, for
+        a plain exchange: the client connection stays open. The upstream connection is back in its
+        pool, or closed; the client side may hold the bytes to the end of the round
+        (:meth:`Memo.write_last`)."""
+
+    def upstream_failed(self, reason: str, message: str) -> None:
+        """The upstream connection failed (``reason``: reset, protocol) and is dropped. Before the
+        response head was sent the request may be answered or forwarded again; after it, the client
+        connection must be aborted so a truncated body never looks complete."""
+
+    def tunnel_open(self, head: bytes, tail: bytes) -> None:
+        """The project switched protocols: send ``head`` (its 101) and ``tail`` (bytes after it),
+        then splice bytes both ways."""
+
+    def upstream_paused(self, paused: bool) -> None:
+        """The upstream connection's write buffer is full (stop reading the client) or drained."""
 
 
 class _BadHead(Exception):
@@ -50,38 +119,25 @@ class _BadHead(Exception):
 
 
 # Where an upstream response stands.
-_S_HEAD = 0  # reading a head (1xx heads included)
-_S_LENGTH = 1  # a Content-Length body, relayed as it comes and counted
-_S_CHUNKED = 2  # a chunked body relayed as it comes to an HTTP/1.1 client (llhttp checks the framing)
-_S_DECHUNK = 3  # a chunked body de-chunked for an HTTP/1.0 client
-_S_UNTIL_CLOSE = 4  # a body that ends when the upstream closes
-_S_DONE = 5  # the response is complete (or has no body)
-_S_TUNNEL = 6  # switched protocols: bytes are spliced both ways
+_S_HEAD: Final = 0  # reading a head (1xx heads included)
+_S_LENGTH: Final = 1  # a Content-Length body, relayed as it comes and counted
+_S_CHUNKED: Final = 2  # a chunked body relayed as it comes to an HTTP/1.1 client (llhttp checks the framing)
+_S_DECHUNK: Final = 3  # a chunked body de-chunked for an HTTP/1.0 client
+_S_UNTIL_CLOSE: Final = 4  # a body that ends when the upstream closes
+_S_DONE: Final = 5  # the response is complete (or has no body)
+_S_TUNNEL: Final = 6  # switched protocols: bytes are spliced both ways
 
-_RELAYED: dict[tuple[bytes, int, int], tuple[bytes, int, bool, int | None]] = {}
-_RELAYED_SIZE = 512
-_RELAYED_MAX_BLOCK = 4096  # bigger heads are rewritten each time (bounds the memory held)
-
-_DECHUNK_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-# Whole response heads (status line to the blank line) that llhttp accepted before, with what they
-# mean for a plain exchange (see _plain): head bytes -> (head for the client, status,
-# Content-Length, keep-alive). Such a head arriving again at the start of a read is relayed without
-# llhttp: identical bytes parse identically, and the parser, left at a message start, is not fed
-# the response at all (nor its body). A head is remembered only once llhttp completed its
-# Content-Length body exactly where the gateway's own count did.
-_KNOWN: dict[bytes, tuple[bytes, int, int, bool]] = {}
-_KNOWN_SIZE = 512
+_DECHUNK_HEAD: Final = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 
 
 class _Dechunk:
-    """Feeds the data of a chunked body to a transport (HTTP/1.0 clients only)."""
+    """Feeds the data of a chunked body to the client (HTTP/1.0 clients only)."""
 
-    def __init__(self, out: asyncio.Transport) -> None:
-        self.out = out
+    def __init__(self, sink: ResponseSink) -> None:
+        self.sink = sink
 
     def on_body(self, body: bytes) -> None:
-        self.out.write(body)
+        self.sink.response_data(body)
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -90,24 +146,29 @@ class UpstreamConnection(asyncio.Protocol):
     llhttp sees every response head (validation, status, keep-alive) and the body bytes of
     length-delimited and chunked bodies (so it stays in step and checks chunk framing), but no
     Python callback runs per field or per body piece: heads are relayed from their raw field
-    block, and bodies are relayed as they arrive — chunked bodies keep their chunking.
+    block, and bodies are relayed as they arrive — chunked bodies keep their chunking. A head the
+    memo knows (:attr:`Memo.responses`) is relayed without llhttp, and so is its body.
     """
 
     def __init__(self, pool: UpstreamPool, endpoint: Endpoint) -> None:
         self.pool = pool
+        self.memo = pool.memo
         self.endpoint = endpoint
         self.idle_list = pool.idle_list(endpoint)
         self.transport: asyncio.Transport | None = None
         self.parser: Any = httptools.HttpResponseParser(self)
-        self.exchange: Exchange | None = None
+        self.sink: ResponseSink | None = None  # the exchange being served
         self.closed = False
         self.idle_since = 0.0
         self.read_paused = False
-        self._out: asyncio.Transport | None = None
+        self._response_extra: Sequence[tuple[bytes, bytes]] = ()  # the gateway's fields for the client
+        self._request_done = False  # the request was sent completely (the connection may be kept)
+        self._mode = 0  # the sink's MODE_* bits for the current head
         self._state = _S_DONE
         self._head_buf = b""  # a head still incomplete
         self._head_pos = 0  # where the next head (or the body) starts in _head_buf
         self._relay: bytes = b""  # the head to send the client, made in on_headers_complete
+        self._close_after = False  # the client connection closes after this response
         self._remaining = 0
         self._last = b""  # the end of the previous chunked piece (a terminator may straddle reads)
         self._dechunker: Any = None
@@ -119,7 +180,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._extra = False  # bytes after the response: never relayed, the connection is dropped
         self._stale_parser = False
         self._unfed = False  # a known head was relayed without llhttp: its body is not fed either
-        self._learn: tuple[bytes, tuple[bytes, int, int, bool]] | None = None  # a head for _KNOWN
+        self._learn: tuple[bytes, KnownResponse] | None = None  # a head for Memo.responses
         self._headers: list[tuple[bytes, bytes]] = []  # a 101's fields, for the tunnel
         self._head_error = ""  # why on_headers_complete refused a head
 
@@ -133,61 +194,60 @@ class UpstreamConnection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        ex = self.exchange
-        if ex is None:
+        sink = self.sink
+        if sink is None:
             # An idle connection must stay silent; anything else means it is unusable.
             self.abort()
             return
         state = self._state
         if state == _S_LENGTH:
-            self._length_body(ex, data)
+            self._length_body(sink, data)
         elif state == _S_HEAD:
             if not self._head_buf:
                 end = data.find(b"\r\n\r\n") + 4
-                known = _KNOWN.get(data[:end]) if end > 4 else None
-                if known is not None and self._relay_known(ex, data, end, known):
+                known = self.memo.responses.get(data[:end]) if end > 4 else None
+                if known is not None and self._relay_known(sink, data, end, known):
                     return
-            self._read_head(ex, data)
+            self._read_head(sink, data)
         elif state == _S_TUNNEL:
-            if self._out is not None:
-                self._out.write(data)
+            sink.response_data(data)
         elif state in (_S_CHUNKED, _S_DECHUNK):
-            self._chunked_body(ex, data, None, fed=False)
+            self._chunked_body(sink, data, None, fed=False)
         elif state == _S_UNTIL_CLOSE:
-            self._until_close_body(data, None)
+            self._until_close_body(sink, data, None)
         else:
             self._extra = True  # after a complete response
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        ex = self.exchange
-        if ex is None:
+        sink = self.sink
+        if sink is None:
             self.pool.discard(self)
             return
         state = self._state
-        if state == _S_TUNNEL:
-            self.exchange = None
-            ex.tunnel_closed()
-        elif state == _S_UNTIL_CLOSE:
-            self._finish_response(ex, False)  # the only way such a body can end
-        elif state == _S_HEAD and not ex.head_sent:
-            self.exchange = None
-            ex.upstream_failed("reset", "the project closed the connection before responding")
+        if state == _S_UNTIL_CLOSE:
+            self._finish_response(sink, False)  # the only way such a body can end
+        elif state == _S_TUNNEL:
+            self.sink = None
+            sink.response_complete()
+        elif state == _S_HEAD:
+            self.sink = None
+            sink.upstream_failed("reset", "the project closed the connection before responding")
         elif state != _S_DONE:
-            self.exchange = None
-            ex.upstream_broken()
+            self.sink = None
+            sink.upstream_failed("reset", "the project closed the connection mid-response")
 
     def pause_writing(self) -> None:
-        ex = self.exchange
-        if ex is not None:
-            ex.conn.set_upstream_backpressure(True)
+        sink = self.sink
+        if sink is not None:
+            sink.upstream_paused(True)
 
     def resume_writing(self) -> None:
-        ex = self.exchange
-        if ex is not None:
-            ex.conn.set_upstream_backpressure(False)
+        sink = self.sink
+        if sink is not None:
+            sink.upstream_paused(False)
 
-    # --- flow control from the client side ---------------------------------------------------------
+    # --- flow control and ending, from the client side ---------------------------------------------
 
     def pause_reading(self) -> None:
         if not self.read_paused and self.transport is not None and not self.closed:
@@ -202,67 +262,66 @@ class UpstreamConnection(asyncio.Protocol):
     def abort(self) -> None:
         """Drop the connection at once (RST); it is never reused."""
         self.closed = True
-        self.exchange = None
+        self.sink = None
         if self.transport is not None:
             self.transport.abort()
 
+    def close(self) -> None:
+        """Close the connection once its pending writes are sent (a tunnel's end); never reused."""
+        if not self.closed:
+            self.closed = True
+            self.sink = None
+            if self.transport is not None:
+                self.transport.close()
+
     # --- exchange ----------------------------------------------------------------------------------
 
-    def start(self, ex: Exchange, head: bytes) -> None:
-        """Begin serving ``ex``: send its request head (the caller streams the body)."""
-        self.exchange = ex
-        self._out = ex.conn.transport
+    def start(self, sink: ResponseSink, response_extra: Sequence[tuple[bytes, bytes]], request_done: bool) -> None:
+        """Serve ``sink``'s exchange: the caller sends its request head (and any body: then
+        :meth:`request_sent`). ``response_extra``: the gateway's own fields for the client's head."""
+        self.sink = sink
+        self._response_extra = response_extra
+        self._request_done = request_done
         self._state = _S_HEAD
         self._head_buf = b""
         self._head_pos = 0
         self._done = False
         self._extra = False
         self._interim = False
-        self.transport.write(head)  # type: ignore[union-attr]
 
-    def start_deferred(self, ex: Exchange, head: bytes) -> None:
-        """:meth:`start` for a request without a body: the head is written at the end of this
-        round of events (``Listener.defer_upstream``)."""
-        self.exchange = ex
-        self._out = ex.conn.transport
-        self._state = _S_HEAD
-        self._head_buf = b""
-        self._head_pos = 0
-        self._done = False
-        self._extra = False
-        self._interim = False
-        ex.conn.listener.defer_upstream(self.transport, head)  # type: ignore[arg-type]
+    def request_sent(self) -> None:
+        """The request body was sent completely: after its response the connection may be kept."""
+        self._request_done = True
 
-    def _read_head(self, ex: Exchange, data: bytes) -> None:
+    def _read_head(self, sink: ResponseSink, data: bytes) -> None:
         # llhttp gets each piece once (head and body together); the raw head is kept alongside
         # for on_headers_complete, which relays its field block.
         buf = self._head_buf = self._head_buf + data if self._head_buf else data
         try:
             self.parser.feed_data(data)
         except HttpParserUpgrade as exc:
-            self._upgraded(ex, data[exc.args[0]:])
+            self._upgraded(sink, data[exc.args[0]:])
             return
         except HttpParserError as exc:
             if self._state == _S_HEAD or not self._done:
                 # In the head, or in a body nothing of which reached the client yet (e.g. a trailer
-                # llhttp refuses): the response is invalid, not followed by junk.
-                if self._state != _S_HEAD:
-                    ex.head_sent = False
+                # llhttp refuses; the head is reported only below): the response is invalid, not
+                # followed by junk.
                 reason, self._head_error = self._head_error or str(exc), ""
-                self._broken(ex, "protocol", f"invalid response from the project: {reason}")
+                self._broken(sink, "protocol", f"invalid response from the project: {reason}")
                 return
             self._extra = True  # junk after the response's end: never relayed
-        if self.exchange is not ex:
+        if self.sink is not sink:
             return  # the exchange ended meanwhile (e.g. the client went away)
         state = self._state
         if state == _S_HEAD:
             if len(buf) > MAX_RESPONSE_HEAD_BYTES:
-                self._broken(ex, "protocol", "the project's response head is too large")
+                self._broken(sink, "protocol", "the project's response head is too large")
             return
+        sink.response_starts(self._status, self._close_after)
         pos = self._head_pos
         rest = buf[pos:] if pos < len(buf) else b""
         self._head_buf = b""
-        out = self._out
         if state == _S_LENGTH:
             n = self._remaining
             if len(rest) >= n:
@@ -270,57 +329,46 @@ class UpstreamConnection(asyncio.Protocol):
                     rest = rest[:n]
                     self._extra = True
                 self._remaining = 0
-                if out is not None:
-                    out.writelines((self._relay, rest))
-                self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+                sink.response_data(self._relay, rest)
+                self._finish_response(sink, self._keep_alive and not self._extra)
             else:
                 self._remaining = n - len(rest)
-                if out is not None:
-                    out.writelines((self._relay, rest))
+                sink.response_data(self._relay, rest)
         elif state == _S_DONE:
-            if out is not None:
-                out.write(self._relay)
+            sink.response_data(self._relay)
             if rest:
                 self._extra = True
-            self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+            self._finish_response(sink, self._keep_alive and not self._extra)
         elif state == _S_UNTIL_CLOSE:
-            self._until_close_body(rest, self._relay)
+            self._until_close_body(sink, rest, self._relay)
         else:
-            self._chunked_body(ex, rest, self._relay, fed=True)
+            self._chunked_body(sink, rest, self._relay, fed=True)
 
-    def _relay_known(self, ex: Exchange, data: bytes, body_at: int,
-                     known: tuple[bytes, int, int, bool]) -> bool:
-        """Relay a response whose head is in _KNOWN; False when the exchange or the read needs
+    def _relay_known(self, sink: ResponseSink, data: bytes, body_at: int, known: KnownResponse) -> bool:
+        """Relay a response whose head the memo knows; False when the exchange or the read needs
         the general path."""
-        if not _plain(ex):
+        if not sink.response_mode() & MODE_PLAIN:
             return False
         relay, status, length, keep_alive = known
-        if ex.response_extra:
-            relay = _with_extra(relay, ex.response_extra)
+        extra = self._response_extra
+        if extra:
+            relay = _with_extra(relay, extra)
         size = len(data) - body_at
         if size > length:
             return False  # bytes after the response: the general path drops the connection
-        ex.status = status  # what response_starts does for a plain exchange
-        ex.head_sent = True
-        out = self._out
         if size == length:
-            if out is not None:
-                conn = ex.conn
-                if not conn.queue and conn.parsing is None:
-                    conn.listener.defer_response(conn, (relay, data[body_at:]))
-                else:
-                    out.writelines((relay, data[body_at:]))
-            self._finish_response(ex, keep_alive and ex.request_done)
+            self._release(keep_alive)
+            sink.response_whole(status, relay, data[body_at:])
         else:
+            sink.response_starts(status, False)  # plain: the client connection stays open
             self._keep_alive = keep_alive
             self._remaining = length - size
             self._unfed = True
             self._state = _S_LENGTH
-            if out is not None:
-                out.writelines((relay, data[body_at:]))
+            sink.response_data(relay, data[body_at:])
         return True
 
-    def _length_body(self, ex: Exchange, data: bytes) -> None:
+    def _length_body(self, sink: ResponseSink, data: bytes) -> None:
         n = self._remaining
         size = len(data)
         if size > n:
@@ -332,17 +380,15 @@ class UpstreamConnection(asyncio.Protocol):
             try:
                 self.parser.feed_data(data)  # keeps llhttp in step for the next response
             except HttpParserError as exc:
-                self._broken(ex, "protocol", f"invalid response from the project: {exc}")
+                self._broken(sink, "protocol", f"invalid response from the project: {exc}")
                 return
-        if self._out is not None:
-            self._out.write(data)
+        sink.response_data(data)
         if n == 0:
-            self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+            self._finish_response(sink, self._keep_alive and not self._extra)
 
-    def _chunked_body(self, ex: Exchange, data: bytes, head: bytes | None, fed: bool) -> None:
-        out = self._out
-        if head is not None and out is not None:
-            out.write(head)
+    def _chunked_body(self, sink: ResponseSink, data: bytes, head: bytes | None, fed: bool) -> None:
+        if head is not None:
+            sink.response_data(head)
         if not data:
             return
         try:
@@ -351,46 +397,43 @@ class UpstreamConnection(asyncio.Protocol):
             if self._dechunker is not None:
                 self._dechunker.feed_data(data)
         except HttpParserError:
-            self._broken(ex, "protocol", "invalid chunked body from the project")
+            self._broken(sink, "protocol", "invalid chunked body from the project")
             return
         if self._done:
             last = self._last + data if len(data) < 4 else data
             if self._extra or not last.endswith(b"\r\n\r\n"):
                 # More than the response arrived; where it ends inside this read is unknown.
-                self._broken(ex, "protocol", "the project sent data after its response")
+                self._broken(sink, "protocol", "the project sent data after its response")
                 return
         elif len(data) < 4:
             self._last = (self._last + data)[-4:]
         else:
             self._last = data[-4:]
-        if self._dechunker is None and out is not None:
-            out.write(data)
+        if self._dechunker is None:
+            sink.response_data(data)
         if self._done:
-            self._finish_response(ex, self._keep_alive and not self._extra and ex.request_done)
+            self._finish_response(sink, self._keep_alive and not self._extra)
 
-    def _until_close_body(self, data: bytes, head: bytes | None) -> None:
-        out = self._out
-        if out is None:
-            return
+    def _until_close_body(self, sink: ResponseSink, data: bytes, head: bytes | None) -> None:
         if not self._close_delimited:  # an HTTP/1.1 client: chunk it
             if head is not None:
                 if data:
-                    out.writelines((head, b"%x\r\n" % len(data), data, _CRLF))
+                    sink.response_data(head, b"%x\r\n" % len(data), data, _CRLF)
                 else:
-                    out.write(head)
+                    sink.response_data(head)
             elif data:
-                out.writelines((b"%x\r\n" % len(data), data, _CRLF))
+                sink.response_data(b"%x\r\n" % len(data), data, _CRLF)
         else:
             if head is not None:
-                out.write(head)
+                sink.response_data(head)
             if data:
-                out.write(data)
+                sink.response_data(data)
 
     # --- llhttp callbacks (no on_status, on_header or on_body: see the class docstring) -------------
 
     def on_headers_complete(self) -> None:
-        ex = self.exchange
-        if ex is None or self._state != _S_HEAD:
+        sink = self.sink
+        if sink is None or self._state != _S_HEAD:
             self._extra = True
             return
         buf = self._head_buf
@@ -404,31 +447,34 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_pos = head_end = end + 4
         status = self.parser.get_status_code()
         self._status = status
+        mode = self._mode = sink.response_mode()
         if status < 200:
             self._interim = True
             if status == 101:
                 self._headers = parse_fields(block)  # kept for the tunnel's 101
             else:
-                ex.relay_interim(status, parse_fields(block))
+                sink.response_interim(status, _interim_head(status, block))
             return
-        self._keep_alive = self.parser.should_keep_alive() and ex.upgrade is None
-        no_body = ex.is_head or status == 204 or status == 304
-        close = ex.closes_after_response()
+        self._keep_alive = self.parser.should_keep_alive() and not mode & MODE_UPGRADE
+        is_head = bool(mode & MODE_HEAD)
+        no_body = is_head or status == 204 or status == 304
+        close = bool(mode & MODE_CLOSE)
         try:
-            framing, chunked, length, plain = self._relay_head(ex, status, block, no_body, close)
+            framing, chunked, length, plain = self._relay_head(status, block, no_body, not mode & MODE_HTTP10, close)
         except FramingError as exc:
             self._head_error = str(exc)
             raise _BadHead from None
-        ex.response_starts(status, close)
+        # Reported to the sink once llhttp took the whole read (_read_head).
+        self._close_after = close or framing == FRAME_CLOSE
         self._dechunker = None
         if no_body:
             self._state = _S_DONE
-            if ex.is_head and (length or chunked):
+            if is_head and (length or chunked):
                 self._stale_parser = True  # llhttp does not know the method: it waits for a body
         elif length is not None:
             self._remaining = length
             self._state = _S_LENGTH if length else _S_DONE
-            if framing == FRAME_LENGTH and not chunked and not close and plain and _plain(ex):
+            if framing == FRAME_LENGTH and not chunked and not close and plain and mode & MODE_PLAIN:
                 self._learn = (buf[pos:head_end], (plain, status, length, self._keep_alive))
         elif chunked:
             self._last = b""
@@ -436,42 +482,32 @@ class UpstreamConnection(asyncio.Protocol):
                 self._state = _S_CHUNKED
             else:
                 self._state = _S_DECHUNK
-                self._dechunker = httptools.HttpResponseParser(_Dechunk(ex.conn.transport))  # type: ignore[arg-type]
+                self._dechunker = httptools.HttpResponseParser(_Dechunk(sink))
                 self._dechunker.feed_data(_DECHUNK_HEAD)
         else:
             self._state = _S_UNTIL_CLOSE
             self._close_delimited = framing == FRAME_CLOSE  # relayed as is to an HTTP/1.0 client
-        if framing == FRAME_CLOSE:
-            ex.close_after = True
 
-    def _relay_head(self, ex: Exchange, status: int, block: bytes, no_body: bool,
+    def _relay_head(self, status: int, block: bytes, no_body: bool, http11: bool,
                     close: bool) -> tuple[int, bool, int | None, bytes]:
         """Make the client's head (``self._relay``): ``(framing, upstream_chunked, length, plain)``
-        where ``plain`` is the head without the exchange's extra fields (for _KNOWN), or empty."""
-        extra = ex.response_extra
-        if len(block) > _RELAYED_MAX_BLOCK:
+        where ``plain`` is the head without the exchange's extra fields (for Memo.responses), or empty."""
+        extra = self._response_extra
+        relayed = self.memo.relayed_head(block, status, no_body, http11, close)
+        if relayed is None:
             self._relay, framing, chunked, length = relay_raw_response_head(
-                status, block, no_body, ex.http11, close, extra
+                status, block, no_body, http11, close, extra
             )
-            plain = b""
+            return framing, chunked, length, b""
+        plain, framing, chunked, length = relayed
+        if not extra:
+            self._relay = plain
+        elif not close and framing in (FRAME_LENGTH, FRAME_NONE):
+            self._relay = _with_extra(plain, extra)
         else:
-            # Consecutive responses of a project often share their whole field block (Date changes
-            # once a second), so the rewritten head is remembered.
-            key = (block, status, no_body + 2 * ex.http11 + 4 * close)
-            relayed = _RELAYED.get(key)
-            if relayed is None:
-                if len(_RELAYED) >= _RELAYED_SIZE:
-                    _RELAYED.clear()
-                relayed = _RELAYED[key] = relay_raw_response_head(status, block, no_body, ex.http11, close)
-            plain, framing, chunked, length = relayed
-            if not extra:
-                self._relay = plain
-            elif not close and framing in (FRAME_LENGTH, FRAME_NONE):
-                self._relay = _with_extra(plain, extra)
-            else:
-                self._relay, framing, chunked, length = relay_raw_response_head(
-                    status, block, no_body, ex.http11, close, extra
-                )
+            self._relay, framing, chunked, length = relay_raw_response_head(
+                status, block, no_body, http11, close, extra
+            )
         return framing, chunked, length, plain
 
     def on_message_complete(self) -> None:
@@ -484,21 +520,24 @@ class UpstreamConnection(asyncio.Protocol):
 
     # --- completion --------------------------------------------------------------------------------
 
-    def _finish_response(self, ex: Exchange, reusable: bool) -> None:
-        out = self._out
-        if self._state == _S_UNTIL_CLOSE and not self._close_delimited and out is not None:
-            out.write(_LAST_CHUNK)
+    def _finish_response(self, sink: ResponseSink, reusable: bool) -> None:
+        if self._state == _S_UNTIL_CLOSE and not self._close_delimited:
+            sink.response_data(_LAST_CHUNK)
+        self._release(reusable)
+        sink.response_complete()
+
+    def _release(self, reusable: bool) -> None:
+        """The response is over: remember its head if it may be, then back to the pool (``reusable``
+        and the request was sent whole) or closed."""
+        reusable = reusable and self._request_done
         if self._learn is not None:
             if reusable and self._done and not self._extra:  # llhttp ended the body where we did
-                if len(_KNOWN) >= _KNOWN_SIZE:
-                    _KNOWN.clear()
-                _KNOWN[self._learn[0]] = self._learn[1]
+                self.memo.remember_response(self._learn[0], self._learn[1])
             self._learn = None
         self._unfed = False
         self._state = _S_DONE
         self._dechunker = None
-        self.exchange = None
-        self._out = None
+        self.sink = None
         if self._stale_parser:
             self._stale_parser = False
             self.parser = httptools.HttpResponseParser(self)
@@ -515,37 +554,30 @@ class UpstreamConnection(asyncio.Protocol):
             else:
                 self.closed = True
                 self.transport.close()  # type: ignore[union-attr]
-        ex.upstream = None
-        if ex.request_done and ex.task is None and not ex.finished:
-            ex.finished = True
-            ex.conn.exchange_finished(ex)
-        else:
-            ex.response_complete()
 
-    def _broken(self, ex: Exchange, reason: str, message: str) -> None:
+    def _broken(self, sink: ResponseSink, reason: str, message: str) -> None:
         self.abort()
-        if not ex.head_sent:
-            ex.upstream_failed(reason, message)
-        else:
-            ex.upstream_broken()
+        sink.upstream_failed(reason, message)
 
-    def _upgraded(self, ex: Exchange, tail: bytes) -> None:
+    def _upgraded(self, sink: ResponseSink, tail: bytes) -> None:
         headers = self._headers
         self._headers = []
         upgrade = next((v for n, v in headers if n.lower() == b"upgrade"), None)
-        if self._status != 101 or not ex.upgrade or upgrade is None:
-            self._broken(ex, "protocol", "the project switched protocols unasked")
+        if self._status != 101 or not self._mode & MODE_SWITCH or upgrade is None:
+            self._broken(sink, "protocol", "the project switched protocols unasked")
             return
         self._state = _S_TUNNEL
-        ex.tunnel_open(self._status, headers, upgrade, tail)
+        sink.tunnel_open(response_head(101, REASONS[101], headers, framing=FRAME_NONE, upgrade=upgrade,
+                                       extra=self._response_extra), tail)
 
 
-def _plain(ex: Exchange) -> bool:
-    """Whether the client side of ``ex`` asks nothing of a response head but the gateway's own
-    fields: an HTTP/1.1 keep-alive request that is not HEAD, not an upgrade, not waiting for
-    100-continue, on a connection that stays open (the head is relayed as _KNOWN remembers it)."""
-    return (ex.http11 and ex.keep_alive and not ex.is_head and ex.upgrade is None and not ex.expect_continue
-            and not ex.conn.closing)
+def _interim_head(status: int, block: bytes) -> bytes:
+    """A 1xx head for the client (its hop-by-hop fields dropped)."""
+    parts = [b"HTTP/1.1 %d %s\r\n" % (status, REASONS.get(status, b"Informational"))]
+    for name, value in strip_hop_by_hop(parse_fields(block)):
+        parts += (name, b": ", value, _CRLF)
+    parts.append(_CRLF)
+    return b"".join(parts)
 
 
 def _with_extra(relay: bytes, extra: Sequence[tuple[bytes, bytes]]) -> bytes:
@@ -577,21 +609,24 @@ class UpstreamPool:
     """
 
     def __init__(self, max_idle_per_endpoint: int = 256, idle_timeout_s: float = 30.0,
-                 max_connecting_per_endpoint: int = 64) -> None:
+                 max_connecting_per_endpoint: int = 64, memo: Memo | None = None) -> None:
         self.max_idle_per_endpoint = max_idle_per_endpoint
         self.idle_timeout_s = idle_timeout_s
         self.max_connecting_per_endpoint = max_connecting_per_endpoint
         self.now = 0.0  # coarse clock, advanced by the owner's sweeper
+        self.memo = memo if memo is not None else Memo()  # the listener's (its connections use it)
         self._idle: dict[Endpoint, _IdleList] = {}
         self._connecting: dict[Endpoint, int] = {}
-        self.waiting: dict[Endpoint, collections.deque[Exchange]] = {}  # requests waiting for a connection
+        # Requests waiting for a connection, and whether each needs one of its own (a tunnel).
+        self.waiting: dict[Endpoint, collections.deque[tuple[ResponseSink, bool]]] = {}
         self.waited = 0  # requests that had to wait for a connection (all time)
         self._handed_at: dict[Endpoint, float] = {}  # when a free connection last went to a waiting request
         self._stall_timers: dict[Endpoint, asyncio.TimerHandle] = {}
 
-    def may_connect(self, endpoint: Endpoint, ex: Exchange) -> bool:
-        """Whether ``ex`` may open a connection now (then :meth:`connect_done` is due); otherwise
-        it waits and is served later through ``ex.attach`` or ``ex.start_connect``."""
+    def may_connect(self, endpoint: Endpoint, sink: ResponseSink, tunnel: bool) -> bool:
+        """Whether a request may open a connection now (then :meth:`connect_done` is due); otherwise
+        it waits and is served later through ``sink.upstream_ready``. A ``tunnel`` never gets a
+        connection that served another request."""
         n = self._connecting.get(endpoint, 0)
         if n < self.max_connecting_per_endpoint:
             self._connecting[endpoint] = n + 1
@@ -599,7 +634,7 @@ class UpstreamPool:
         queue = self.waiting.get(endpoint)
         if queue is None:
             queue = self.waiting[endpoint] = collections.deque()
-        queue.append(ex)
+        queue.append((sink, tunnel))
         self.waited += 1
         return False
 
@@ -612,22 +647,23 @@ class UpstreamPool:
             self._connecting.pop(endpoint, None)
         queue = self.waiting.get(endpoint)
         while queue:
-            ex = queue.popleft()
-            if ex.finished:
+            waiter = queue.popleft()
+            sink, tunnel = waiter
+            if sink.finished:
                 continue
-            up = self.acquire(endpoint) if ex.upgrade is None else None  # a tunnel gets its own
+            up = self.acquire(endpoint) if not tunnel else None  # a tunnel gets its own
             if up is not None:
-                ex.attach(up, True)
-            elif ex.upgrade is None and _monotonic() - self._handed_at.get(endpoint, -_STALL_S) < _STALL_S:
+                sink.upstream_ready(endpoint, up)
+            elif not tunnel and _monotonic() - self._handed_at.get(endpoint, -_STALL_S) < _STALL_S:
                 # Connections are coming free and being handed to the waiting requests: they
                 # serve the queue without the cost of another connection (a herd released at
                 # once would otherwise open one per request).
-                queue.appendleft(ex)
+                queue.appendleft(waiter)
                 self._watch_stall(endpoint)
                 return
             else:
                 self._connecting[endpoint] = self._connecting.get(endpoint, 0) + 1
-                ex.start_connect(endpoint)
+                sink.upstream_ready(endpoint, None)
             break
         if queue is not None and not queue:
             del self.waiting[endpoint]
@@ -649,10 +685,10 @@ class UpstreamPool:
             self._stall_timers[endpoint] = loop.call_later(_STALL_S - idle_for, self._stall_check, endpoint)
             return
         while queue and self._connecting.get(endpoint, 0) < self.max_connecting_per_endpoint:
-            ex = queue.popleft()
-            if not ex.finished:
+            sink, _ = queue.popleft()
+            if not sink.finished:
                 self._connecting[endpoint] = self._connecting.get(endpoint, 0) + 1
-                ex.start_connect(endpoint)
+                sink.upstream_ready(endpoint, None)
         if not queue:
             del self.waiting[endpoint]
 
@@ -660,17 +696,17 @@ class UpstreamPool:
         """Give a connection that came free to a waiting request; False when none waits."""
         queue = self.waiting.get(up.endpoint)
         while queue:
-            ex = queue[0]
-            if ex.finished:
+            sink, tunnel = queue[0]
+            if sink.finished:
                 queue.popleft()
                 continue
-            if ex.upgrade is not None:
+            if tunnel:
                 return False  # a tunnel gets its own connection (on the next connect_done)
             queue.popleft()
             if not queue:
                 del self.waiting[up.endpoint]
             self._handed_at[up.endpoint] = _monotonic()
-            ex.attach(up, True)
+            sink.upstream_ready(up.endpoint, up)
             return True
         self.waiting.pop(up.endpoint, None)
         return False

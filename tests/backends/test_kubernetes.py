@@ -27,13 +27,13 @@ import aiohttp
 import pytest
 import yaml
 
+from gateway import contract as C
 from gateway.backends.base import ProjectInfo
 from gateway.backends.k8s import objects as obj
 from gateway.backends.k8s.api import Informer, Kube
 from gateway.backends.kubernetes import KubernetesBackend, make_api_client
 from gateway.config import Settings
 from provisioner import apply as papply
-from provisioner import labels as L
 from provisioner.render import render
 from provisioner.spec import ProjectSpec
 from tests.cluster import gateway_peers as peers
@@ -63,7 +63,7 @@ def sa_kubeconfig(cluster: Cluster) -> Path:
     objs = [o for o in rendered_manifests(cluster) if o["kind"] in RBAC_KINDS]
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=wakegate-test", "-f", "-",
                     input=yaml.safe_dump_all(objs))
-    return cluster.serviceaccount_kubeconfig(L.DEFAULT_GATEWAY_NAMESPACE, L.GATEWAY_SERVICEACCOUNT)
+    return cluster.serviceaccount_kubeconfig(C.DEFAULT_GATEWAY_NAMESPACE, C.GATEWAY_SERVICEACCOUNT)
 
 
 async def provision(cluster: Cluster, name: str, image: str = ECHO, **spec: Any) -> str:
@@ -153,14 +153,14 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout_s: float,
 
 
 def deployment(cluster: Cluster, name: str) -> dict[str, Any]:
-    dep: dict[str, Any] = cluster.request("GET", f"/apis/apps/v1/namespaces/{L.namespace_for(name)}/deployments/{name}")
+    dep: dict[str, Any] = cluster.request("GET", f"/apis/apps/v1/namespaces/{C.namespace_for(name)}/deployments/{name}")
     return dep
 
 
 async def wait_pods(cluster: Cluster, name: str, predicate: Callable[[list[dict[str, Any]]], T | None],
                     timeout_s: float = 60) -> T:
-    return await asyncio.to_thread(cluster.watch_until, f"/api/v1/namespaces/{L.namespace_for(name)}/pods",
-                                   predicate, timeout_s, labelSelector=L.app_label_selector(name))
+    return await asyncio.to_thread(cluster.watch_until, f"/api/v1/namespaces/{C.namespace_for(name)}/pods",
+                                   predicate, timeout_s, labelSelector=C.app_label_selector(name))
 
 
 async def wait_deployment(cluster: Cluster, name: str, predicate: Callable[[dict[str, Any]], bool],
@@ -168,7 +168,7 @@ async def wait_deployment(cluster: Cluster, name: str, predicate: Callable[[dict
     def check(items: list[dict[str, Any]]) -> dict[str, Any] | None:
         return next((d for d in items if d["metadata"]["name"] == name and predicate(d)), None)
 
-    return await asyncio.to_thread(cluster.watch_until, f"/apis/apps/v1/namespaces/{L.namespace_for(name)}/deployments",
+    return await asyncio.to_thread(cluster.watch_until, f"/apis/apps/v1/namespaces/{C.namespace_for(name)}/deployments",
                                    check, timeout_s)
 
 
@@ -177,7 +177,7 @@ def live(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
-    out = cluster.request("GET", f"/api/v1/namespaces/{L.namespace_for(name)}/events?fieldSelector=reason%3D{reason}")
+    out = cluster.request("GET", f"/api/v1/namespaces/{C.namespace_for(name)}/events?fieldSelector=reason%3D{reason}")
     items: list[dict[str, Any]] = out.get("items", [])
     return items
 
@@ -187,7 +187,7 @@ def events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
 
 def test_gateway_serviceaccount_may_scale_projects_only(cluster: Cluster, sa_kubeconfig: Path) -> None:
     asyncio.run(provision(cluster, "rbac"))
-    sa = f"system:serviceaccount:{L.DEFAULT_GATEWAY_NAMESPACE}:{L.GATEWAY_SERVICEACCOUNT}"
+    sa = f"system:serviceaccount:{C.DEFAULT_GATEWAY_NAMESPACE}:{C.GATEWAY_SERVICEACCOUNT}"
 
     def can(*args: str) -> bool:
         out = cluster.kubectl("auth", "can-i", *args, f"--as={sa}", check=False)
@@ -195,18 +195,18 @@ def test_gateway_serviceaccount_may_scale_projects_only(cluster: Cluster, sa_kub
 
     assert can("patch", "deployments/rbac", "--subresource=scale", "-n", "wg-rbac")
     assert can("watch", "endpointslices.discovery.k8s.io", "--all-namespaces")
-    assert can("update", "leases.coordination.k8s.io/wakegate-reaper", "-n", L.DEFAULT_GATEWAY_NAMESPACE)
+    assert can("update", "leases.coordination.k8s.io/wakegate-reaper", "-n", C.DEFAULT_GATEWAY_NAMESPACE)
     assert not can("patch", "deployments/coredns", "--subresource=scale", "-n", "kube-system")
     assert not can("patch", "deployments/other", "--subresource=scale", "-n", "wg-rbac")
     assert not can("get", "secrets", "-n", "wg-rbac")
-    assert not can("update", "leases.coordination.k8s.io/other", "-n", L.DEFAULT_GATEWAY_NAMESPACE)
+    assert not can("update", "leases.coordination.k8s.io/other", "-n", C.DEFAULT_GATEWAY_NAMESPACE)
     assert not can("create", "pods", "-n", "wg-rbac")
 
 
 def test_gateway_pod_is_admitted_under_restricted(cluster: Cluster, sa_kubeconfig: Path) -> None:
     dep = next(o for o in rendered_manifests(cluster) if o["kind"] == "Deployment")
     pod = {"apiVersion": "v1", "kind": "Pod",
-           "metadata": {"name": "wakegate-dry-run", "namespace": L.DEFAULT_GATEWAY_NAMESPACE,
+           "metadata": {"name": "wakegate-dry-run", "namespace": C.DEFAULT_GATEWAY_NAMESPACE,
                         "labels": dep["spec"]["template"]["metadata"]["labels"]},
            "spec": dep["spec"]["template"]["spec"]}
     out = cluster.kubectl("create", "--dry-run=server", "-o", "name", "-f", "-", input=json.dumps(pod), check=False)
@@ -241,7 +241,7 @@ async def test_cold_request_wakes_the_deployment_and_reaches_the_pod(cluster: Cl
         assert echo["pod"]["ip"] == pods[0]["status"]["podIP"]
         _, info = await admin(gw, "/api/v1/projects/cold")
         assert info["state"] == "ready"
-        assert info["endpoints"] == [f"{pods[0]['status']['podIP']}:{L.DEFAULT_CONTAINER_PORT}"]
+        assert info["endpoints"] == [f"{pods[0]['status']['podIP']}:{C.DEFAULT_CONTAINER_PORT}"]
         assert info["location"] == "namespace wg-cold, deployment cold"
 
 
@@ -282,7 +282,7 @@ async def test_idle_project_is_scaled_to_zero_and_its_pod_goes(cluster: Cluster,
         assert slept["scaled_down"] is True
         assert len(events(cluster, "idle", "ScaledToZero")) == 1
         # The sleep recorded the last activity (for `wakegate project status`) in the same write.
-        last = dep["metadata"]["annotations"][L.LAST_ACTIVITY_ANNOTATION]
+        last = dep["metadata"]["annotations"][C.LAST_ACTIVITY_ANNOTATION]
         assert abs(time.time() - obj.parse_time(last)) < 120  # type: ignore[operator]
         # and it wakes again
         status, body = await get(gw, "idle")
@@ -302,13 +302,13 @@ async def test_projects_appear_as_they_are_created_and_labelled(cluster: Cluster
 
         await eventually(served, 60, "the project to be served once its namespace matches")
         # the namespace's project label (set by the provisioner) must confirm the Deployment's claim
-        cluster.kubectl("label", "namespace", "wg-blue", f"{L.PROJECT_LABEL}=other", "--overwrite")
+        cluster.kubectl("label", "namespace", "wg-blue", f"{C.PROJECT_LABEL}=other", "--overwrite")
 
         async def gone() -> bool | None:
             return True if (await get(gw, "blue"))[0] == 404 else None
 
         await eventually(gone, 30, "the project to go when its namespace no longer confirms it")
-        cluster.kubectl("label", "namespace", "wg-blue", f"{L.PROJECT_LABEL}=blue", "--overwrite")
+        cluster.kubectl("label", "namespace", "wg-blue", f"{C.PROJECT_LABEL}=blue", "--overwrite")
 
 
 class Recorder:
@@ -340,7 +340,7 @@ async def test_discover_answers_from_the_watch_caches_only(cluster: Cluster, sa_
         assert await backend.discover("Not A Name") is None
         # Stop the Deployment watch: a project created now is not in the caches, and discover must
         # not go and look for it in the API server (it is answered like any unknown name).
-        watch = next(t for t in backend._tasks if t.get_name() == "wakegate-watch-deployments")
+        watch = next(t for t in asyncio.all_tasks() if t.get_name() == "wakegate-watch-deployments")
         watch.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await watch
@@ -349,7 +349,7 @@ async def test_discover_answers_from_the_watch_caches_only(cluster: Cluster, sa_
         assert "late" not in backend.projects()
         # Once the watch delivers it, it is found, and the listener hears of the new table.
         changes = recorder.table_changes
-        backend._spawn(backend.deployments.run(), "wakegate-watch-deployments")
+        backend._tasks.spawn(backend.deployments.run(), "wakegate-watch-deployments")
 
         async def found() -> ProjectInfo | None:
             return await backend.discover("late")
@@ -463,9 +463,11 @@ async def test_api_server_outage_keeps_warm_projects_and_recovers(cluster: Clust
     await provision(cluster, "later")
     async with gateway(sa_kubeconfig) as gw:
         assert (await get(gw, "warm"))[0] == 200
+        assert await metric(gw, "wakegate_backend_reachable") == 1
         await asyncio.to_thread(cluster.stop_apiserver)
         try:
             await gw.wait_event(lambda e: e.get("event") == "kubernetes_api_unreachable", 30)
+            assert "wakegate_backend_reachable 0.0" in str((await admin(gw, "/metrics"))[1])  # what ops alert on
             for i in range(5):
                 status, body = await get(gw, "warm", f"/still-{i}")
                 assert status == 200, body
@@ -486,6 +488,7 @@ async def test_api_server_outage_keeps_warm_projects_and_recovers(cluster: Clust
         status, body = await get(gw, "later")
         assert status == 200, body
         assert (await get(gw, "warm"))[0] == 200
+        assert await metric(gw, "wakegate_backend_reachable") == 1
 
 
 # --- watches: 410 Gone -----------------------------------------------------------------------------
@@ -594,7 +597,7 @@ async def test_killing_the_lease_holder_hands_reaping_over(cluster: Cluster, sa_
             os.killpg(a.proc.pid, signal.SIGKILL)  # no release: B must notice the Lease expire
             await a.wait_exit(10)
             await b.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
-            lease = cluster.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{L.DEFAULT_GATEWAY_NAMESPACE}"
+            lease = cluster.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{C.DEFAULT_GATEWAY_NAMESPACE}"
                                            "/leases/wakegate-reaper")
             assert lease["spec"]["holderIdentity"] == "gw-b"
             status, body = await get(b, "handover")
@@ -688,7 +691,7 @@ class SecondIdentity:
 
     def revoke_lease(self) -> None:
         """It may no longer take the reaper Lease."""
-        self.cluster.kubectl("delete", "rolebinding", "-n", L.DEFAULT_GATEWAY_NAMESPACE, self.name,
+        self.cluster.kubectl("delete", "rolebinding", "-n", C.DEFAULT_GATEWAY_NAMESPACE, self.name,
                              "--ignore-not-found")
 
     def revoke(self) -> None:
@@ -700,7 +703,7 @@ class SecondIdentity:
         """Its API requests are refused by API Priority and Fairness (429) under contention: they go
         to a priority level with no seats of its own, none to borrow, and rejection when full, which
         :meth:`contention` keeps full."""
-        ns = L.DEFAULT_GATEWAY_NAMESPACE
+        ns = C.DEFAULT_GATEWAY_NAMESPACE
         level = {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
                  "metadata": {"name": self.name},
                  "spec": {"type": "Limited", "limited": {
@@ -719,7 +722,7 @@ class SecondIdentity:
     @contextlib.contextmanager
     def contention(self, threads: int = 32) -> Iterator[None]:
         """Other requests of the same identity, as many at once as ``threads``, while it lasts."""
-        token = self.cluster.serviceaccount_token(L.DEFAULT_GATEWAY_NAMESPACE, self.name)
+        token = self.cluster.serviceaccount_token(C.DEFAULT_GATEWAY_NAMESPACE, self.name)
         stop = threading.Event()
 
         def load() -> None:
@@ -745,7 +748,7 @@ class SecondIdentity:
 
 @pytest.fixture
 def second_identity(cluster: Cluster) -> Iterator[SecondIdentity]:
-    ns = L.DEFAULT_GATEWAY_NAMESPACE
+    ns = C.DEFAULT_GATEWAY_NAMESPACE
     sa = SecondIdentity.name
     objs = [
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa, "namespace": ns}},
@@ -856,7 +859,7 @@ async def _open_on(gw: GatewayProcess, project: str) -> bool | None:
 async def test_the_holder_prunes_the_activity_annotations_of_earlier_versions(cluster: Cluster,
                                                                                sa_kubeconfig: Path) -> None:
     await provision(cluster, "legacy")
-    cluster.request("PATCH", f"/apis/apps/v1/namespaces/{L.namespace_for('legacy')}/deployments/legacy",
+    cluster.request("PATCH", f"/apis/apps/v1/namespaces/{C.namespace_for('legacy')}/deployments/legacy",
                     body={"metadata": {"annotations": {"wakegate.io/activity.old-replica": "1;0;1",
                                                        "keep.example/other": "x"}}},
                     content_type="application/merge-patch+json")

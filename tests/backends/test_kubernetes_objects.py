@@ -6,15 +6,15 @@ from typing import Any
 
 import pytest
 
+from gateway import contract as C
 from gateway.backends.base import Endpoint, ProjectSettings
 from gateway.backends.k8s import objects as o
-from provisioner import labels as L
 
 
 def namespace(name: str, project: str | None, managed: bool = True) -> dict[str, Any]:
-    lab = {L.MANAGED_BY_LABEL: L.MANAGED_BY} if managed else {}
+    lab = {C.MANAGED_BY_LABEL: C.MANAGED_BY} if managed else {}
     if project:
-        lab[L.PROJECT_LABEL] = project
+        lab[C.PROJECT_LABEL] = project
     return {"metadata": {"name": name, "labels": lab}}
 
 
@@ -22,9 +22,9 @@ def deployment(name: str = "foo", ns: str = "wg-foo", *, project: str | None = N
                annotations: dict[str, str] | None = None, replicas: int | None = 1, generation: int = 2,
                observed: int | None = 2, conditions: list[dict[str, Any]] | None = None,
                created: str = "2024-01-01T00:00:00Z") -> dict[str, Any]:
-    lab = {L.PROJECT_LABEL: project or name}
+    lab = {C.PROJECT_LABEL: project or name}
     if managed:
-        lab[L.MANAGED_BY_LABEL] = L.MANAGED_BY
+        lab[C.MANAGED_BY_LABEL] = C.MANAGED_BY
     spec: dict[str, Any] = {} if replicas is None else {"replicas": replicas}
     status: dict[str, Any] = {"conditions": conditions or []}
     if observed is not None:
@@ -52,8 +52,8 @@ def test_deployment_project_requires_label_name_and_managed_by() -> None:
 
 
 def test_project_settings_from_annotations() -> None:
-    s, problems = o.project_settings({L.IDLE_TIMEOUT_ANNOTATION: "60", L.HOLD_TIMEOUT_ANNOTATION: "2.5",
-                                      L.STRATEGY_ANNOTATION: "page"})
+    s, problems = o.project_settings({C.IDLE_TIMEOUT_ANNOTATION: "60", C.HOLD_TIMEOUT_ANNOTATION: "2.5",
+                                      C.STRATEGY_ANNOTATION: "page"})
     assert s == ProjectSettings(idle_timeout_s=60.0, hold_timeout_s=2.5, strategy="page")
     assert problems == []
     assert o.project_settings({}) == (ProjectSettings(), [])
@@ -61,19 +61,19 @@ def test_project_settings_from_annotations() -> None:
 
 @pytest.mark.parametrize("value", ["0", "-3", "abc", "nan", "inf", ""])
 def test_invalid_timeouts_fall_back_with_a_message(value: str) -> None:
-    s, problems = o.project_settings({L.IDLE_TIMEOUT_ANNOTATION: value, L.HOLD_TIMEOUT_ANNOTATION: "5"})
+    s, problems = o.project_settings({C.IDLE_TIMEOUT_ANNOTATION: value, C.HOLD_TIMEOUT_ANNOTATION: "5"})
     assert s == ProjectSettings(hold_timeout_s=5.0)
-    assert len(problems) == 1 and L.IDLE_TIMEOUT_ANNOTATION in problems[0] and repr(value) in problems[0]
+    assert len(problems) == 1 and C.IDLE_TIMEOUT_ANNOTATION in problems[0] and repr(value) in problems[0]
 
 
 def test_invalid_strategy_falls_back_with_a_message() -> None:
-    s, problems = o.project_settings({L.STRATEGY_ANNOTATION: "wait"})
+    s, problems = o.project_settings({C.STRATEGY_ANNOTATION: "wait"})
     assert s.strategy is None
     assert "auto, block, page" in problems[0]
 
 
 def test_project_ref_needs_the_namespace_to_confirm() -> None:
-    dep = deployment(annotations={L.IDLE_TIMEOUT_ANNOTATION: "30"})
+    dep = deployment(annotations={C.IDLE_TIMEOUT_ANNOTATION: "30"})
     ref, problems = o.project_ref(dep, namespace("wg-foo", "foo"))
     assert ref is not None and problems == []
     assert ref.name == "foo" and ref.namespace == "wg-foo"
@@ -112,7 +112,7 @@ def slice_(endpoints: list[dict[str, Any]], ports: list[dict[str, Any]] | None =
            address_type: str = "IPv4") -> dict[str, Any]:
     return {"addressType": address_type, "endpoints": endpoints,
             "ports": ports if ports is not None else [{"name": "http", "port": 3001, "protocol": "TCP"}],
-            "metadata": {"labels": {o.SERVICE_NAME_LABEL: "foo",
+            "metadata": {"labels": {C.SERVICE_NAME_LABEL: "foo",
                                     o.SLICE_MANAGED_BY_LABEL: "endpointslice-controller.k8s.io"}}}
 
 

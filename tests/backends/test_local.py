@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from gateway.backends.base import BackendError, Endpoint
-from gateway.backends.local import LocalBackend, ProjectsFileError, load_projects_file, parse_projects, probe
+from gateway.backends.local import LocalBackend, probe
+from gateway.backends.local_projects import ProjectsFileError, load_projects_file, parse_projects
 from gateway.config import Settings
 from gateway.demo import PROJECTS_FILE
 

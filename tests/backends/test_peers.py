@@ -114,3 +114,20 @@ def test_a_peer_without_a_fresh_answer_is_unknown() -> None:
 def test_snapshots_of_peers_no_longer_listed_do_not_count() -> None:
     snaps = {"gw-b": snap(NOW, p=(NOW, 5)), "gone": snap(NOW, p=(NOW, 9))}
     assert pr.verdict((B,), snaps, "p", now_s=NOW, max_age_s=15) == SharedActivity(NOW, 5)
+
+
+# --- the last word before a sleep ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("seen", "confirmed", "upheld"), [
+    (SharedActivity(), SharedActivity(), True),  # nothing anywhere, then or now
+    (SharedActivity(NOW - 60), SharedActivity(NOW - 60), True),  # the activity the decision saw
+    (SharedActivity(NOW - 60), SharedActivity(NOW - 90), True),  # older than what it saw
+    (SharedActivity(NOW - 60), SharedActivity(NOW - 30), False),  # newer: a request since the last pull
+    (SharedActivity(), SharedActivity(NOW - 30), False),  # activity the decision did not see at all
+    (SharedActivity(NOW - 60), SharedActivity(NOW - 60, open=1), False),  # a request open there now
+    (SharedActivity(NOW - 60), SharedActivity(NOW - 60, unknown=("gw-b",)), False),  # a peer did not answer
+])
+def test_confirms_idle_only_when_every_peer_upholds_the_decision(seen: SharedActivity, confirmed: SharedActivity,
+                                                                 upheld: bool) -> None:
+    assert pr.confirms_idle(seen, confirmed) is upheld

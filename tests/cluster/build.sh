@@ -1,90 +1,186 @@
 #!/usr/bin/env bash
-# Build (or reuse) the control-plane binaries the test cluster runs:
+# Build (or reuse) the binaries the tests run:
 #   kube-apiserver, kube-controller-manager, kubectl  from k8s.io/kubernetes
 #   etcd                                              from go.etcd.io/etcd/server/v3
-# Versions are pinned in tests/cluster/k8sbuild/go.mod. Output goes to a cache directory outside
-# the work tree, keyed by the Kubernetes version and a hash of go.mod/go.sum:
+#   helm                                              from helm.sh/helm/v4 (the chart tests)
+# Versions are pinned in tests/cluster/k8sbuild/go.mod and, in a module of its own so that Helm's
+# dependencies never move the control plane's pins, tests/cluster/helmbuild/go.mod. Output goes to
+# cache directories outside the work tree, each keyed by its version and a hash of its go.mod/go.sum:
 #   ${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}/k8s-<version>/
-# A second run with the same pins returns at once. Concurrent runs serialise on a lock file.
-# Prints the binary directory as its last line.
+#   ${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}/helm-<version>/
+# A second run with the same pins returns at once. Concurrent runs serialise on a lock file per build.
+#
+#   build.sh          both; prints the Kubernetes binary directory as its last line
+#   build.sh k8s      only the control plane (last line: its directory)
+#   build.sh helm     only helm (last line: its directory)
 set -euo pipefail
 
+what="${1:-all}"
+case "$what" in
+  all | k8s | helm) ;;
+  *) echo "usage: $0 [all|k8s|helm]" >&2; exit 2 ;;
+esac
+
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-mod="$here/k8sbuild"
-k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")"
 cache_root="${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}"
-out="$cache_root/k8s-$k8s_version"
-pins="$(cat "$mod/go.mod" "$mod/go.sum" | sha256sum | cut -c1-16)"
-bins=(kube-apiserver kube-controller-manager kubectl etcd)
 
 # Tools the harness uses at run time: openssl (PKI), ip (netns, veth, bridge), nsenter and setpriv.
-missing=()
-command -v openssl >/dev/null 2>&1 || missing+=(openssl)
-command -v ip >/dev/null 2>&1 || missing+=(iproute2)
-{ command -v nsenter && command -v setpriv; } >/dev/null 2>&1 || missing+=(util-linux)
-if ((${#missing[@]})); then
-  echo "cluster-build: installing ${missing[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if [[ "$what" != helm ]]; then
+  missing=()
+  command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+  command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+  { command -v nsenter && command -v setpriv; } >/dev/null 2>&1 || missing+=(util-linux)
+  if ((${#missing[@]})); then
+    echo "cluster-build: installing ${missing[*]}"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
 fi
 
+# pins MODULE_DIR: a short hash of the module's go.mod and go.sum (the cache key besides the version).
+pins() { cat "$1/go.mod" "$1/go.sum" | sha256sum | cut -c1-16; }
+
+# built OUT PINS BIN...: true when OUT holds every BIN, built from these pins.
 built() {
-  [[ "$(cat "$out/.pins" 2>/dev/null)" == "$pins" ]] || return 1
-  local b
-  for b in "${bins[@]}"; do [[ -x "$out/$b" ]] || return 1; done
+  local out="$1" want="$2" b
+  shift 2
+  [[ "$(cat "$out/.pins" 2>/dev/null)" == "$want" ]] || return 1
+  for b in "$@"; do [[ -x "$out/$b" ]] || return 1; done
 }
 
-if built; then
-  echo "cluster-build: reusing $out"
-  echo "$out"
-  exit 0
-fi
+go_toolchain() {
+  if ! command -v go >/dev/null 2>&1; then
+    local candidate
+    for candidate in /usr/local/go/bin /usr/lib/go/bin; do
+      [[ -x "$candidate/go" ]] && PATH="$candidate:$PATH"
+    done
+  fi
+  command -v go >/dev/null 2>&1 || { echo "cluster-build: no Go toolchain on PATH" >&2; exit 1; }
+  export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
+  export CGO_ENABLED=0
+}
 
-if ! command -v go >/dev/null 2>&1; then
-  for candidate in /usr/local/go/bin /usr/lib/go/bin; do
-    [[ -x "$candidate/go" ]] && PATH="$candidate:$PATH"
-  done
-fi
-command -v go >/dev/null 2>&1 || { echo "cluster-build: no Go toolchain on PATH" >&2; exit 1; }
-
-mkdir -p "$cache_root"
-exec 9>"$cache_root/k8s-$k8s_version.lock"
-flock 9
-if built; then  # another run finished the build while we waited for the lock
-  echo "cluster-build: reusing $out"
-  echo "$out"
-  exit 0
-fi
-
-export GOFLAGS="-mod=readonly -buildvcs=false -trimpath"
-export CGO_ENABLED=0
 jobs="${WAKEGATE_BUILD_JOBS:-$(nproc)}"
-staging="$out.tmp.$$"
-rm -rf "$staging"
-mkdir -p "$staging"
-trap 'rm -rf "$staging"' EXIT
 
-start=$SECONDS
-echo "cluster-build: building Kubernetes $k8s_version and etcd into $out ($(go version | cut -d' ' -f3), -p $jobs)"
-cd "$mod"
-ldflags="-s -w"
-ldflags+=" -X k8s.io/component-base/version.gitVersion=$k8s_version"
-ldflags+=" -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"
-ldflags+=" -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
-ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
-ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"
-ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
-go build -p "$jobs" -ldflags="$ldflags" -o "$staging/" \
-  k8s.io/kubernetes/cmd/kube-apiserver \
-  k8s.io/kubernetes/cmd/kube-controller-manager \
-  k8s.io/kubernetes/cmd/kubectl
-go build -p "$jobs" -ldflags="-s -w" -o "$staging/etcd" go.etcd.io/etcd/server/v3
-echo "$pins" >"$staging/.pins"
+# --- the control plane ----------------------------------------------------------------------------
 
-rm -rf "$out"
-mv "$staging" "$out"
-trap - EXIT
-echo "cluster-build: done in $((SECONDS - start))s"
-"$out/kube-apiserver" --version
-"$out/etcd" --version | head -1
-echo "$out"
+build_k8s() {
+  local mod="$here/k8sbuild"
+  local k8s_version out want
+  k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")"
+  out="$cache_root/k8s-$k8s_version"
+  want="$(pins "$mod")"
+  local bins=(kube-apiserver kube-controller-manager kubectl etcd)
+
+  if built "$out" "$want" "${bins[@]}"; then
+    echo "cluster-build: reusing $out"
+    k8s_dir="$out"
+    return
+  fi
+  go_toolchain
+  mkdir -p "$cache_root"
+  exec 9>"$cache_root/k8s-$k8s_version.lock"
+  flock 9
+  if built "$out" "$want" "${bins[@]}"; then  # another run finished the build while we waited for the lock
+    echo "cluster-build: reusing $out"
+    exec 9>&-
+    k8s_dir="$out"
+    return
+  fi
+
+  local staging="$out.tmp.$$"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  trap 'rm -rf "'"$staging"'"' EXIT
+
+  local start=$SECONDS
+  echo "cluster-build: building Kubernetes $k8s_version and etcd into $out ($(go version | cut -d' ' -f3), -p $jobs)"
+  local ldflags="-s -w"
+  ldflags+=" -X k8s.io/component-base/version.gitVersion=$k8s_version"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"
+  ldflags+=" -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
+  (
+    cd "$mod"
+    go build -p "$jobs" -ldflags="$ldflags" -o "$staging/" \
+      k8s.io/kubernetes/cmd/kube-apiserver \
+      k8s.io/kubernetes/cmd/kube-controller-manager \
+      k8s.io/kubernetes/cmd/kubectl
+    go build -p "$jobs" -ldflags="-s -w" -o "$staging/etcd" go.etcd.io/etcd/server/v3
+  )
+  echo "$want" >"$staging/.pins"
+
+  rm -rf "$out"
+  mv "$staging" "$out"
+  trap - EXIT
+  exec 9>&-
+  echo "cluster-build: Kubernetes done in $((SECONDS - start))s"
+  "$out/kube-apiserver" --version
+  "$out/etcd" --version | head -1
+  k8s_dir="$out"
+}
+
+# --- helm -----------------------------------------------------------------------------------------
+
+build_helm() {
+  local mod="$here/helmbuild"
+  local helm_version out want
+  # `require helm.sh/helm/v4 vX` alone, or a line of a `require (...)` block.
+  helm_version="$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "helm.sh/helm/v4" && $2 ~ /^v/ {print $2; exit}' \
+    "$mod/go.mod")"
+  [[ -n "$helm_version" ]] || { echo "cluster-build: no helm.sh/helm/v4 requirement in $mod/go.mod" >&2; exit 1; }
+  out="$cache_root/helm-$helm_version"
+  want="$(pins "$mod")"
+
+  if built "$out" "$want" helm; then
+    echo "cluster-build: reusing $out"
+    helm_dir="$out"
+    return
+  fi
+  go_toolchain
+  mkdir -p "$cache_root"
+  exec 8>"$cache_root/helm-$helm_version.lock"
+  flock 8
+  if built "$out" "$want" helm; then
+    echo "cluster-build: reusing $out"
+    exec 8>&-
+    helm_dir="$out"
+    return
+  fi
+
+  local staging="$out.tmp.$$"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  trap 'rm -rf "'"$staging"'"' EXIT
+
+  local start=$SECONDS
+  echo "cluster-build: building Helm $helm_version into $out ($(go version | cut -d' ' -f3), -p $jobs)"
+  # What Helm's own Makefile stamps into a release build (version, clean tree; no git metadata here).
+  local ldflags="-s -w"
+  ldflags+=" -X helm.sh/helm/v4/internal/version.version=$helm_version"
+  ldflags+=" -X helm.sh/helm/v4/internal/version.metadata="
+  ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
+  (
+    cd "$mod"
+    go build -p "$jobs" -ldflags="$ldflags" -o "$staging/helm" helm.sh/helm/v4/cmd/helm
+  )
+  echo "$want" >"$staging/.pins"
+
+  rm -rf "$out"
+  mv "$staging" "$out"
+  trap - EXIT
+  exec 8>&-
+  echo "cluster-build: Helm done in $((SECONDS - start))s"
+  "$out/helm" version --short
+  helm_dir="$out"
+}
+
+k8s_dir=""
+helm_dir=""
+case "$what" in
+  helm) build_helm; echo "$helm_dir" ;;
+  k8s) build_k8s; echo "$k8s_dir" ;;
+  all) build_helm; build_k8s; echo "$k8s_dir" ;;
+esac

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from provisioner import labels as L
+from gateway import contract as L
 from tests.cluster.controlplane import ApiStatusError, Cluster
 
 PEER_SERVICE = "wakegate-peers"

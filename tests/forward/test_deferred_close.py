@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.forward.client import CLOSE_BATCH, Listener
+from gateway.forward.client import Listener
+from gateway.forward.memo import CLOSE_BATCH
 from tests.support import (
     DOMAIN,
     Gateway,
@@ -35,7 +36,7 @@ async def _after_the_eof(gw: Gateway, listener: Listener) -> None:
     async with gw.client() as probe:
         r = await probe.request("GET", "/probe")
         assert r.status == 200
-    assert len(listener.to_close) == 1
+    assert len(listener.memo.to_close) == 1
 
 
 async def _quick_client_closes_while_slow_in_flight(gw: Gateway, up: RecordingUpstream, slow: RawClient,
@@ -60,14 +61,14 @@ async def test_a_closed_idle_connection_is_closed_once_nothing_is_in_flight() ->
     backend = TableBackend({"app": up}, running=("app",))
     async with running_gateway(backend) as gw, gw.client() as slow, gw.client() as quick:
         listener = await _quick_client_closes_while_slow_in_flight(gw, up, slow, quick)
-        kept = listener.to_close[0]
+        kept = listener.memo.to_close[0]
         assert kept in listener.connections and not kept.closed  # its close waits for /slow
         assert gw.server.in_flight == 1
         release.set()
         r = await slow.response()
         assert (r.status, r.body) == (200, b"/slow")
         assert await quick.read_until_closed() == b""  # closed once nothing was in flight
-        assert listener.to_close == []
+        assert listener.memo.to_close == []
         assert kept.closed
         # The connection that stayed open still serves requests.
         r = await slow.request("GET", "/again")
@@ -82,7 +83,7 @@ async def test_a_deferred_close_happens_even_while_a_request_stays_in_flight() -
         listener = await _quick_client_closes_while_slow_in_flight(gw, up, slow, quick)
         assert await quick.read_until_closed() == b""  # CLOSE_LATER_S bounds the wait
         assert gw.server.in_flight == 1
-        assert listener.to_close == []
+        assert listener.memo.to_close == []
         release.set()
         r = await slow.response()
         assert (r.status, r.body) == (200, b"/slow")
@@ -125,12 +126,12 @@ async def test_many_deferred_closes_all_happen_over_several_rounds() -> None:
                 c.writer.write_eof()
             async with gw.client() as probe:  # answered after the gateway read every FIN above
                 assert (await probe.request("GET", "/probe")).status == 200
-            assert len(listener.to_close) == n
+            assert len(listener.memo.to_close) == n
             release.set()
             assert (await slow.response()).status == 200
             for c in clients:
                 assert await c.read_until_closed() == b""
-            assert listener.to_close == []
+            assert listener.memo.to_close == []
         finally:
             for c in clients:
                 c.close()

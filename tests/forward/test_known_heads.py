@@ -1,14 +1,14 @@
-"""Response heads the data path has seen before are relayed without llhttp (gateway.forward.upstream
-``_KNOWN``). Each test sends the same head again on a reused upstream connection and checks that
-what the client gets, and what the next response on that connection gets, is what the general
-path produces."""
+"""Response heads the data path has seen before are relayed without llhttp (``Memo.responses``, the
+listener's memo: gateway.forward.memo). Each test sends the same head again on a reused upstream
+connection and checks that what the client gets, and what the next response on that connection
+gets, is what the general path produces."""
 
 from __future__ import annotations
 
 import asyncio
 
-from gateway.forward import upstream as upstream_module
 from tests.support import (
+    Gateway,
     RawClient,
     RecordingUpstream,
     SeenRequest,
@@ -18,13 +18,18 @@ from tests.support import (
     simple_bytes,
 )
 
-# A head no other test uses, so _KNOWN (process-wide) starts without it.
 BODY = b"0123456789" * 10
 HEAD = b"HTTP/1.1 200 OK\r\nX-Known-Test: %s\r\nContent-Length: 100\r\n\r\n"
 
 
 def backend(up: RecordingUpstream) -> TableBackend:
     return TableBackend({"app": up}, running=("app",))
+
+
+def known(gw: Gateway) -> dict[bytes, tuple[bytes, int, int, bool]]:
+    """The response heads the gateway's memo knows (each gateway starts with none)."""
+    assert gw.server.listener is not None
+    return gw.server.listener.memo.responses
 
 
 def head(tag: bytes) -> bytes:
@@ -40,7 +45,7 @@ async def test_a_repeated_head_is_relayed_as_the_first_one_was() -> None:
     up = RecordingUpstream(reply)
     async with running_gateway(backend(up)) as gw, gw.client() as c:
         first = await c.request("GET", "/a")
-        assert head(tag) in upstream_module._KNOWN
+        assert head(tag) in known(gw)
         again = [await c.request("GET", f"/b{i}") for i in range(3)]
     for r in again:
         assert (r.status, r.headers, r.body) == (first.status, first.headers, first.body)
@@ -71,7 +76,7 @@ async def test_a_known_head_with_its_body_in_pieces_keeps_the_connection_in_step
     up = RecordingUpstream(reply)
     async with running_gateway(backend(up)) as gw, gw.client() as c:
         assert (await c.request("GET", "/learn")).body == BODY
-        assert head(tag) in upstream_module._KNOWN
+        assert head(tag) in known(gw)
         await c.send(build_request("GET", "/split"))
         assert c.reader is not None
         received = b""
@@ -120,7 +125,7 @@ async def test_a_known_head_answering_head_and_http10_requests_takes_the_general
     async with running_gateway(backend(up)) as gw:
         async with gw.client() as c:
             await c.request("GET", "/learn")
-            assert head(tag) in upstream_module._KNOWN
+            assert head(tag) in known(gw)
             r = await c.request("HEAD", "/h")
             assert (r.status, r.body, r.header("Content-Length")) == (200, b"", "100")
             assert (await c.request("GET", "/again")).body == BODY
@@ -139,10 +144,10 @@ async def test_a_cold_start_answer_with_a_known_head_carries_the_cold_start_fiel
         w.write(head(tag) + BODY)
 
     up = RecordingUpstream(reply)
-    upstream_module._KNOWN.pop(head(tag), None)
     async with running_gateway(backend(up)) as gw, gw.client() as c:
+        assert head(tag) not in known(gw)
         await c.request("GET", "/learn")
-        assert head(tag) in upstream_module._KNOWN
+        assert head(tag) in known(gw)
         await gw.backend.scale_down("app")
         r = await c.request("GET", "/cold")  # held, woken, then forwarded with the extra field
         assert (r.status, r.body) == (200, BODY)
@@ -163,7 +168,7 @@ async def test_pipelined_requests_answered_in_order_around_deferred_writes() -> 
     up = RecordingUpstream(reply)
     async with running_gateway(backend(up)) as gw, gw.client() as c:
         await c.request("GET", "/learn")
-        assert head(tag) in upstream_module._KNOWN
+        assert head(tag) in known(gw)
         batch = b""
         for i in range(6):
             batch += build_request("GET", f"/p{i}")

@@ -1,5 +1,5 @@
 """Request heads the data path has parsed before are served without llhttp
-(``Listener.known_requests``). Each test repeats a request byte for byte and checks what the
+(``Memo.requests``, the listener's memo). Each test repeats a request byte for byte and checks what the
 upstream and the client see, and that llhttp stays in step for whatever comes next."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ async def test_a_repeated_request_head_is_forwarded_as_the_first_one_was() -> No
             await c.send(raw)
             r = await c.response()
             assert (r.status, r.body) == (200, b"GET /same?q=1")
-        assert raw in listener.known_requests
+        assert raw in listener.memo.requests
     first, *again = up.seen
     ids = {s.one("X-Request-Id") for s in up.seen}
     assert len(ids) == 4  # each request still gets its own id
@@ -62,11 +62,11 @@ async def test_llhttp_stays_in_step_around_remembered_heads() -> None:
             assert (await c.response()).body == b"GET /g"
         await c.send(post)
         assert (await c.response()).body == b"POST /p"
-        assert post not in listener.known_requests  # a body: never remembered
+        assert post not in listener.memo.requests  # a body: never remembered
         for _ in range(2):
             await c.send(get + get)  # two in one read: llhttp parses them, never remembered
             assert [(await c.response()).body for _ in range(2)] == [b"GET /g"] * 2
-        assert get + get not in listener.known_requests
+        assert get + get not in listener.memo.requests
         await c.send(get[:10])  # a head in pieces
         await c.send(get[10:])
         assert (await c.response()).body == b"GET /g"
@@ -94,7 +94,7 @@ async def test_requests_that_need_more_than_their_head_are_never_remembered() ->
                     await c.send(raw)
                     r = await c.response(head_only=raw.startswith(b"HEAD"))
                     assert r.status == 200
-            assert raw not in listener.known_requests
+            assert raw not in listener.memo.requests
     # The client's X-Forwarded-For is handled the same both times (replaced: the peer is not trusted).
     xff = [s.one("X-Forwarded-For") for s in up.seen if s.target == b"/x"]
     assert xff == [b"127.0.0.1"] * 2
@@ -109,7 +109,7 @@ async def test_a_remembered_head_arriving_while_a_request_is_answered_goes_throu
         assert listener is not None
         await c.send(get)
         await c.response()
-        assert get in listener.known_requests
+        assert get in listener.memo.requests
         await c.send(build_request("GET", "/first") + get)
         assert [(await c.response()).body for _ in range(2)] == [b"GET /first", b"GET /g"]
 

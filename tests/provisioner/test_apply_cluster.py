@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from provisioner import labels as L
+from gateway import contract as C
 from provisioner.apply import ApplyReport, Kube, connect, create_project, object_path
 from provisioner.cli import main
 from provisioner.errors import ProvisionError
@@ -30,7 +30,7 @@ from provisioner.render import (
     find,
     render,
 )
-from provisioner.spec import ProjectSpec, Resources
+from provisioner.spec import ProjectSpec, Resources, Toleration
 from tests.cluster.controlplane import ApiStatusError, Cluster
 
 pytestmark = pytest.mark.cluster
@@ -83,7 +83,7 @@ def checksum_key(cluster: Cluster, name: str) -> bytes:
 
 def config_annotation(cluster: Cluster, name: str) -> str:
     value: str = deployment(cluster, name)["spec"]["template"]["metadata"]["annotations"][
-        L.CONFIG_CHECKSUM_ANNOTATION]
+        C.CONFIG_CHECKSUM_ANNOTATION]
     return value
 
 
@@ -106,11 +106,11 @@ def ready_pod(cluster: Cluster, name: str, check: Any = None, timeout: float = 9
         return None
 
     pod: Obj = cluster.watch_until(f"/api/v1/namespaces/wg-{name}/pods", predicate, timeout,
-                                   labelSelector=L.app_label_selector(name))
+                                   labelSelector=C.app_label_selector(name))
     return pod
 
 
-def echo(pod: Obj, port: int = L.DEFAULT_CONTAINER_PORT) -> Obj:
+def echo(pod: Obj, port: int = C.DEFAULT_CONTAINER_PORT) -> Obj:
     with urllib.request.urlopen(f"http://{pod['status']['podIP']}:{port}/", timeout=5) as resp:
         body: Obj = json.loads(resp.read())
     return body
@@ -175,11 +175,11 @@ def test_create_makes_every_object_and_recreate_changes_nothing(
     for obj in objs:  # every rendered object exists, labelled, with what was rendered
         current = get(cluster, object_path(obj))
         assert current is not None, obj["metadata"]["name"]
-        assert current["metadata"]["labels"][L.PROJECT_LABEL] == project
-        assert current["metadata"]["labels"][L.MANAGED_BY_LABEL] == L.MANAGED_BY
+        assert current["metadata"]["labels"][C.PROJECT_LABEL] == project
+        assert current["metadata"]["labels"][C.MANAGED_BY_LABEL] == C.MANAGED_BY
     d = deployment(cluster, project)
     assert d["spec"]["replicas"] == 0
-    assert d["metadata"]["annotations"][L.IDLE_TIMEOUT_ANNOTATION] == "300"
+    assert d["metadata"]["annotations"][C.IDLE_TIMEOUT_ANNOTATION] == "300"
     cm = get(cluster, f"/api/v1/namespaces/wg-{project}/configmaps/{project}-env")
     assert cm is not None and SECRET_VALUE not in json.dumps(cm)
     # The checksum is keyed: not the plain sha256 of the data, which a Deployment reader could test guesses with.
@@ -192,7 +192,7 @@ def test_create_makes_every_object_and_recreate_changes_nothing(
         text = json.dumps(listed)
         assert base64.b64encode(key).decode() not in text and key.hex() not in text
     managers = {e["manager"] for e in d["metadata"]["managedFields"]}
-    assert {L.FIELD_MANAGER, L.REPLICAS_FIELD_MANAGER} <= managers
+    assert {C.PROVISIONER_FIELD_MANAGER, C.REPLICAS_FIELD_MANAGER} <= managers
 
     before = resource_versions(cluster, objs)
     code, out, err = create(cluster, project, *args)
@@ -266,11 +266,11 @@ def test_a_full_quota_does_not_block_an_update(cluster: Cluster, project: str) -
         return True if sum(1 for p in items if is_ready(p)) == 2 else None
 
     cluster.watch_until(f"/api/v1/namespaces/wg-{project}/pods", two_ready, 90,
-                        labelSelector=L.app_label_selector(project))
+                        labelSelector=C.app_label_selector(project))
     code, _, err = create(cluster, project, "--idle-timeout", "60")
     assert code == 0, err
     assert "the quota has no room for another pod right now" in err
-    assert deployment(cluster, project)["metadata"]["annotations"][L.IDLE_TIMEOUT_ANNOTATION] == "60"
+    assert deployment(cluster, project)["metadata"]["annotations"][C.IDLE_TIMEOUT_ANNOTATION] == "60"
     assert deployment(cluster, project)["spec"]["replicas"] == 2
 
 
@@ -287,7 +287,7 @@ def test_a_rerun_finishes_an_interrupted_create(cluster: Cluster, project: str) 
     d = deployment(cluster, project)
     owners = {e["manager"] for e in d["metadata"]["managedFields"]
               if "f:replicas" in (e.get("fieldsV1") or {}).get("f:spec", {})}
-    assert owners == {L.FIELD_MANAGER}
+    assert owners == {C.PROVISIONER_FIELD_MANAGER}
 
     code, _, err = create(cluster, project)
     assert code == 0, err
@@ -310,6 +310,55 @@ def test_update_prunes_what_is_no_longer_rendered(cluster: Cluster, project: str
     assert d["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] == "2"
     quota = get(cluster, f"/api/v1/namespaces/wg-{project}/resourcequotas/wakegate-quota")
     assert quota is not None and quota["spec"]["hard"]["limits.cpu"] == "4"
+
+
+# --- placement -----------------------------------------------------------------------------------
+
+
+def test_placement_is_applied_strictly_and_a_rerun_changes_nothing(cluster: Cluster, project: str) -> None:
+    spot = "kubernetes.azure.com/scalesetpriority"
+    priority_class = f"{project}-agents"  # cluster-scoped: one per test run
+    path = f"/apis/scheduling.k8s.io/v1/priorityclasses/{priority_class}"
+    cluster.request("POST", "/apis/scheduling.k8s.io/v1/priorityclasses",
+                    {"apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+                     "metadata": {"name": priority_class}, "value": 1000, "preemptionPolicy": "Never"})
+    try:
+        args = ("--node-selector", f"{spot}=spot", "--toleration", f"{spot}=spot:NoSchedule",
+                "--toleration", "dedicated:NoExecute", "--priority-class", priority_class)
+        # fieldValidation=Strict on every apply, and the dry-run pod passes Pod Security, the Priority
+        # admission plugin (the class exists) and the quota (it has no PriorityClass scopes).
+        code, _, err = create(cluster, project, *args)
+        assert code == 0, err
+        assert "warning" not in err
+        pod = deployment(cluster, project)["spec"]["template"]["spec"]
+        assert pod["nodeSelector"] == {spot: "spot"}
+        assert pod["tolerations"] == [
+            {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
+            {"key": spot, "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
+        ]
+        assert pod["priorityClassName"] == priority_class
+
+        spec = ProjectSpec(name=project, image=ECHO, node_selector=((spot, "spot"),),
+                           tolerations=(Toleration(spot, "NoSchedule", "spot"), Toleration("dedicated", "NoExecute")),
+                           priority_class=priority_class)
+        objs = render(spec, checksum_key(cluster, project))
+        rendered = find(objs, "Deployment")["spec"]["template"]["spec"]
+        for field in ("nodeSelector", "tolerations", "priorityClassName"):  # stored exactly as rendered
+            assert pod[field] == rendered[field], field
+        before = resource_versions(cluster, objs)
+        code, _, err = create(cluster, project, *args)
+        assert code == 0, err
+        assert f"0 created, 0 configured, {len(objs)} unchanged" in err
+        assert resource_versions(cluster, objs) == before
+
+        # A class that does not exist is refused by the dry run, before anything changes.
+        code, out, err = create(cluster, project, *args[:-1], "no-such-class")
+        assert (code, out) == (2, "")
+        assert err.count("\n") == 1 and "no PriorityClass with name no-such-class" in err
+        assert resource_versions(cluster, objs) == before
+    finally:
+        with suppress(ApiStatusError):
+            cluster.request("DELETE", path)
 
 
 # --- the dry runs --------------------------------------------------------------------------------
@@ -433,7 +482,7 @@ def test_status_list_and_delete(cluster: Cluster, project: str) -> None:
     cluster.kubectl("scale", "-n", f"wg-{project}", f"deployment/{project}", "--replicas=1")
     ready_pod(cluster, project)
     cluster.kubectl("annotate", "-n", f"wg-{project}", f"deployment/{project}",
-                    f"{L.LAST_ACTIVITY_ANNOTATION}=2030-01-02T03:04:05Z")
+                    f"{C.LAST_ACTIVITY_ANNOTATION}=2030-01-02T03:04:05Z")
 
     def endpoints_ready() -> Obj:
         for _ in range(100):
@@ -504,7 +553,7 @@ def test_storage_survives_and_keep_data(cluster: Cluster, project: str) -> None:
         pv = get(cluster, f"/api/v1/persistentvolumes/{pv_name}")
         assert pv is not None
         assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
-        assert pv["metadata"]["labels"][L.PROJECT_LABEL] == project
+        assert pv["metadata"]["labels"][C.PROJECT_LABEL] == project
     finally:
         with suppress(ApiStatusError):
             cluster.request("DELETE", f"/api/v1/persistentvolumes/{pv_name}")
@@ -536,13 +585,13 @@ def test_automation_and_gateway_accounts_get_exactly_their_roles(cluster: Cluste
     assert not _can(cluster, bot, "create", "serviceaccounts", "--subresource=token", "-n", ns)
     assert not _can(cluster, bot, "create", "pods", "--subresource=exec", "-n", ns)
 
-    gw_ns = L.DEFAULT_GATEWAY_NAMESPACE
+    gw_ns = C.DEFAULT_GATEWAY_NAMESPACE
     if get(cluster, f"/api/v1/namespaces/{gw_ns}") is None:
         cluster.request("POST", "/api/v1/namespaces", {"metadata": {"name": gw_ns}})
-    if get(cluster, f"/api/v1/namespaces/{gw_ns}/serviceaccounts/{L.GATEWAY_SERVICEACCOUNT}") is None:
+    if get(cluster, f"/api/v1/namespaces/{gw_ns}/serviceaccounts/{C.GATEWAY_SERVICEACCOUNT}") is None:
         cluster.request("POST", f"/api/v1/namespaces/{gw_ns}/serviceaccounts",
-                        {"metadata": {"name": L.GATEWAY_SERVICEACCOUNT}})
-    gateway = cluster.serviceaccount_kubeconfig(gw_ns, L.GATEWAY_SERVICEACCOUNT)
+                        {"metadata": {"name": C.GATEWAY_SERVICEACCOUNT}})
+    gateway = cluster.serviceaccount_kubeconfig(gw_ns, C.GATEWAY_SERVICEACCOUNT)
     # Here the gateway only writes, and only its project's Deployment; it reads through the ClusterRole
     # of manifests/ (tested with the backend).
     for args in (("patch", f"deployments/{project}"), ("patch", f"deployments/{project}", "--subresource=scale")):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from provisioner.cli import add_project_commands, build_parser, main
+from provisioner.cli import add_project_commands, build_parser, main, spec_from_args
 from provisioner.render import CHECKSUM_KEY_FIELD, CHECKSUM_KEY_SECRET, find, from_yaml, render, to_yaml
-from provisioner.spec import ProjectSpec
+from provisioner.spec import ProjectSpec, Toleration
 
 IMAGE = "wakegate.test/echo:1"
 # Any cluster command that got past validation would fail on this file with a different message.
@@ -23,15 +23,25 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def test_render_prints_exactly_what_render_returns(capsys: pytest.CaptureFixture[str]) -> None:
+def test_render_prints_exactly_what_render_returns_and_the_same_each_time(capsys: pytest.CaptureFixture[str],
+                                                                           tmp_path: Path) -> None:
     code, out, err = run(capsys, "render", "demo", "--image", IMAGE)
     assert code == 0 and err == ""
-    # The config checksum key is new on each render (create reads the project's back from the cluster).
-    key = base64.b64decode(find(from_yaml(out), "Secret", CHECKSUM_KEY_SECRET)["data"][CHECKSUM_KEY_FIELD])
-    assert len(key) == 32
-    assert out == to_yaml(render(ProjectSpec(name="demo", image=IMAGE), key))
-    _, again, _ = run(capsys, "render", "demo", "--image", IMAGE)
-    assert again != out
+    # No random key: the same input renders the same YAML (GitOps diffs stay empty).
+    assert out == to_yaml(render(ProjectSpec(name="demo", image=IMAGE)))
+    assert ("Secret", CHECKSUM_KEY_SECRET) not in [(o["kind"], o["metadata"]["name"]) for o in from_yaml(out)]
+    assert run(capsys, "render", "demo", "--image", IMAGE)[1] == out
+    # With a key file, a keyed config checksum (and the key's Secret), also the same each time.
+    key_file = tmp_path / "checksum.key"
+    key_file.write_bytes(bytes(range(32)))
+    code, keyed, err = run(capsys, "render", "demo", "--image", IMAGE, "--checksum-key-file", str(key_file))
+    assert code == 0 and err == ""
+    key = base64.b64decode(find(from_yaml(keyed), "Secret", CHECKSUM_KEY_SECRET)["data"][CHECKSUM_KEY_FIELD])
+    assert key == bytes(range(32)) and keyed == to_yaml(render(ProjectSpec(name="demo", image=IMAGE), key))
+    assert run(capsys, "render", "demo", "--image", IMAGE, "--checksum-key-file", str(key_file))[1] == keyed
+    key_file.write_bytes(b"short")
+    code, _, err = run(capsys, "render", "demo", "--image", IMAGE, "--checksum-key-file", str(key_file))
+    assert code == 2 and "holds 5 bytes; a key needs at least 32" in err
 
 
 def test_render_options_reach_the_objects(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -80,8 +90,8 @@ def test_render_options_reach_the_objects(capsys: pytest.CaptureFixture[str], tm
     (["demo", "--quota-limits-cpu", "1"], "--quota-limits-cpu 1 is too small"),
     (["demo", "--quota-pods", "1"], "--quota-pods 1 is outside"),
     (["demo", "--run-as-user", "0"], "--run-as-user 0"),
-    (["demo", "--idle-timeout", "soon"], "--idle-timeout: cannot parse 'soon'"),
-    (["demo", "--strategy", "maybe"], "--strategy 'maybe'"),
+    (["demo", "--idle-timeout", "soon"], "--idle-timeout: expected a duration (e.g. 300, 90s, 15m, 1h), got 'soon'"),
+    (["demo", "--strategy", "maybe"], "--strategy: expected one of auto, block, page, got 'maybe'"),
     (["demo", "--storage", "1Gi"], "--storage SIZE and --storage-path PATH go together"),
     (["demo", "--storage-class", "fast"], "go together"),
     (["demo", "--storage", "1Gi", "--storage-path", "/tmp"], "would hide"),
@@ -102,7 +112,7 @@ def test_bad_input_is_one_line_exit_2(capsys: pytest.CaptureFixture[str], comman
 
 def test_bad_domain(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "create", "demo", "--image", IMAGE, "--domain", "not a domain", *NO_CLUSTER)
-    assert (code, out) == (2, "") and "--domain 'not a domain' is not a DNS name" in err
+    assert (code, out) == (2, "") and "--domain: 'not a domain' is not a DNS name" in err
 
 
 def test_missing_image(capsys: pytest.CaptureFixture[str]) -> None:
@@ -154,7 +164,8 @@ def test_other_commands_validate_the_name_first(capsys: pytest.CaptureFixture[st
 def test_unreadable_kubeconfig_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "status", "demo", *NO_CLUSTER)
     assert (code, out) == (2, "")
-    assert err.startswith("error: cannot load Kubernetes credentials") and err.count("\n") == 1
+    assert err.startswith("error: this command needs a Kubernetes cluster: cannot load Kubernetes credentials")
+    assert "`wakegate project render` needs none" in err and err.count("\n") == 1
 
 
 def test_add_project_commands_fits_a_parent_parser() -> None:
@@ -168,3 +179,91 @@ def test_add_project_commands_fits_a_parent_parser() -> None:
         args = parser.parse_args(argv)
         assert callable(args.func)
     assert build_parser().parse_args(["list", "-o", "json"]).output == "json"
+
+
+def test_allow_key_lets_a_setting_that_only_sounds_secret_into_the_config_map(capsys: pytest.CaptureFixture[str],
+                                                                             tmp_path: Path) -> None:
+    env = tmp_path / "app.env"
+    env.write_text("SIGNING_SALT_ROTATION=weekly\n")
+    code, _, err = run(capsys, "render", "demo", "--image", IMAGE, "--env-file", str(env))
+    assert code == 2 and "SIGNING_SALT_ROTATION looks like a secret" in err and "--allow-key KEY" in err
+    code, out, _ = run(capsys, "render", "demo", "--image", IMAGE, "--env-file", str(env),
+                       "--allow-key", "SIGNING_SALT_ROTATION")
+    assert code == 0
+    config_map = find(from_yaml(out), "ConfigMap")
+    assert config_map["data"] == {"SIGNING_SALT_ROTATION": "weekly"}
+
+
+# --- placement flags -------------------------------------------------------------------------------------
+
+SPOT = "kubernetes.azure.com/scalesetpriority"
+PLACEMENT = ("--node-selector", f"{SPOT}=spot", "--node-selector", "agentpool=agents",
+             "--toleration", f"{SPOT}=spot:NoSchedule", "--toleration", "dedicated:NoExecute",
+             "--priority-class", "agents-low")
+
+
+def test_placement_flags_reach_the_pod_template(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "render", "demo", "--image", IMAGE, *PLACEMENT)
+    assert code == 0 and err == ""
+    spec = ProjectSpec(name="demo", image=IMAGE, node_selector=((SPOT, "spot"), ("agentpool", "agents")),
+                       tolerations=(Toleration(SPOT, "NoSchedule", "spot"), Toleration("dedicated", "NoExecute")),
+                       priority_class="agents-low")
+    assert out == to_yaml(render(spec))
+    pod = find(from_yaml(out), "Deployment")["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"agentpool": "agents", SPOT: "spot"}
+    assert pod["tolerations"] == [
+        {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
+        {"key": SPOT, "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
+    ]
+    assert pod["priorityClassName"] == "agents-low"
+    assert run(capsys, "render", "demo", "--image", IMAGE, *PLACEMENT)[1] == out  # same input, same YAML
+    # create builds the same spec from the same flags
+    args = build_parser().parse_args(["create", "demo", "--image", IMAGE, *PLACEMENT, *NO_CLUSTER])
+    assert spec_from_args(args) == (spec, [])
+
+
+def test_without_placement_flags_the_spec_has_none() -> None:
+    spec, _ = spec_from_args(build_parser().parse_args(["render", "demo", "--image", IMAGE]))
+    assert (spec.node_selector, spec.tolerations, spec.priority_class) == ((), (), None)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--node-selector", "agentpool"], "--node-selector 'agentpool': expected KEY=VALUE"),
+    (["--node-selector", "Pool Name=x"], "--node-selector 'Pool Name=x': the name 'Pool Name' of the key"),
+    (["--node-selector", "pool=-x"], "--node-selector 'pool=-x': the value '-x' must be empty or"),
+    (["--node-selector", "pool=a", "--node-selector", "pool=b"], "--node-selector 'pool=b' conflicts with"),
+    (["--node-selector", "pool=a", "--node-selector", "pool=a"], "--node-selector 'pool=a' is given twice"),
+    (["--toleration", "dedicated"], "--toleration 'dedicated': expected KEY=VALUE:EFFECT or KEY:EFFECT"),
+    (["--toleration", ":NoSchedule"], "--toleration ':NoSchedule': KEY is empty"),
+    (["--toleration", "dedicated:noschedule"], "--toleration 'dedicated:noschedule': the effect 'noschedule' is not "
+                                               "one of NoSchedule, PreferNoSchedule, NoExecute"),
+    (["--toleration", "dedicated=a b:NoSchedule"], "--toleration 'dedicated=a b:NoSchedule': the value 'a b'"),
+    (["--toleration", "CriticalAddonsOnly=true:NoSchedule"], "must not tolerate it"),
+    (["--toleration", "x:NoSchedule", "--toleration", "x:NoSchedule"], "--toleration 'x:NoSchedule' is given twice"),
+    (["--toleration", "x:NoSchedule", "--toleration", "x=1:NoSchedule"], "'x=1:NoSchedule' overlaps"),
+    (["--priority-class", "Agents"], "--priority-class 'Agents' is not a valid PriorityClass name"),
+    (["--priority-class", ""], "--priority-class '' is not a valid PriorityClass name"),
+    (["--priority-class", "system-node-critical"], "--priority-class 'system-node-critical': the system- classes"),
+    (["--priority-class", "system-cluster-critical"], "untrusted pods must not take them"),
+])
+@pytest.mark.parametrize("command", ["render", "create"])
+def test_bad_placement_flags_are_one_line_exit_2(capsys: pytest.CaptureFixture[str], command: str,
+                                                 argv: list[str], message: str) -> None:
+    extra = NO_CLUSTER if command == "create" else []
+    code, out, err = run(capsys, command, "demo", "--image", IMAGE, *argv, *extra)
+    assert (code, out) == (2, "")
+    assert err.count("\n") == 1 and err.startswith(f"error: {argv[0]} ")
+    assert message in err
+    assert "kubeconfig" not in err  # refused before any cluster access
+
+
+@pytest.mark.parametrize("command", ["render", "create"])
+def test_placement_flags_in_help(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+                                 command: str) -> None:
+    monkeypatch.setenv("COLUMNS", "60")  # the usage wraps: argparse must cope with the brackets of the metavar
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert info.value.code == 0
+    assert "--toleration KEY[=VALUE]:EFFECT" in out and "--node-selector KEY=VALUE" in out
+    assert "--priority-class NAME" in out

@@ -14,9 +14,9 @@ def items(text: str | bytes, *, secret: bool = False) -> dict[str, str]:
     return dict(parse_env(text, secret=secret).items())
 
 
-def problems(text: str | bytes, *, secret: bool = False) -> list[str]:
+def problems(text: str | bytes, *, secret: bool = False, allowed: tuple[str, ...] = ()) -> list[str]:
     with pytest.raises(EnvFileError) as info:
-        parse_env(text, secret=secret)
+        parse_env(text, secret=secret, allowed=allowed)
     assert "\n" not in str(info.value)
     return info.value.problems
 
@@ -181,6 +181,33 @@ def test_credential_looking_values_are_refused_without_echoing_them(value: str, 
 ])
 def test_ordinary_keys_are_accepted(key: str) -> None:
     assert secret_reason(key, "http://example.com:8080/path") is None
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("CACHE_KEY_PREFIX", "myapp:"), ("TOKEN_EXPIRY_SECONDS", "3600"), ("PASSWORD_MIN_LENGTH", "12"),
+    ("SESSION_TOKEN_TTL", "15m"), ("JWT_SECRET_ALGORITHM", "HS256"), ("API_KEY_HEADER", "X-Api-Key"),
+    ("PASSWORD_RESET_ENABLED", "true"), ("SECRET_NAME", "app-credentials"), ("MAX_TOKENS", "4096"),
+])
+def test_settings_about_secrets_with_plain_values_are_accepted(key: str, value: str) -> None:
+    assert items(f"{key}={value}\n") == {key: value}
+
+
+@pytest.mark.parametrize(("key", "value"), [
+    ("CACHE_KEY_PREFIX", "q8Zr0vXw3LkPa9Yt6BnM2cDe5FgHj7Kl"),  # a long random value: a key after all
+    ("TOKEN_EXPIRY_SECONDS", "sk-" + "x" * 40),  # the value is a credential, whatever the name says
+    ("API_KEY", "12"), ("DB_PASSWORD", "hunter2"),  # no word saying it is a setting
+])
+def test_secret_sounding_settings_with_secret_looking_values_are_still_refused(key: str, value: str) -> None:
+    (problem,) = problems(f"{key}={value}\n")
+    assert problem.startswith(f"line 1: {key} looks like a secret") and value not in problem
+    assert "--allow-key KEY" in problem
+
+
+def test_allow_key_vouches_for_a_name_but_never_for_a_credential_value() -> None:
+    assert parse_env("SIGNING_SALT_ROTATION=weekly\nAPI_KEY=abc\n", allowed=("API_KEY", "SIGNING_SALT_ROTATION")
+                     ).items() == (("SIGNING_SALT_ROTATION", "weekly"), ("API_KEY", "abc"))
+    (problem,) = problems("API_KEY=ghp_" + "a" * 36 + "\n", allowed=("API_KEY",))
+    assert "a GitHub token" in problem
 
 
 def test_secret_file_accepts_secrets() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
+from gateway import contract as C
 from gateway.backends.kubernetes import PROJECT_NAMESPACE_PERMISSIONS
-from provisioner import labels as L
 from provisioner.render import (
     BLOCKED_IPV4,
     CHECKSUM_KEY_FIELD,
@@ -28,7 +28,7 @@ from provisioner.render import (
     render,
     to_yaml,
 )
-from provisioner.spec import ProjectSpec, Quota, Resources, Storage
+from provisioner.spec import ProjectSpec, Quota, Resources, Storage, Toleration
 
 K8S_VERSION = kubernetes_validate.latest_version()
 IMAGE = "wakegate.test/echo:1"
@@ -110,7 +110,7 @@ def test_apply_order_and_inventory() -> None:
         ("ResourceQuota", "wakegate-quota"), ("LimitRange", "wakegate-limits"),
         ("NetworkPolicy", DEFAULT_DENY_POLICY), ("NetworkPolicy", GATEWAY_INGRESS_POLICY),
         ("NetworkPolicy", DNS_EGRESS_POLICY),
-        ("Role", "demo-ops"), ("RoleBinding", "demo-ops"), ("Role", L.GATEWAY_ROLE), ("RoleBinding", L.GATEWAY_ROLE),
+        ("Role", "demo-ops"), ("RoleBinding", "demo-ops"), ("Role", C.GATEWAY_ROLE), ("RoleBinding", C.GATEWAY_ROLE),
         ("ConfigMap", "demo-env"), ("Secret", "demo-env"), ("Secret", CHECKSUM_KEY_SECRET),
         ("Deployment", "demo"), ("Service", "demo"),
     ]
@@ -124,8 +124,8 @@ def test_every_object_is_labelled_and_namespaced(which: str) -> None:
     spec = SPECS[which]
     for obj in objects(spec):
         meta = obj["metadata"]
-        assert meta["labels"][L.MANAGED_BY_LABEL] == L.MANAGED_BY
-        assert meta["labels"][L.PROJECT_LABEL] == spec.name
+        assert meta["labels"][C.MANAGED_BY_LABEL] == C.MANAGED_BY
+        assert meta["labels"][C.PROJECT_LABEL] == spec.name
         if obj["kind"] != "Namespace":
             assert meta["namespace"] == spec.namespace
 
@@ -191,11 +191,11 @@ def test_ingress_only_from_gateway_pods_on_the_app_port() -> None:
     spec = make(gateway_namespace="edge", port=8080)
     allow = policy(spec, GATEWAY_INGRESS_POLICY)
     assert allow["policyTypes"] == ["Ingress"]
-    assert allow["podSelector"] == {"matchLabels": L.selector_labels("demo")}
+    assert allow["podSelector"] == {"matchLabels": C.selector_labels("demo")}
     (rule,) = allow["ingress"]
     (peer,) = rule["from"]  # one peer: namespace AND pod selector
     assert peer == {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "edge"}},
-                    "podSelector": {"matchLabels": L.GATEWAY_POD_LABELS}}
+                    "podSelector": {"matchLabels": C.GATEWAY_POD_LABELS}}
     assert rule["ports"] == [{"protocol": "TCP", "port": 8080}]
     ingress_rules = [p for p in objects(spec) if p["kind"] == "NetworkPolicy" and p["spec"].get("ingress")]
     assert len(ingress_rules) == 1
@@ -253,7 +253,7 @@ def _rules(role: Obj) -> list[Obj]:
     return rules
 
 
-@pytest.mark.parametrize("role_name", ["demo-ops", L.GATEWAY_ROLE])
+@pytest.mark.parametrize("role_name", ["demo-ops", C.GATEWAY_ROLE])
 def test_roles_have_no_wildcards_or_escalation(role_name: str) -> None:
     role = find(objects(BASIC), "Role", role_name)
     for rule in _rules(role):
@@ -275,16 +275,16 @@ def test_automation_role_matches_the_recipe() -> None:
 
 
 def test_gateway_role_is_exactly_what_the_gateway_needs() -> None:
-    rules = _rules(find(objects(BASIC), "Role", L.GATEWAY_ROLE))
+    rules = _rules(find(objects(BASIC), "Role", C.GATEWAY_ROLE))
     flat = {(g, r, tuple(rule.get("resourceNames", ())), v)
             for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
     # Exactly the writes the Kubernetes backend makes in a project namespace, on this Deployment only;
     # its reads are cluster-wide (manifests/), so nothing else belongs here.
     assert flat == {(group, resource, ("demo",), verb)
                     for (group, resource), verbs in PROJECT_NAMESPACE_PERMISSIONS.items() for verb in verbs}
-    binding = find(objects(make(gateway_namespace="edge")), "RoleBinding", L.GATEWAY_ROLE)
+    binding = find(objects(make(gateway_namespace="edge")), "RoleBinding", C.GATEWAY_ROLE)
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "wakegate", "namespace": "edge"}]
-    assert binding["roleRef"]["name"] == L.GATEWAY_ROLE
+    assert binding["roleRef"]["name"] == C.GATEWAY_ROLE
 
 
 # --- configuration -----------------------------------------------------------------------------------
@@ -325,7 +325,7 @@ def test_the_checksum_key_is_only_in_its_own_secret_which_nothing_mounts() -> No
 
 def _checksum(spec: ProjectSpec, key: bytes = KEY) -> str:
     template = find(render(spec, key), "Deployment")["spec"]["template"]
-    value: str = template["metadata"]["annotations"][L.CONFIG_CHECKSUM_ANNOTATION]
+    value: str = template["metadata"]["annotations"][C.CONFIG_CHECKSUM_ANNOTATION]
     return value
 
 
@@ -377,13 +377,13 @@ def test_deployment_starts_stopped_with_gateway_contract() -> None:
     d = deployment(FULL)
     assert d["metadata"]["name"] == "demo" and d["metadata"]["namespace"] == "wg-demo"
     assert d["spec"]["replicas"] == 0
-    assert d["spec"]["selector"] == {"matchLabels": L.selector_labels("demo")}
+    assert d["spec"]["selector"] == {"matchLabels": C.selector_labels("demo")}
     template_labels = d["spec"]["template"]["metadata"]["labels"]
-    assert L.selector_labels("demo").items() <= template_labels.items()
-    assert template_labels[L.PROJECT_LABEL] == "demo"
-    assert d["metadata"]["annotations"] == {L.IDLE_TIMEOUT_ANNOTATION: "900", L.HOLD_TIMEOUT_ANNOTATION: "2.5",
-                                            L.STRATEGY_ANNOTATION: "page"}
-    assert L.LAST_ACTIVITY_ANNOTATION not in d["metadata"]["annotations"]  # the gateway owns it
+    assert C.selector_labels("demo").items() <= template_labels.items()
+    assert template_labels[C.PROJECT_LABEL] == "demo"
+    assert d["metadata"]["annotations"] == {C.IDLE_TIMEOUT_ANNOTATION: "900", C.HOLD_TIMEOUT_ANNOTATION: "2.5",
+                                            C.STRATEGY_ANNOTATION: "page"}
+    assert C.LAST_ACTIVITY_ANNOTATION not in d["metadata"]["annotations"]  # the gateway owns it
     assert "annotations" not in deployment(BASIC)["metadata"]
 
 
@@ -417,7 +417,7 @@ def test_pod_template_satisfies_restricted(which: str) -> None:
 
 def test_container_resources_ports_and_probes() -> None:
     c = container(FULL)
-    assert c["name"] == L.CONTAINER_NAME and c["image"] == IMAGE
+    assert c["name"] == C.CONTAINER_NAME and c["image"] == IMAGE
     assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     r = FULL.resources
     assert c["resources"] == {
@@ -456,7 +456,7 @@ def test_runtime_class() -> None:
 def test_service() -> None:
     svc = find(objects(BASIC), "Service")
     assert svc["metadata"]["name"] == "demo"
-    assert svc["spec"] == {"type": "ClusterIP", "selector": L.selector_labels("demo"),
+    assert svc["spec"] == {"type": "ClusterIP", "selector": C.selector_labels("demo"),
                            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]}
 
 
@@ -472,6 +472,68 @@ def test_pod_for_dry_run() -> None:
 
 
 def test_contract_helpers() -> None:
-    assert L.namespace_for("demo") == "wg-demo"
-    assert L.app_label_selector("demo") == "app.kubernetes.io/component=app,wakegate.io/project=demo"
-    assert L.MANAGED_SELECTOR == "app.kubernetes.io/managed-by=wakegate"
+    assert C.namespace_for("demo") == "wg-demo"
+    assert C.app_label_selector("demo") == "app.kubernetes.io/component=app,wakegate.io/project=demo"
+    assert C.MANAGED_SELECTOR == "app.kubernetes.io/managed-by=wakegate"
+
+
+# --- placement: node selector, tolerations, priority class ---------------------------------------------
+
+SPOT = "kubernetes.azure.com/scalesetpriority"
+PLACED = make(node_selector=((SPOT, "spot"), ("agentpool", "agents"), ("disktype", "")),
+              tolerations=(Toleration(SPOT, "NoSchedule", "spot"), Toleration("dedicated", "NoExecute"),
+                           Toleration("dedicated", "NoSchedule", "agents"), Toleration("blank", "NoSchedule", "")),
+              priority_class="agents-low")
+
+
+def test_placement_objects_validate_strictly() -> None:
+    objs = objects(PLACED)
+    for obj in [*objs, pod_for_dry_run(find(objs, "Deployment"))]:
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)
+    assert from_yaml(to_yaml(objs)) == objs
+
+
+def test_placement_lands_in_the_pod_template() -> None:
+    pod = pod_spec(PLACED)
+    assert pod["nodeSelector"] == {"agentpool": "agents", "disktype": "", SPOT: "spot"}
+    assert list(pod["nodeSelector"]) == sorted(pod["nodeSelector"])
+    assert pod["tolerations"] == [
+        {"key": "blank", "operator": "Equal", "effect": "NoSchedule"},  # KEY=:EFFECT: the empty value only
+        {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"},
+        {"key": "dedicated", "operator": "Equal", "value": "agents", "effect": "NoSchedule"},
+        {"key": SPOT, "operator": "Equal", "value": "spot", "effect": "NoSchedule"},
+    ]
+    assert pod["priorityClassName"] == "agents-low"
+    # and the dry-run pod (Priority admission checks the class exists, Pod Security the rest) has them too
+    assert {k: pod_for_dry_run(deployment(PLACED))["spec"][k] for k in ("nodeSelector", "tolerations",
+                                                                         "priorityClassName")} == \
+        {k: pod[k] for k in ("nodeSelector", "tolerations", "priorityClassName")}
+
+
+def test_placement_changes_only_the_pod_template() -> None:
+    plain = objects(make())
+    placed = objects(PLACED)
+    assert [o for o in placed if o["kind"] != "Deployment"] == [o for o in plain if o["kind"] != "Deployment"]
+    placed_pod = find(placed, "Deployment")["spec"]["template"]["spec"]
+    plain_pod = find(plain, "Deployment")["spec"]["template"]["spec"]
+    assert {k: v for k, v in placed_pod.items()
+            if k not in ("nodeSelector", "tolerations", "priorityClassName")} == plain_pod
+    # The quota has no scopes (no PriorityClass scopeSelector): it counts a pod with a class like any other.
+    quota = find(placed, "ResourceQuota")["spec"]
+    assert set(quota) == {"hard"}
+
+
+def test_placement_is_deterministic_whatever_the_flag_order() -> None:
+    shuffled = make(node_selector=tuple(reversed(PLACED.node_selector)),
+                    tolerations=tuple(reversed(PLACED.tolerations)), priority_class="agents-low")
+    assert to_yaml(render(shuffled, KEY)) == to_yaml(render(PLACED, KEY))
+    assert to_yaml(render(PLACED)) == to_yaml(render(PLACED))
+
+
+@pytest.mark.parametrize("which", SPECS)
+def test_without_placement_nothing_new_is_rendered(which: str) -> None:
+    pod = pod_spec(SPECS[which])
+    for key in ("nodeSelector", "tolerations", "priorityClassName", "affinity", "priority"):
+        assert key not in pod
+    assert list(pod) == ["serviceAccountName", "automountServiceAccountToken", "enableServiceLinks",
+                         "securityContext", "containers", "volumes"] + (["runtimeClassName"] if which == "full" else [])

@@ -1,4 +1,4 @@
-"""ProjectSpec validation: names, quantities, ports, durations, quotas, storage and options."""
+"""ProjectSpec validation: names, quantities, ports, durations, quotas, storage, placement and options."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ from provisioner.spec import (
     Resources,
     SpecError,
     Storage,
+    Toleration,
     format_quantity,
     parse_duration,
+    parse_node_selector,
     parse_quantity,
+    parse_toleration,
     validate_project_name,
 )
 
@@ -76,10 +79,16 @@ def test_parse_duration(text: str, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "abc", "5 m", "1d", "-5", "0", "0s", "inf", "nan", "m"])
-def test_bad_durations(text: str) -> None:
-    with pytest.raises(SpecError, match="--idle-timeout"):
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "expected a duration"), ("abc", "expected a duration"), ("5 m", "expected a duration"),
+    ("1d", "expected a duration"), ("m", "expected a duration"), ("-5", "expected a positive number of seconds"),
+    ("0", "expected a positive number of seconds"), ("0s", "expected a positive number of seconds"),
+    ("inf", "expected a positive number of seconds"), ("nan", "expected a positive number of seconds"),
+])
+def test_bad_durations(text: str, problem: str) -> None:
+    with pytest.raises(SpecError) as info:
         parse_duration(text, "--idle-timeout")
+    assert str(info.value).startswith(f"--idle-timeout: {problem}") and str(info.value).endswith(f"got {text!r}")
 
 
 # --- names -----------------------------------------------------------------------------------------
@@ -173,9 +182,10 @@ def test_bad_readiness_paths(path: str) -> None:
 
 
 def test_timeouts_and_strategy() -> None:
-    refused("--idle-timeout", idle_timeout_s=0)
-    refused("--hold-timeout", hold_timeout_s=-1)
-    refused("--strategy 'sometimes' must be one of auto, block, page", strategy="sometimes")
+    refused("--idle-timeout: expected a positive number of seconds, got 0", idle_timeout_s=0)
+    refused("--hold-timeout: expected a positive number of seconds, got -1", hold_timeout_s=-1)
+    refused("--hold-timeout: expected a positive number of seconds, got inf", hold_timeout_s=float("inf"))
+    refused("--strategy: expected one of auto, block, page, got 'sometimes'", strategy="sometimes")
     make(idle_timeout_s=300, hold_timeout_s=2.5, strategy="page")
 
 
@@ -285,3 +295,163 @@ def test_spec_is_frozen() -> None:
     spec = make()
     with pytest.raises(dataclasses.FrozenInstanceError):
         spec.name = "other"  # type: ignore[misc]
+
+
+# --- placement: node selector, tolerations, priority class -----------------------------------------------
+
+SPOT = "kubernetes.azure.com/scalesetpriority"
+
+
+@pytest.mark.parametrize(("text", "pair"), [
+    (f"{SPOT}=spot", (SPOT, "spot")),
+    ("agentpool=agents", ("agentpool", "agents")),
+    ("disktype=", ("disktype", "")),  # an empty label value is a value
+    ("a=b=c", ("a", "b=c")),  # split at the first '='; the spec then refuses the value
+])
+def test_parse_node_selector(text: str, pair: tuple[str, str]) -> None:
+    assert parse_node_selector(text) == pair
+
+
+@pytest.mark.parametrize("text", ["agentpool", "", "spot"])
+def test_node_selector_without_a_value_is_refused(text: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_node_selector(text)
+    assert str(info.value).startswith(f"--node-selector {text!r}: expected KEY=VALUE")
+
+
+@pytest.mark.parametrize(("text", "toleration"), [
+    (f"{SPOT}=spot:NoSchedule", Toleration(SPOT, "NoSchedule", "spot")),
+    ("dedicated:NoExecute", Toleration("dedicated", "NoExecute")),
+    ("dedicated=:PreferNoSchedule", Toleration("dedicated", "PreferNoSchedule", "")),
+    ("a:b:NoSchedule", Toleration("a:b", "NoSchedule")),  # the effect follows the last ':'; key refused later
+    (":NoSchedule", Toleration("", "NoSchedule")),  # refused by the spec (no key)
+])
+def test_parse_toleration(text: str, toleration: Toleration) -> None:
+    assert parse_toleration(text) == toleration
+
+
+def test_toleration_operator_and_flag_form() -> None:
+    assert Toleration(SPOT, "NoSchedule", "spot").operator == "Equal"
+    assert Toleration("dedicated", "NoSchedule").operator == "Exists"
+    assert Toleration("dedicated", "NoSchedule", "").operator == "Equal"
+    for text in (f"{SPOT}=spot:NoSchedule", "dedicated:NoExecute", "dedicated=:NoSchedule"):
+        assert str(parse_toleration(text)) == text
+
+
+@pytest.mark.parametrize("text", ["dedicated", "dedicated=agents", "", "a=b"])
+def test_toleration_without_an_effect_is_refused(text: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_toleration(text)
+    assert str(info.value).startswith(f"--toleration {text!r}: expected KEY=VALUE:EFFECT or KEY:EFFECT")
+
+
+def test_good_placement() -> None:
+    spec = make(node_selector=((SPOT, "spot"), ("agentpool", "agents"), ("disktype", "")),
+                tolerations=(Toleration(SPOT, "NoSchedule", "spot"), Toleration("dedicated", "NoExecute"),
+                             Toleration("pool", "NoSchedule", "a"), Toleration("pool", "NoSchedule", "b"),
+                             Toleration("pool", "NoExecute"), Toleration("x.example.com/y_z-1.2", "PreferNoSchedule")),
+                priority_class="agents-low")
+    assert spec.priority_class == "agents-low"
+    make(node_selector=(("a" * 63, "b" * 63),), priority_class="a." + "b" * 60)
+    make(node_selector=((("a" * 63 + ".") * 3 + "a" * 61 + "/" + "n" * 63, "v"),))  # 253-character prefix
+    make(priority_class="p" * 253)
+    assert make().node_selector == () and make().tolerations == () and make().priority_class is None
+
+
+@pytest.mark.parametrize(("pair", "problem"), [
+    (("", "x"), "the key is empty"),
+    (("/name", "x"), "the prefix of key '/name' (before '/') is empty"),
+    (("example.com/", "x"), "the name of key 'example.com/' (after '/') is empty"),
+    (("a/b/c", "x"), "key 'a/b/c' has more than one '/'"),
+    (("Example.com/x", "y"), "the prefix 'Example.com' of the key is not a DNS subdomain"),
+    (("exa_mple.com/x", "y"), "the prefix 'exa_mple.com' of the key is not a DNS subdomain"),
+    (("-bad.com/x", "y"), "is not a DNS subdomain"),
+    (("a" * 254 + "/x", "y"), "is not a DNS subdomain"),
+    (("n" * 64, "y"), "the name 'nnnn"),
+    (("-name", "y"), "the name '-name' of the key must be letters, digits"),
+    (("name.", "y"), "the name 'name.' of the key must be"),
+    (("na me", "y"), "must be letters, digits"),
+    (("nämé", "y"), "must be letters, digits"),
+    (("pool", "v" * 64), "the value 'vvvv"),
+    (("pool", "-spot"), "the value '-spot' must be empty or letters, digits"),
+    (("pool", "a b"), "must be empty or letters"),
+    (("pool", "a/b"), "must be empty or letters"),
+    (("pool", "spot\n"), "must be empty or letters"),
+])
+def test_bad_node_selectors(pair: tuple[str, str], problem: str) -> None:
+    message = refused("--node-selector", node_selector=(pair,))
+    assert message.startswith(f"--node-selector {f'{pair[0]}={pair[1]}'[:80]!r}: ")
+    assert problem in message
+
+
+def test_node_selector_duplicates_and_conflicts() -> None:
+    assert refused("given twice", node_selector=(("pool", "a"), ("pool", "a"))) == \
+        "--node-selector 'pool=a' is given twice"
+    assert refused("conflicts", node_selector=(("pool", "a"), ("x", "1"), ("pool", "b"))) == \
+        "--node-selector 'pool=b' conflicts with --node-selector pool=a (a node label has one value)"
+
+
+def test_node_selector_entries_built_in_code_must_be_pairs_of_strings() -> None:
+    refused("expected a .key, value. pair", node_selector=(("pool",),))
+    refused("expected a .key, value. pair", node_selector=(("pool", 1),))
+
+
+@pytest.mark.parametrize(("toleration", "problem"), [
+    (Toleration("", "NoSchedule"), "KEY is empty (a toleration without a key would tolerate every taint)"),
+    (Toleration("", "NoSchedule", "x"), "KEY is empty"),
+    (Toleration("pool", "noschedule"), "the effect 'noschedule' is not one of NoSchedule, PreferNoSchedule, NoExecute"),
+    (Toleration("pool", ""), "the effect '' is not one of"),
+    (Toleration("pool", "NoExecute ", "a"), "the effect 'NoExecute ' is not one of"),
+    (Toleration("pool", "Evict"), "is not one of"),
+    (Toleration("a:b", "NoSchedule"), "the name 'a:b' of the key must be"),
+    (Toleration("Bad.Example/pool", "NoSchedule"), "the prefix 'Bad.Example' of the key is not a DNS subdomain"),
+    (Toleration("pool", "NoSchedule", "a b"), "the value 'a b' must be empty or letters"),
+    (Toleration("pool", "NoSchedule", "x" * 64), "is longer than 63 characters"),
+    (Toleration("CriticalAddonsOnly", "NoSchedule", "true"), "the taint CriticalAddonsOnly keeps ordinary pods off"),
+    (Toleration("node-role.kubernetes.io/control-plane", "NoSchedule"), "must not tolerate it"),
+    (Toleration("node-role.kubernetes.io/master", "NoSchedule"), "must not tolerate it"),
+])
+def test_bad_tolerations(toleration: Toleration, problem: str) -> None:
+    message = refused("--toleration", tolerations=(toleration,))
+    assert message.startswith(f"--toleration {str(toleration)!r}: ")
+    assert problem in message
+
+
+def test_toleration_duplicates_and_overlaps() -> None:
+    spot = Toleration(SPOT, "NoSchedule", "spot")
+    assert refused("given twice", tolerations=(spot, spot)) == f"--toleration '{SPOT}=spot:NoSchedule' is given twice"
+    exists = Toleration("pool", "NoSchedule")
+    assert refused("given twice", tolerations=(exists, exists)) == "--toleration 'pool:NoSchedule' is given twice"
+    # KEY:EFFECT already tolerates every value of the taint: a KEY=VALUE:EFFECT beside it is a mistake.
+    message = refused("overlaps", tolerations=(exists, Toleration("pool", "NoSchedule", "a")))
+    assert message == ("--toleration 'pool=a:NoSchedule' overlaps --toleration pool:NoSchedule "
+                       "(pool:NoSchedule already tolerates every value; give one or the other)")
+    refused("'pool:NoSchedule' overlaps --toleration pool=:NoSchedule",
+            tolerations=(Toleration("pool", "NoSchedule", ""), exists))
+
+
+def test_tolerations_built_in_code_must_be_tolerations() -> None:
+    refused("expected a Toleration", tolerations=(("pool", "NoSchedule"),))
+
+
+@pytest.mark.parametrize("name", ["", "Agents", "agents_low", "-agents", "agents-", "a..b", "p" * 254, "agents low"])
+def test_bad_priority_class_names(name: str) -> None:
+    message = refused("--priority-class", priority_class=name)
+    assert message.startswith(f"--priority-class {name[:80]!r} is not a valid PriorityClass name")
+
+
+@pytest.mark.parametrize("name", ["system-node-critical", "system-cluster-critical", "system-anything"])
+def test_system_priority_classes_are_refused(name: str) -> None:
+    message = refused("are for the cluster's critical pods", priority_class=name)
+    assert message.startswith(f"--priority-class {name!r}: the system- classes")
+    assert "untrusted pods must not take them" in message
+    make(priority_class="systems-low")  # only the reserved 'system-' prefix
+
+
+def test_placement_is_immutable() -> None:
+    spec = make(node_selector=(("pool", "a"),), tolerations=(Toleration("pool", "NoSchedule"),))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.tolerations[0].key = "other"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        spec.priority_class = "x"  # type: ignore[misc]
+    assert hash(spec.tolerations) == hash((Toleration("pool", "NoSchedule"),))

@@ -44,6 +44,11 @@ def path_quote(part: str) -> str:
     return quote(part, safe="")
 
 
+def deployment_path(namespace: str, name: str, subresource: str = "") -> str:
+    """``/apis/apps/v1/namespaces/{namespace}/deployments/{name}`` (``subresource``: e.g. ``/scale``)."""
+    return f"/apis/apps/v1/namespaces/{path_quote(namespace)}/deployments/{path_quote(name)}{subresource}"
+
+
 class Kube:
     """JSON requests over a shared ``ApiClient`` (authentication, TLS and token refresh are its job)."""
 

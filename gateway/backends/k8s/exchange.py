@@ -15,18 +15,24 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 
+from gateway import contract as C
 from gateway import logs
 from gateway.activity import SharedActivity
 from gateway.backends.k8s import peers as pr
 from gateway.backends.k8s.api import Informer, Key, Kube, Obj, path_quote
+from gateway.config import Settings, read_token
+from gateway.tasks import Tasks
 
 PEER_TIMEOUT_S = 3.0
+#: The port of the gateway Service that reaches a replica's admin API.
+ADMIN_PORT_NAME = "admin"
 
 
 class ActivityExchange:
@@ -44,12 +50,28 @@ class ActivityExchange:
         self._since_window_s = since_window_s  # how far back activity can still matter (longest idle timeout)
         self.slices = Informer(kube, "gateway-endpointslices",
                                f"/apis/discovery.k8s.io/v1/namespaces/{path_quote(namespace)}/endpointslices",
-                               self._on_slice, label_selector=f"kubernetes.io/service-name={service}")
+                               self._on_slice, label_selector=f"{C.SERVICE_NAME_LABEL}={service}")
         self.peers: tuple[pr.Peer, ...] = ()
         self.snapshots: dict[str, pr.Snapshot] = {}
         self.failures: dict[str, str] = {}  # peer → why its last pull failed (logged on change)
         self._session: aiohttp.ClientSession | None = None
         self._round_started: float | None = None  # wall time the last complete round was started
+
+    @classmethod
+    def for_gateway(cls, kube: Kube, settings: Settings, replica_id: str,
+                    since_window_s: Callable[[], float]) -> ActivityExchange:
+        """The exchange of a gateway replica: its peers are the endpoints of ``--peer-service`` in the
+        gateway namespace (port ``admin``), pulled every ``--activity-pull-interval`` with the admin
+        token; ``$POD_IP`` is this replica's own address."""
+        token = read_token(settings.admin_token_file) if settings.admin_token_file else None
+        return cls(kube, namespace=settings.gateway_namespace, service=settings.peer_service,
+                   port_name=ADMIN_PORT_NAME, own_name=replica_id, own_ip=os.environ.get("POD_IP"), token=token,
+                   interval_s=settings.activity_pull_interval_s, since_window_s=since_window_s)
+
+    def start(self, tasks: Tasks, active: Callable[[], bool]) -> None:
+        """Watch the peers, and pull their activity while ``active()`` (this replica holds the Lease)."""
+        tasks.spawn(self.slices.run(), f"wakegate-watch-{self.slices.kind}")
+        tasks.spawn(self.run(active), "wakegate-activity-exchange")
 
     # --- peers -------------------------------------------------------------------------------------
 
@@ -129,6 +151,13 @@ class ActivityExchange:
         answers = await asyncio.gather(*(self.pull(p, project) for p in peers))
         fresh = {p.name: a for p, a in zip(peers, answers, strict=True) if a is not None}
         return pr.verdict(peers, fresh, project, now_s=time.time(), max_age_s=float("inf"))
+
+    async def confirm_idle(self, project: str) -> tuple[bool, SharedActivity]:
+        """Whether every peer, asked now, upholds the idle decision made from the last pulls
+        (:func:`~gateway.backends.k8s.peers.confirms_idle`); with what they answered."""
+        seen = self.shared(project)
+        confirmed = await self.confirm(project)
+        return pr.confirms_idle(seen, confirmed), confirmed
 
     async def close(self) -> None:
         if self._session is not None:

@@ -6,14 +6,13 @@ project's EndpointSlices, and why a wake cannot succeed (Deployment conditions, 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway import contract as C
 from gateway.backends.base import Endpoint, ProjectInfo, ProjectSettings
-from provisioner import labels as L
 
 Obj = Mapping[str, Any]
 
@@ -28,7 +27,6 @@ FAILURE_REASONS = frozenset({
     "RunContainerError",
 })
 POD_TEMPLATE_HASH_LABEL = "pod-template-hash"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 SLICE_MANAGED_BY_LABEL = "endpointslice.kubernetes.io/managed-by"
 #: EndpointSlices written by Kubernetes itself (from the Service's selector, or mirrored from Endpoints),
 #: which list only pods of the Service's own namespace. Hand-written slices are ignored, so a project's
@@ -80,26 +78,13 @@ def namespace_project(namespace: Obj) -> str | None:
     Namespace labels are written by the provisioner and cannot be changed by a project's own
     automation, so they are what proves a Deployment's claim to a project name.
     """
-    lab = labels_of(namespace)
-    if lab.get(L.MANAGED_BY_LABEL) != L.MANAGED_BY:
-        return None
-    return lab.get(L.PROJECT_LABEL) or None
+    return C.managed_project(labels_of(namespace))
 
 
 def deployment_project(deployment: Obj) -> str | None:
     """The project a Deployment claims to be: managed-by wakegate, named after its project label."""
-    lab = labels_of(deployment)
-    name = lab.get(L.PROJECT_LABEL)
-    if lab.get(L.MANAGED_BY_LABEL) != L.MANAGED_BY or not name or meta(deployment).get("name") != name:
-        return None
-    return name
-
-
-def _positive_seconds(value: str) -> float:
-    seconds = float(value)
-    if not math.isfinite(seconds) or seconds <= 0:
-        raise ValueError("not a positive number of seconds")
-    return seconds
+    name = C.managed_project(labels_of(deployment))
+    return name if name is not None and meta(deployment).get("name") == name else None
 
 
 def project_settings(annotations: Mapping[str, str]) -> tuple[ProjectSettings, list[str]]:
@@ -107,21 +92,16 @@ def project_settings(annotations: Mapping[str, str]) -> tuple[ProjectSettings, l
     (an invalid annotation falls back to the gateway default instead of hiding the project)."""
     problems: list[str] = []
     values: dict[str, Any] = {}
-    for key, field in ((L.IDLE_TIMEOUT_ANNOTATION, "idle_timeout_s"), (L.HOLD_TIMEOUT_ANNOTATION, "hold_timeout_s")):
+    for key, field, parse in ((C.IDLE_TIMEOUT_ANNOTATION, "idle_timeout_s", C.parse_seconds),
+                              (C.HOLD_TIMEOUT_ANNOTATION, "hold_timeout_s", C.parse_seconds),
+                              (C.STRATEGY_ANNOTATION, "strategy", C.strategy)):
         raw = annotations.get(key)
         if raw is None:
             continue
         try:
-            values[field] = _positive_seconds(raw)
-        except ValueError:
-            problems.append(f"annotation {key}={raw!r} is not a positive number of seconds; using the default")
-    raw = annotations.get(L.STRATEGY_ANNOTATION)
-    if raw is not None:
-        if raw in L.STRATEGIES:
-            values["strategy"] = raw
-        else:
-            problems.append(f"annotation {L.STRATEGY_ANNOTATION}={raw!r} is not one of "
-                            f"{', '.join(L.STRATEGIES)}; using the default")
+            values[field] = parse(raw)
+        except ValueError as exc:
+            problems.append(f"annotation {key}: {exc}; using the default")
     return ProjectSettings(**values), problems
 
 
@@ -164,7 +144,7 @@ def slice_port(ports: Sequence[Obj]) -> int | None:
     """The slice's port named ``http``, else its only port; None when there is no usable one."""
     usable = [p for p in ports if isinstance(p.get("port"), int)]
     for p in usable:
-        if p.get("name") == L.PORT_NAME:
+        if p.get("name") == C.PORT_NAME:
             return int(p["port"])
     return int(usable[0]["port"]) if len(usable) == 1 else None
 
@@ -197,7 +177,7 @@ def slice_service(slice_: Obj) -> str | None:
     lab = labels_of(slice_)
     if lab.get(SLICE_MANAGED_BY_LABEL) not in TRUSTED_SLICE_MANAGERS:
         return None
-    return lab.get(SERVICE_NAME_LABEL) or None
+    return lab.get(C.SERVICE_NAME_LABEL) or None
 
 
 # --- failures ------------------------------------------------------------------------------------
@@ -298,22 +278,34 @@ def sleep_patch(resource_version: str, last_activity_wall_s: float | None) -> di
     is still at ``resource_version`` (409 Conflict otherwise: a wake raced the decision)."""
     body: dict[str, Any] = {"metadata": {"resourceVersion": resource_version}, "spec": {"replicas": 0}}
     if last_activity_wall_s is not None:
-        body["metadata"]["annotations"] = {L.LAST_ACTIVITY_ANNOTATION: format_time(last_activity_wall_s)}
+        body["metadata"]["annotations"] = {C.LAST_ACTIVITY_ANNOTATION: format_time(last_activity_wall_s)}
     return body
-
-
-#: Per-replica activity annotations written by earlier versions (removed once by the reaper).
-LEGACY_ACTIVITY_PREFIX = "wakegate.io/activity."
 
 
 def legacy_activity_keys(dep: Obj | None) -> list[str]:
     """The legacy per-replica activity annotations a Deployment still carries."""
-    return sorted(k for k in annotations_of(dep) if k.startswith(LEGACY_ACTIVITY_PREFIX)) if dep else []
+    return sorted(k for k in annotations_of(dep) if k.startswith(C.LEGACY_ACTIVITY_PREFIX)) if dep else []
 
 
 def remove_annotations_patch(keys: list[str]) -> dict[str, Any]:
     """Merge patch removing annotations ``keys``."""
     return {"metadata": {"annotations": dict.fromkeys(keys)}}
+
+
+def event_body(deployment: Obj, reason: str, message: str, instance: str, now_wall_s: float) -> dict[str, Any]:
+    """A ``Normal`` Event about ``deployment`` (woken, put to sleep) from gateway replica ``instance``."""
+    ns, name = key_of(deployment)
+    now = format_time(now_wall_s)[:19] + "Z"
+    return {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{name}.", "namespace": ns},
+        "involvedObject": {"apiVersion": "apps/v1", "kind": "Deployment", "namespace": ns, "name": name,
+                           "uid": meta(deployment).get("uid")},
+        "reason": reason, "message": message, "type": "Normal",
+        "source": {"component": C.EVENT_COMPONENT},
+        "reportingComponent": C.EVENT_COMPONENT, "reportingInstance": instance[:128],
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
 
 
 def format_time(wall_s: float) -> str:

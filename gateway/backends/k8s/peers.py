@@ -140,3 +140,12 @@ def verdict(peers: Iterable[Peer], snapshots: Mapping[str, Snapshot], name: str,
         if a.last_s is not None and (last is None or a.last_s > last):
             last = a.last_s
     return SharedActivity(last, open_, tuple(unknown))
+
+
+def confirms_idle(seen: SharedActivity, confirmed: SharedActivity) -> bool:
+    """Whether the peers' answers just before a sleep (``confirmed``) uphold the idle decision made
+    from the last pulls (``seen``): every peer answered, none has requests open for the project, and
+    none reports activity later than what the decision saw."""
+    if confirmed.unknown or confirmed.open:
+        return False
+    return confirmed.last_s is None or (seen.last_s is not None and confirmed.last_s <= seen.last_s)
