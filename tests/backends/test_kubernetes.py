@@ -677,6 +677,23 @@ async def stream(gw: GatewayProcess, project: str, seconds: int) -> list[str]:
         return [line for line in (await resp.text()).splitlines() if line.startswith("data:")]
 
 
+@contextlib.asynccontextmanager
+async def open_stream(gw: GatewayProcess, project: str) -> AsyncIterator[AsyncIterator[str]]:
+    """An SSE stream through ``gw`` (one event a second, for up to 10 minutes); yields its events
+    as they come. Leaving closes it."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as s, \
+            s.get(f"{gw.url}/events?interval=1&count=600", headers={"Host": f"{project}.localhost"}) as resp:
+        assert resp.status == 200
+
+        async def events() -> AsyncIterator[str]:
+            async for raw in resp.content:
+                line = raw.decode().strip()
+                if line.startswith("data:"):
+                    yield line
+
+        yield events()
+
+
 def slept(gw: GatewayProcess, project: str) -> list[dict[str, Any]]:
     return [e for e in gw.events("sleep") if e.get("project") == project]
 
@@ -777,14 +794,19 @@ async def test_an_open_stream_on_a_replica_whose_api_requests_are_refused_keeps_
         async with gateway(second_identity.kubeconfig, replica="gw-b", listed_in=cluster) as b:
             assert (await get(leader, project))[0] == 200  # woken (gw-b may not scale: not bound there)
             await eventually(lambda: _ready_on(b, project), 30, "gw-b to see the project ready")
-            await _async(getattr(second_identity, refusal))
-            # From now on gw-b's API requests are refused (RBAC: 403, all of them; API Priority and
-            # Fairness: 429, under contention); it asks for the Lease every second.
-            with second_identity.contention() if refusal == "starve" else contextlib.nullcontext():
-                await b.wait_event(lambda e: e.get("event") == "leader_election_error"
-                                   and status in e.get("error", ""), 60)
-                events_seen = await stream(b, project, 12)  # four idle timeouts
-            assert len(events_seen) == 12  # never cut
+            # The stream opens on gw-b first: on a loaded box, setting the refusal up may take longer
+            # than the 3 s idle timeout, and a project nobody uses is rightly put to sleep meanwhile.
+            async with open_stream(b, project) as events:
+                await asyncio.wait_for(events.__anext__(), 60)
+                await _async(getattr(second_identity, refusal))
+                # From now on gw-b's API requests are refused (RBAC: 403, all of them; API Priority and
+                # Fairness: 429, under contention); it asks for the Lease every second.
+                with second_identity.contention() if refusal == "starve" else contextlib.nullcontext():
+                    await b.wait_event(lambda e: e.get("event") == "leader_election_error"
+                                       and status in e.get("error", ""), 60)
+                    # Four idle timeouts, counted by the stream's own events (one a second): never cut.
+                    for _ in range(12):
+                        await asyncio.wait_for(events.__anext__(), 60)
             assert not slept(leader, project)
             assert deployment(cluster, project)["spec"]["replicas"] == 1
             # Quiet now: the holder puts it to sleep, with gw-b's answer (no API access needed).
