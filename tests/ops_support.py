@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from aiohttp import web
 
@@ -292,3 +293,13 @@ def ensure_debian_package(path: str, package: str) -> str:
                        timeout=600, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
     assert os.path.exists(path), f"{path} is missing; run `make system-deps`"
     return path
+
+
+async def assert_serves_web(base_url: str, timeout_s: float = 60.0) -> None:
+    """A request for project ``web`` (:data:`PROJECT_APP`) through the gateway at ``base_url`` is
+    proxied: 200 and the app's own page for that path."""
+    async with aiohttp.ClientSession() as session, session.get(
+            f"{base_url}/hello", headers={"Host": "web.localhost"},
+            timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
+        body = await resp.text()
+    assert resp.status == 200 and "real content of web" in body and "path /hello" in body

@@ -12,11 +12,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from gateway import native
-from tests.ops_support import GatewayProcess, write_projects
+from tests.ops_support import GatewayProcess, assert_serves_web, write_projects
 
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
 WAIT_S = 60.0
@@ -124,11 +123,7 @@ async def test_the_same_source_proxies_as_plain_python(tmp_path: Path, monkeypat
     try:
         data_path = await gw.wait_event(lambda e: e.get("event") == "data_path", WAIT_S)
         assert data_path["mode"] == "plain Python" and data_path["compiled"] == 0
-        async with aiohttp.ClientSession() as session, session.get(
-                f"{gw.url}/hello", headers={"Host": "web.localhost"},
-                timeout=aiohttp.ClientTimeout(total=WAIT_S)) as resp:
-            body = await resp.text()
-        assert resp.status == 200 and "real content of web" in body and "path /hello" in body
+        await assert_serves_web(gw.url, WAIT_S)
     finally:
         await gw.kill()
 

@@ -28,12 +28,11 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 import gateway
 from gateway import native
-from tests.ops_support import GatewayProcess, write_projects
+from tests.ops_support import GatewayProcess, assert_serves_web, write_projects
 
 ROOT = Path(__file__).resolve().parent.parent
 SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
@@ -277,11 +276,7 @@ async def test_the_image_venv_serves_the_compiled_data_path(image: BuildStage, t
         assert data_path["mode"] == "compiled (mypyc)"
         assert data_path["compiled"] == data_path["modules"] == len(native.NATIVE_MODULES)
         listening = await gw.wait_event(lambda e: e.get("event") == "listening", WAIT_S)
-        async with aiohttp.ClientSession() as session, session.get(
-                f"http://127.0.0.1:{listening['port']}/hello", headers={"Host": "web.localhost"},
-                timeout=aiohttp.ClientTimeout(total=WAIT_S)) as resp:
-            body = await resp.text()
-        assert resp.status == 200 and "real content of web" in body and "path /hello" in body
+        await assert_serves_web(f"http://127.0.0.1:{listening['port']}", WAIT_S)
     finally:
         await gw.kill()
 
