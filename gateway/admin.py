@@ -29,7 +29,7 @@ from gateway.backends.base import Backend
 from gateway.backends.k8s.peers import Activity, encode_activity
 from gateway.config import HostPort, Settings, read_token
 from gateway.contract import parse_duration
-from gateway.lifecycle import Lifecycle, Project, State
+from gateway.lifecycle import Lifecycle, Mode, Project, State
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.routing import is_project_name
 
@@ -64,9 +64,11 @@ def project_json(settings: Settings, p: Project, now_wall_s: float | None = None
     """The admin API's view of one project."""
     now = time.time() if now_wall_s is None else now_wall_s
     asleep = p.state is State.ASLEEP
+    mode = p.machine.mode
     return {
         "name": p.name,
         "state": p.state.value,
+        "mode": mode.value,  # Auto | Running (kept up) | Suspended (never woken)
         "url": settings.url_for(p.name),
         "ready_endpoints": len(p.endpoints),
         "endpoints": [str(ep) for ep in p.endpoints],
@@ -75,9 +77,11 @@ def project_json(settings: Settings, p: Project, now_wall_s: float | None = None
         "last_activity": rfc3339(p.last_activity_wall),
         "idle_timeout_s": p.idle_timeout_s,
         "hold_timeout_s": p.hold_timeout_s,
-        # Seconds until the reaper may put it to sleep if nothing happens (null: asleep or unknown).
-        "sleeps_in_s": None if asleep or p.in_flight or p.held else _round(seconds_until_idle(
-            now_wall_s=now, idle_timeout_s=p.idle_timeout_s, last_activity_wall_s=p.last_activity_wall)),
+        # Seconds until the reaper may put it to sleep if nothing happens (null: asleep, kept
+        # running, or unknown).
+        "sleeps_in_s": None if asleep or mode is Mode.RUNNING or p.in_flight or p.held else _round(
+            seconds_until_idle(now_wall_s=now, idle_timeout_s=p.idle_timeout_s,
+                               last_activity_wall_s=p.last_activity_wall)),
         "strategy": p.strategy,
         "location": p.info.location,
         "last_error": p.last_error,

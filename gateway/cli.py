@@ -1,4 +1,4 @@
-"""The ``wakegate`` command: ``serve``, ``demo`` and ``project ...``.
+"""The ``wakegate`` command: ``serve``, ``demo``, ``controller`` and ``project ...``.
 
 Sub-commands set ``func`` (``args -> int``) with :meth:`argparse.ArgumentParser.set_defaults`;
 :func:`main` calls it. Every gateway flag is declared in :data:`gateway.config.OPTIONS`.
@@ -86,6 +86,21 @@ def build_parser(*, project_actions: bool = True) -> argparse.ArgumentParser:
     config.add_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
+    controller = commands.add_parser(
+        "controller", help="run the Project controller (projects.wakegate.io)",
+        description="Reconcile every Project custom resource into its namespace and objects, and report its "
+        "phase and URL in its status. One replica is active (a Lease); every flag can also be set with the "
+        "WAKEGATE_* variable shown.",
+    )
+    if project_actions:
+        try:
+            from provisioner import controller as controller_module
+
+            config.add_option_arguments(controller, controller_module.OPTIONS, controller_module.ControllerSettings())
+        except ImportError as exc:  # pragma: no cover - a gateway-only installation
+            controller.set_defaults(unavailable=str(exc))
+    controller.set_defaults(func=cmd_controller)
+
     project = commands.add_parser("project", help="create, inspect, wake and sleep projects")
     actions = project.add_subparsers(dest="project_command", metavar="ACTION")
     unavailable: list[str] = []
@@ -127,6 +142,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
             settings, public_url=f"http://{{project}}.{{domain}}:{settings.listen.port}/")
     _preflight(settings)
     _run(settings, ready_callback=_print_demo_help)
+    return 0
+
+
+def cmd_controller(args: argparse.Namespace) -> int:
+    """``wakegate controller``: run until SIGTERM/SIGINT."""
+    if getattr(args, "unavailable", None):
+        raise CommandError(f"the controller is not available in this installation: {args.unavailable}")
+    import asyncio
+
+    from gateway import logs
+    from provisioner import controller as ctl
+
+    settings = config.load_options(ctl.OPTIONS, args, ctl.ControllerSettings())
+    ctl.validate(settings)
+    logs.configure(settings.log_format)
+    asyncio.run(ctl.run(settings))
     return 0
 
 

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.contract import (
     DEFAULT_DOMAIN,
@@ -39,6 +39,9 @@ DEFAULT_IGNORE_USER_AGENTS: tuple[str, ...] = (
     r"Uptime-Kuma",
     r"Better (Uptime|Stack) Bot",
 )
+
+
+T = TypeVar("T")
 
 
 class ConfigError(ValueError):
@@ -280,10 +283,14 @@ OPTIONS: tuple[Option, ...] = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every option as a flag; defaults are resolved later so env and flags merge cleanly (the
-    help shows each default, the choices, and the variable)."""
-    defaults = Settings()
-    for opt in OPTIONS:
+    """Add every option as a flag (see :func:`add_option_arguments`)."""
+    add_option_arguments(parser, OPTIONS, Settings())
+
+
+def add_option_arguments(parser: argparse.ArgumentParser, options: Sequence[Option], defaults: object) -> None:
+    """Add each of ``options`` as a flag; defaults are resolved later so env and flags merge cleanly
+    (the help shows each default taken from ``defaults``, the choices, and the variable)."""
+    for opt in options:
         notes = [f"one of {', '.join(opt.choices)}"] if opt.choices else []
         shown = _shown_default(getattr(defaults, opt.field), opt.field)
         if shown:
@@ -311,10 +318,19 @@ def _shown_default(value: object, field: str) -> str:
 def load_settings(args: argparse.Namespace | Mapping[str, Any], environ: Mapping[str, str] | None = None,
                   base: Settings | None = None) -> Settings:
     """Build :class:`Settings` from parsed flags (strings), then the environment, then ``base``."""
+    settings = load_options(OPTIONS, args, base or Settings(), environ)
+    validate(settings)
+    return settings
+
+
+def load_options(options: Sequence[Option], args: argparse.Namespace | Mapping[str, Any], base: T,
+                 environ: Mapping[str, str] | None = None) -> T:
+    """``base`` (a frozen dataclass) with each of ``options`` given as a flag (a string), else by its
+    ``WAKEGATE_*`` variable; a value that does not parse is a :class:`ConfigError` naming its source."""
     environ = os.environ if environ is None else environ
     values = vars(args) if isinstance(args, argparse.Namespace) else dict(args)
     changes: dict[str, Any] = {}
-    for opt in OPTIONS:
+    for opt in options:
         raw, source = values.get(opt.field), opt.flag
         if raw is None and opt.env in environ:
             raw, source = environ[opt.env], opt.env
@@ -327,9 +343,7 @@ def load_settings(args: argparse.Namespace | Mapping[str, Any], environ: Mapping
             changes[opt.field] = opt.parse(raw)
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
-    settings = dataclasses.replace(base or Settings(), **changes)
-    validate(settings)
-    return settings
+    return dataclasses.replace(base, **changes)  # type: ignore[type-var]
 
 
 def validate(settings: Settings) -> None:

@@ -48,6 +48,9 @@ LAST_ACTIVITY_ANNOTATION = "wakegate.io/last-activity"
 #: On the pod template: HMAC-SHA256 of the ConfigMap and Secret data (keyed with a random key kept in a
 #: Secret of the project), so a config change restarts the app without exposing the values to guesses.
 CONFIG_CHECKSUM_ANNOTATION = "wakegate.io/config-checksum"
+#: How the gateway runs the project: one of :data:`MODES` (absent: ``Auto``). Written by the provisioner and
+#: the controller (a ``keepWarm`` window in effect renders ``Running``); the gateway applies it on change.
+MODE_ANNOTATION = "wakegate.io/mode"
 #: Per-replica activity annotations written by earlier gateway versions (removed once by the reaper).
 LEGACY_ACTIVITY_PREFIX = "wakegate.io/activity."
 
@@ -67,6 +70,21 @@ PORT_NAME = "http"
 SERVICE_PORT = 80
 DEFAULT_CONTAINER_PORT = 3001
 CONTAINER_NAME = "app"
+#: The ``Project`` custom resource (cluster-scoped; a Project ``NAME`` owns namespace ``<prefix>NAME``).
+PROJECT_GROUP = "wakegate.io"
+PROJECT_VERSION = "v1alpha1"
+PROJECT_API_VERSION = f"{PROJECT_GROUP}/{PROJECT_VERSION}"
+PROJECT_KIND = "Project"
+PROJECT_PLURAL = "projects"
+PROJECT_CRD = f"{PROJECT_PLURAL}.{PROJECT_GROUP}"
+#: On every Project the controller manages: it deletes the project's namespace before the Project goes.
+PROJECT_FINALIZER = "wakegate.io/delete-namespace"
+#: The controller's ServiceAccount and Lease (gateway namespace).
+CONTROLLER_SERVICEACCOUNT = "wakegate-controller"
+CONTROLLER_LEASE = "wakegate-controller"
+#: What a project's automation account may do in its namespace: one ClusterRole, installed with the
+#: gateway, bound in each project namespace (so the controller needs ``bind`` on it, not the rights).
+AUTOMATION_CLUSTERROLE = "wakegate-project-automation"
 #: The ``coordination.k8s.io`` Lease (gateway namespace) whose holder runs the idle reaper.
 REAPER_LEASE = "wakegate-reaper"
 #: ``source.component`` of the Events the gateway records on a Deployment (woken, put to sleep).
@@ -84,6 +102,9 @@ PROVISIONER_FIELD_MANAGER = "wakegate-provisioner"
 REPLICAS_FIELD_MANAGER = "wakegate-provisioner-replicas"
 #: The gateway's patches (scale, sleep, pruning legacy annotations).
 GATEWAY_FIELD_MANAGER = "wakegate-gateway"
+#: The controller's writes of a Project's status and finalizer (its objects it applies as
+#: :data:`PROVISIONER_FIELD_MANAGER`, so a project the CLI made is adopted without a change).
+CONTROLLER_FIELD_MANAGER = "wakegate-controller"
 
 
 def namespace_for(project: str, prefix: str = DEFAULT_NAMESPACE_PREFIX) -> str:
@@ -127,6 +148,9 @@ def managed_project(labels: Mapping[str, str]) -> str | None:
 #: What a cold browser request gets: ``auto`` (the waiting page for navigations, else held), ``block``
 #: (always held) or ``page`` (see :mod:`gateway.waiting_page`).
 STRATEGIES = ("auto", "block", "page")
+#: ``Auto``: woken by requests, put to sleep when idle; ``Running``: kept up, never put to sleep;
+#: ``Suspended``: never woken (requests get 503 ``suspended``).
+MODES = ("Auto", "Running", "Suspended")
 
 _DURATION_PART = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|h|m|s)")
 _DURATION_UNITS_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
@@ -189,4 +213,11 @@ def strategy(value: object) -> str:
     """``value`` if it is one of :data:`STRATEGIES`; else ``ValueError("expected one of …, got …")``."""
     if not isinstance(value, str) or value not in STRATEGIES:
         raise ValueError(f"expected one of {', '.join(STRATEGIES)}, got {value!r}")
+    return value
+
+
+def mode(value: object) -> str:
+    """``value`` if it is one of :data:`MODES`; else ``ValueError("expected one of …, got …")``."""
+    if not isinstance(value, str) or value not in MODES:
+        raise ValueError(f"expected one of {', '.join(MODES)}, got {value!r}")
     return value

@@ -4,7 +4,9 @@ Every project has a :class:`~gateway.project_state.Machine`; every observation (
 must wait, endpoints reported by the backend, a finished scale operation, an idle deadline, an
 operator's deactivate) is an event, and :meth:`Lifecycle._step` applies the transition and carries
 out its actions: backend calls in tasks, the wake's deadline timer, releasing or failing held
-requests, metrics and logs. No rule about *when* a project wakes or sleeps lives here.
+requests, metrics and logs. No rule about *when* a project wakes or sleeps lives here. The mode
+a backend reports for a project (``ProjectSettings.mode``: a Deployment's ``wakegate.io/mode``, the
+projects file's ``mode``) becomes one ``ModeChanged`` event per change (:meth:`Lifecycle.set_mode`).
 
 The data path asks for an endpoint with :meth:`Project.pick` (no await on the warm path) or, when
 there is none, parks the request in :meth:`Lifecycle.hold` until the project is ready, the wake
@@ -298,7 +300,7 @@ class Lifecycle:
         self._sync_projects()
         p = self.projects.get(name)
         if p is None:  # the backend found it but its table has not caught up yet
-            p = self.projects[name] = Project(info, self.settings)
+            p = self._add(info)
         return p
 
     def count_by_state(self) -> dict[str, int]:
@@ -492,8 +494,17 @@ class Lifecycle:
 
     def set_mode(self, p: Project, mode: Mode) -> None:
         """Run ``p`` as ``mode``: ``Suspended`` answers its held requests and scales it down,
-        ``Running`` wakes it and keeps it from the reaper, ``Auto`` is the default."""
+        ``Running`` wakes it and keeps it from the reaper, ``Auto`` is the default.
+
+        Called for every change of the mode the backend reports (:meth:`_sync_projects`), on every
+        gateway replica: each one wakes a ``Running`` project, not only the reaper Lease holder. A
+        scale-up is idempotent (a patch to one replica), so N replicas cost N small writes once per
+        change, and no replica depends on the Lease: one that takes the Lease later (or never gets
+        it) has already woken the project, and a holder that dies cannot leave it asleep. Going to
+        sleep stays the holder's decision (the reaper), except ``Suspended``, which every replica
+        applies at once."""
         was = p.machine.phase
+        logs.event("project_mode", project=p.name, mode=mode.value, previous=p.machine.mode.value)
         self._step(p, ps.ModeChanged(mode))
         if p.machine.phase is Phase.SLEEPING and was is not Phase.SLEEPING:
             self._sleep_reasons[p.name] = "suspended"
@@ -587,15 +598,27 @@ class Lifecycle:
         for name, info in table.items():
             p = self.projects.get(name)
             if p is None:
-                self.projects[name] = Project(info, self.settings)
+                self._add(info)
                 self._unknown.pop(name, None)
             elif p.info is not info and p.info != info:
+                was = reported_mode(p.info)
                 p.apply_info(info, self.settings)
+                mode = reported_mode(info)
+                if mode is not was:  # a change of the reported mode is applied once, not on every sync
+                    self.set_mode(p, mode)
         for name in [n for n in self.projects if n not in table]:
             p = self.projects.pop(name)
             self._step(p, ps.Remove())
             self._answer_waiters(p, "removed")
             self.observer.project_removed(name)
+
+    def _add(self, info: ProjectInfo) -> Project:
+        """A project the backend reports for the first time, run in the mode it reports."""
+        p = self.projects[info.name] = Project(info, self.settings)
+        mode = reported_mode(info)
+        if mode is not Mode.AUTO:
+            self.set_mode(p, mode)
+        return p
 
     # --- carrying out a transition -----------------------------------------------------------------
 
@@ -711,6 +734,16 @@ class Lifecycle:
         fut = self._slept.pop(p.name, None)
         if fut is not None and not fut.done():
             fut.set_result(ok)
+
+
+_MODES = {m.value: m for m in Mode}
+
+
+def reported_mode(info: ProjectInfo) -> Mode:
+    """The mode the backend reports for a project: absent is ``Auto``, and so is a value that is
+    not a mode (backends validate it and report an invalid one as a problem, falling back to Auto)."""
+    mode = info.settings.mode
+    return Mode.AUTO if mode is None else _MODES.get(mode, Mode.AUTO)
 
 
 def _expire(fut: asyncio.Future[None]) -> None:

@@ -294,7 +294,11 @@ class PublicServer:
                 refusal = self._wake_gate(ex, p)
             if refusal is not None:
                 lifecycle.rejected(p, refusal, rid)
-                self._reject(ex, refusal, rid)
+                if refusal.reason in waiting_page.FINAL_PAGE_REASONS:  # suspended: nothing to wait for
+                    ex.respond(refusal.status, waiting_page.render_final_page(p.name, refusal.reason, rid),
+                               content_type=b"text/html; charset=utf-8", extra=self._failed_page_headers)
+                else:
+                    self._reject(ex, refusal, rid)
                 return
             if p.state is State.FAILED and p.failed_within(waiting_page.FAILED_PAGE_S):
                 # The wake this browser waited for failed (its page reloaded to see this): the

@@ -13,7 +13,9 @@ should the script be blocked).
 When the wake fails the script stops polling and loads the page once more: the data path answers
 that navigation, while the failure is recent (:data:`FAILED_PAGE_S`), with the final error page
 (:func:`render_failed_page`, status :data:`FAILED_STATUS`, no script, no refresh) instead of
-waking the project again. A navigation after that window tries again.
+waking the project again. A navigation after that window tries again. A browser navigation to a
+suspended project gets a final page of the same kind (:func:`render_suspended_page`, 503): it is
+never woken, so there is nothing to wait for.
 
 Neither the page nor the status answer says why a project failed (its stderr, the backend's
 reasons): they are public. The page shows the request id, which a user can quote to an operator,
@@ -81,13 +83,40 @@ _MESSAGES = {
 }
 
 
-def render_failed_page(project: str, request_id: str | None = None) -> bytes:
-    """The final error page after a failed wake (sent with :data:`FAILED_STATUS`): it says the
-    project could not start and shows the request id, never why; it does not poll or refresh."""
+# The final pages, by the rejection reason they answer: (what the project did, what to do about it).
+_FINAL_PAGES = {
+    "failed": ("could not start",
+               "The environment failed to start. Reload this page in a minute to try again; if it keeps failing,\n"
+               "give the request id below to the people who run it."),
+    "suspended": ("is suspended",
+                  "The environment is suspended: it is not started until the people who run it resume it.\n"
+                  "If you need it, give them the request id below."),
+}
+#: Rejection reasons a browser navigation is answered with a final page for (rather than plain text).
+FINAL_PAGE_REASONS = frozenset(_FINAL_PAGES)
+
+
+def render_final_page(project: str, reason: str, request_id: str | None = None) -> bytes:
+    """A final page (one of :data:`FINAL_PAGE_REASONS`): it says what happened to the project and
+    shows the request id, never why; it has no script and does not refresh."""
+    what, text = _FINAL_PAGES[reason]
     name = html.escape(project, quote=True)
     rid = "" if request_id is None else \
         f'\n<p class="rid">Request id: <code id="rid">{html.escape(request_id, quote=True)}</code></p>'
-    return _FAILED_TEMPLATE.format(name=name, rid=rid).encode()
+    return _FINAL_TEMPLATE.format(name=name, what=what, text=text, state=reason, rid=rid).encode()
+
+
+def render_failed_page(project: str, request_id: str | None = None) -> bytes:
+    """The final error page after a failed wake (sent with :data:`FAILED_STATUS`): it says the
+    project could not start and shows the request id, never why; it does not poll or refresh."""
+    return render_final_page(project, "failed", request_id)
+
+
+def render_suspended_page(project: str, request_id: str | None = None) -> bytes:
+    """The page a browser navigation to a suspended project gets (sent with the status of the
+    ``suspended`` rejection, 503): it says so, and neither polls nor refreshes (nothing will change
+    until someone resumes the project)."""
+    return render_final_page(project, "suspended", request_id)
 
 
 def render_page(project: str, state: str, elapsed_s: float, hold_timeout_s: float,
@@ -199,13 +228,13 @@ p {{ margin: .4rem 0; color: var(--muted); }}
 </html>
 """
 
-_FAILED_TEMPLATE = """<!doctype html>
+_FINAL_TEMPLATE = """<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="robots" content="noindex">
-<title>{name} could not start</title>
+<title>{name} {what}</title>
 <style>
 :root {{ color-scheme: light dark; }}
 body {{ margin: 0; min-height: 100vh; display: grid; place-items: center;
@@ -216,10 +245,9 @@ h1 {{ font-size: 1.35rem; word-break: break-word; }}
 </style>
 </head>
 <body>
-<main role="alert" data-state="failed">
-<h1><span id="name">{name}</span> could not start</h1>
-<p>The environment failed to start. Reload this page in a minute to try again; if it keeps failing,
-give the request id below to the people who run it.</p>{rid}
+<main role="alert" data-state="{state}">
+<h1><span id="name">{name}</span> {what}</h1>
+<p>{text}</p>{rid}
 </main>
 </body>
 </html>

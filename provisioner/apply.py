@@ -98,11 +98,15 @@ _TYPES = [
     ResourceType("v1", "Pod", "pods"),
     ResourceType("v1", "PersistentVolume", "persistentvolumes", namespaced=False),
     ResourceType("discovery.k8s.io/v1", "EndpointSlice", "endpointslices"),
+    ResourceType(C.PROJECT_API_VERSION, C.PROJECT_KIND, C.PROJECT_PLURAL, namespaced=False),
 ]
 TYPES: dict[str, ResourceType] = {t.kind: t for t in _TYPES}
 #: Kinds whose managed objects are deleted when the rendered set no longer contains them.
 PRUNE_KINDS = ("ServiceAccount", "ResourceQuota", "LimitRange", "NetworkPolicy", "Role", "RoleBinding",
                "ConfigMap", "Secret", "Deployment", "Service")
+#: What the controller prunes: never ConfigMaps and Secrets, which a Project only references (the
+#: controller may not even read Secrets) and whose ``<name>-env`` ones the CLI applies.
+CONTROLLER_PRUNE_KINDS = tuple(k for k in PRUNE_KINDS if k not in ("ConfigMap", "Secret"))
 
 
 def resource_type(obj: Obj) -> ResourceType:
@@ -492,8 +496,36 @@ async def create_project(kube: Kube, objs: list[Obj], *, dry_run: bool = False,
         outcome = await _apply_one(kube, obj, dry_run=False, seen=seen)
         _record(report, obj, "created" if existing is None else outcome)
     report.pruned = await prune(kube, objs, namespace, project)
+    await _check_automation_clusterrole(kube)
     report.warnings += kube.warnings
     await wait_ready(kube, objs, timeout_s=wait_timeout_s)
+    return report
+
+
+async def _check_automation_clusterrole(kube: Kube) -> None:
+    """Warn when the ClusterRole a project's automation account is bound to is not installed."""
+    try:
+        found = await kube.get(f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{C.AUTOMATION_CLUSTERROLE}")
+    except KubeError:  # not allowed to look: nothing to say
+        return
+    if found is None:
+        kube.warnings.append(f"ClusterRole {C.AUTOMATION_CLUSTERROLE} is not installed (`kubectl apply -k "
+                             "manifests/` installs it): the project's automation account has no rights until it is")
+
+
+async def apply_objects(kube: Kube, objs: list[Obj], *, prune_kinds: tuple[str, ...] = ()) -> ApplyReport:
+    """Apply the rendered ``objs`` in order and prune what this project's managed set of
+    ``prune_kinds`` no longer contains: what the controller does on every change of a Project. No
+    dry run first (the CRD already validated the spec; a pod the cluster refuses shows in the
+    Project's status at the next wake), and no waiting for the controllers."""
+    namespace, project = _identity(objs)
+    report = ApplyReport(namespace=namespace, project=project)
+    existing = await check_namespace(kube, namespace, project)
+    for obj in objs:
+        outcome = await _apply_one(kube, obj, dry_run=False, seen={})
+        _record(report, obj, "created" if existing is None else outcome)
+    report.pruned = await prune(kube, objs, namespace, project, kinds=prune_kinds)
+    report.warnings += kube.warnings
     return report
 
 
@@ -527,12 +559,14 @@ async def create_from_spec(kube: Kube, spec: ProjectSpec, *, dry_run: bool = Fal
     return await create_project(kube, objs, dry_run=dry_run, wait_timeout_s=wait_timeout_s)
 
 
-async def prune(kube: Kube, objs: list[Obj], namespace: str, project: str, *, dry_run: bool = False) -> list[str]:
-    """Delete managed objects of this project that ``objs`` no longer contains (never volumes)."""
+async def prune(kube: Kube, objs: list[Obj], namespace: str, project: str, *, dry_run: bool = False,
+                kinds: tuple[str, ...] = PRUNE_KINDS) -> list[str]:
+    """Delete managed objects of ``kinds`` of this project that ``objs`` no longer contains (never
+    volumes; a claim no longer mounted is a warning)."""
     wanted = {(o["kind"], o["metadata"]["name"]) for o in objs}
     selector = f"{C.MANAGED_SELECTOR},{C.PROJECT_LABEL}={project}"
     pruned: list[str] = []
-    for kind in PRUNE_KINDS:
+    for kind in kinds:
         for item in await kube.list(kind, namespace, selector):
             name = item["metadata"]["name"]
             if (kind, name) not in wanted:
@@ -728,3 +762,80 @@ async def delete_project(kube: Kube, project: str, namespace: str, *, wait: bool
     finalizers = (stuck.get("spec") or {}).get("finalizers") or []
     detail = "; ".join(conditions) or (f"finalizers {finalizers}" if finalizers else "no conditions reported")
     raise ProvisionError(f"namespace {namespace} is still terminating after {timeout_s:g}s: {detail}")
+
+
+# --- Project objects (when the CRD is installed) -----------------------------------------------------
+
+
+async def crd_installed(kube: Kube) -> bool:
+    """Whether the API server serves ``projects.wakegate.io`` (discovery, readable by every user)."""
+    return await kube.get(f"/apis/{C.PROJECT_API_VERSION}") is not None
+
+
+def project_path(name: str) -> str:
+    """REST path of the Project ``name``."""
+    return TYPES[C.PROJECT_KIND].object_path(name)
+
+
+async def get_project_resource(kube: Kube, name: str) -> Obj | None:
+    """The Project ``name``, or ``None``."""
+    return await kube.get(project_path(name))
+
+
+async def apply_project_resource(kube: Kube, project: Obj, env: list[Obj], *, dry_run: bool = False,
+                                 wait_timeout_s: float = 120.0) -> Obj:
+    """Apply the Project (server-side apply; the CRD validates it), then the project's environment
+    objects ``env`` once its namespace exists, then wait until the controller has acted on this
+    generation; returns the Project with its status. A refused spec is a :class:`ProvisionError`
+    (exit 2) quoting the controller's reason."""
+    name = project["metadata"]["name"]
+    try:
+        applied = await kube.apply(project, dry_run=dry_run)
+    except KubeError as exc:
+        raise _refused(exc, f"Project {name} was refused") from None
+    if dry_run:
+        return applied
+    generation = applied["metadata"].get("generation", 0)
+    latest: Obj = applied
+
+    async def acted() -> bool:
+        nonlocal latest
+        latest = await kube.get(project_path(name)) or latest
+        status = latest.get("status") or {}
+        return bool(status.get("observedGeneration", 0) >= generation and status.get("phase") != "Provisioning")
+
+    if not await _poll(acted, wait_timeout_s):
+        raise ProvisionError(f"Project {name} applied, but no controller acted on it within {wait_timeout_s:g}s "
+                             "(is `wakegate controller` running? see `kubectl -n wakegate-system get pods`)")
+    status = latest.get("status") or {}
+    refused = next((c for c in status.get("conditions") or [] if c.get("type") == "Provisioned"
+                    and c.get("status") == "False"), None)
+    if refused is not None:
+        raise ProvisionError(f"Project {name}: {refused.get('reason')}: {refused.get('message')}", exit_code=2)
+    for obj in env:
+        await kube.apply(obj)
+    return latest
+
+
+async def delete_project_resource(kube: Kube, name: str, *, keep_data: bool = False, wait: bool = False,
+                                  timeout_s: float = 300.0) -> bool:
+    """Delete the Project ``name`` (its controller deletes the namespace first); ``False`` if there was
+    none. ``keep_data`` first sets ``spec.storage.keepOnDelete`` when the project has a volume."""
+    current = await get_project_resource(kube, name)
+    if current is None:
+        return False
+    if keep_data and (current.get("spec") or {}).get("storage"):
+        await kube.request("PATCH", project_path(name), body={"spec": {"storage": {"keepOnDelete": True}}},
+                           content_type="application/merge-patch+json",
+                           query=[("fieldManager", C.PROVISIONER_FIELD_MANAGER)])
+    await kube.delete(project_path(name))
+    if not wait:
+        return True
+
+    async def gone() -> bool:
+        return await get_project_resource(kube, name) is None
+
+    if not await _poll(gone, timeout_s):
+        raise ProvisionError(f"Project {name} is still being deleted after {timeout_s:g}s (its namespace "
+                             "is terminating, or no controller is running)")
+    return True

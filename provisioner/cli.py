@@ -19,16 +19,22 @@ from gateway import contract as C
 
 from .apply import (
     ApplyReport,
+    DeleteReport,
     Kube,
+    apply_project_resource,
     connect,
+    crd_installed,
     create_from_spec,
     delete_project,
+    delete_project_resource,
+    get_project_resource,
     list_projects,
     project_status,
 )
 from .envfile import load_env_file
 from .errors import ProvisionError, SpecError
-from .render import CHECKSUM_KEY_BYTES, render, to_yaml
+from .project_resource import to_resource
+from .render import CHECKSUM_KEY_BYTES, env_objects, render, to_yaml
 from .spec import (
     DEFAULT_POD_SECURITY_VERSION,
     ProjectSpec,
@@ -97,6 +103,15 @@ def _add_spec(p: argparse.ArgumentParser) -> None:
     p.add_argument("--secret-env-file", help="secret KEY=value config (Secret)")
     p.add_argument("--allow-key", action="append", default=[], metavar="KEY",
                    help="a --env-file key that only sounds secret (e.g. SESSION_KEY_PREFIX); repeatable")
+    p.add_argument("--env-configmap", metavar="NAME",
+                   help="a ConfigMap in the project's namespace whose keys become the environment (instead of "
+                        "--env-file)")
+    p.add_argument("--env-secret", metavar="NAME",
+                   help="a Secret in the project's namespace whose keys become the environment (instead of "
+                        "--secret-env-file)")
+    p.add_argument("--mode", default="Auto", choices=C.MODES,
+                   help="Auto: woken by requests, asleep when idle; Running: kept up; Suspended: never woken "
+                        "(default Auto)")
     r = Resources()
     res = p.add_argument_group("container resources")
     for resource, request, limit in r.pairs():
@@ -192,6 +207,7 @@ def spec_from_args(args: argparse.Namespace) -> tuple[ProjectSpec, list[str]]:
         hold_timeout_s=None if args.hold_timeout is None else parse_duration(args.hold_timeout, "--hold-timeout"),
         strategy=args.strategy, gateway_namespace=args.gateway_namespace, namespace_prefix=args.namespace_prefix,
         allow_internet=args.allow_internet, allow_keys=tuple(args.allow_key), storage=storage,
+        env_config_map=args.env_configmap, env_secret=args.env_secret, mode=args.mode,
         runtime_class=args.runtime_class,
         workload_identity_client_id=args.workload_identity_client_id,
         pod_security_version=args.pod_security_version,
@@ -245,18 +261,40 @@ def cmd_render(args: argparse.Namespace) -> int:
             raise SpecError(f"--checksum-key-file {args.checksum_key_file} holds {len(key)} bytes; "
                             f"a key needs at least {CHECKSUM_KEY_BYTES}")
     _warn(warnings)
+    if args.as_project:
+        if spec.config or spec.secret:
+            raise SpecError("--as-project: a Project never holds environment values; create the ConfigMap and "
+                            "Secret in its namespace and name them with --env-configmap and --env-secret")
+        sys.stdout.write(to_yaml([to_resource(spec)]))
+        return 0
     sys.stdout.write(to_yaml(render(spec, key)))
     return 0
 
 
 def cmd_create(args: argparse.Namespace) -> int:
-    """Apply exactly what ``render`` prints; idempotent; prints the URL."""
+    """Write a Project when the cluster has the CRD (the controller applies it); else apply exactly
+    what ``render`` prints. Idempotent; prints the URL."""
     spec, warnings = spec_from_args(args)
     url = project_url(args, spec.name)
     timeout_s = parse_duration(args.timeout, "--timeout")
     _warn(warnings)
-    report: ApplyReport = _with_kube(
-        args, lambda kube: create_from_spec(kube, spec, dry_run=args.dry_run, wait_timeout_s=timeout_s))
+
+    async def work(kube: Kube) -> ApplyReport | dict[str, Any]:
+        if await crd_installed(kube):
+            return await apply_project_resource(kube, to_resource(spec), env_objects(spec), dry_run=args.dry_run,
+                                                wait_timeout_s=timeout_s)
+        return await create_from_spec(kube, spec, dry_run=args.dry_run, wait_timeout_s=timeout_s)
+
+    outcome = _with_kube(args, work)
+    if isinstance(outcome, dict):
+        status = outcome.get("status") or {}
+        state = "dry run (nothing applied): the Project is valid" if args.dry_run else (
+            f"Project applied; phase {status.get('phase')}")
+        print(f"project {spec.name}: {state} (the controller manages namespace {spec.namespace})", file=sys.stderr)
+        if not args.dry_run:
+            print(status.get("url") or url)
+        return 0
+    report = outcome
     _warn(report.warnings)
     parts = [f"{len(report.created)} created", f"{len(report.configured)} configured",
              f"{len(report.unchanged)} unchanged"]
@@ -276,6 +314,7 @@ def _format_status(st: dict[str, Any]) -> str:
     r, e, s = st["replicas"], st["endpoints"], st["settings"]
     lines = [
         f"project        {st['project']}",
+        *([f"phase          {st['resource']['phase']}"] if st.get("resource") else []),
         f"namespace      {st['namespace']} ({st['phase']})",
         f"url            {st['url']}",
         f"image          {st['image']}",
@@ -288,6 +327,9 @@ def _format_status(st: dict[str, Any]) -> str:
     ]
     if not st["deployment"]:
         lines.append("deployment     missing (re-run `wakegate project create`)")
+    for cond in (st.get("resource") or {}).get("conditions") or []:
+        if cond.get("type") == "Failed" and cond.get("status") == "True":
+            lines.append(f"failed         {cond.get('reason')}: {cond.get('message')}")
     if st["quota"]:
         lines.append("quota          " + ", ".join(f"{k} {v['used']}/{v['hard']}" for k, v in st["quota"].items()))
     for vol in st["volumes"]:
@@ -305,14 +347,41 @@ def cmd_status(args: argparse.Namespace) -> int:
     name = _checked_name(args)
     url = project_url(args, name)
     namespace = C.namespace_for(name, args.namespace_prefix)
-    st = _with_kube(args, lambda kube: project_status(kube, name, namespace, url=url))
+    async def work(kube: Kube) -> dict[str, Any]:
+        resource = await get_project_resource(kube, name) if await crd_installed(kube) else None
+        if resource is not None and not (resource.get("status") or {}).get("namespace"):
+            status = resource.get("status") or {}
+            raise ProvisionError(f"project {name}: {status.get('phase') or 'not yet acted on'}: "
+                                 + "; ".join(f"{c.get('reason')}: {c.get('message')}"
+                                             for c in status.get("conditions") or [] if c.get("status") == "False"
+                                             and c.get("type") == "Provisioned"))
+        st = await project_status(kube, name, namespace, url=url)
+        if resource is not None:
+            st["resource"] = {"phase": (resource.get("status") or {}).get("phase"),
+                              "conditions": (resource.get("status") or {}).get("conditions") or []}
+            st["url"] = (resource.get("status") or {}).get("url") or url
+        return st
+
+    st = _with_kube(args, work)
     print(json.dumps(st, indent=2) if args.output == "json" else _format_status(st))
     return 0
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     """Every managed project, one line each (or JSON)."""
-    projects = _with_kube(args, list_projects)
+    async def work(kube: Kube) -> list[dict[str, Any]]:
+        found = await list_projects(kube)
+        if await crd_installed(kube):
+            resources = {r["metadata"]["name"]: r for r in await kube.list(C.PROJECT_KIND)}
+            for p in found:
+                status = (resources.pop(p["project"], None) or {}).get("status") or {}
+                p["phase"] = status.get("phase") or p["phase"]
+            found += [{"project": n, "namespace": (r.get("status") or {}).get("namespace") or "-",
+                       "phase": (r.get("status") or {}).get("phase") or "Pending", "wanted": 0, "ready": 0,
+                       "lastActivity": None} for n, r in resources.items()]
+        return sorted(found, key=lambda p: str(p["project"]))
+
+    projects = _with_kube(args, work)
     for p in projects:
         p["url"] = project_url(args, p["project"])
     if args.output == "json":
@@ -332,8 +401,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
     name = _checked_name(args)
     namespace = C.namespace_for(name, args.namespace_prefix)
     timeout_s = parse_duration(args.timeout, "--timeout")
-    report = _with_kube(args, lambda kube: delete_project(kube, name, namespace, wait=args.wait,
-                                                          keep_data=args.keep_data, timeout_s=timeout_s))
+    async def work(kube: Kube) -> DeleteReport | None:
+        if await crd_installed(kube) and await delete_project_resource(
+                kube, name, keep_data=args.keep_data, wait=args.wait, timeout_s=timeout_s):
+            return None
+        return await delete_project(kube, name, namespace, wait=args.wait, keep_data=args.keep_data,
+                                    timeout_s=timeout_s)
+
+    report = _with_kube(args, work)
+    if report is None:
+        state = "deleted" if args.wait else "deletion started (the controller deletes the namespace first)"
+        print(f"project {name}: Project {state}", file=sys.stderr)
+        return 0
     if not report.existed:
         print(f"project {name}: namespace {namespace} does not exist (already deleted)", file=sys.stderr)
         return 0
@@ -360,6 +439,8 @@ def add_project_commands(subparsers: argparse._SubParsersAction[argparse.Argumen
                    help="a key of 32+ bytes (e.g. `head -c 32 /dev/urandom`): the pod template gets a config "
                         "checksum keyed with it, so pods restart when the env files change; without it there "
                         "is none (`create` keeps its own key in the cluster)")
+    p.add_argument("--as-project", action="store_true",
+                   help="print the Project (projects.wakegate.io) for these flags instead, for kubectl or GitOps")
 
     p = add("create", cmd_create, "create or update the project (server-side apply of what `render` prints)")
     _add_spec(p)

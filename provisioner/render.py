@@ -44,6 +44,15 @@ BLOCKED_IPV6 = ("fc00::/7", "fe80::/10")
 DNS_NAMESPACE = "kube-system"
 DNS_POD_LABELS = {"k8s-app": "kube-dns"}
 AUTOMATION_VERBS = ["get", "list", "watch", "create", "update", "patch", "delete"]
+#: What a project's automation account (``<name>-bot``) may do in its own namespace.
+AUTOMATION_RULES: list[Obj] = [
+    {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": list(AUTOMATION_VERBS)},
+    {"apiGroups": [""], "resources": ["services", "configmaps", "secrets", "pods"], "verbs": list(AUTOMATION_VERBS)},
+    {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": list(AUTOMATION_VERBS)},
+    {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+]
+#: The RoleBinding of the automation account to :data:`~gateway.contract.AUTOMATION_CLUSTERROLE`.
+AUTOMATION_BINDING = "wakegate-automation"
 #: The Secret (not mounted, not in the pod's environment) holding the key of the config checksum, and
 #: its data key. Whoever can read it can read the project's Secret too; Deployment readers cannot.
 CHECKSUM_KEY_SECRET = "wakegate-checksum-key"
@@ -186,16 +195,13 @@ def network_policies(spec: ProjectSpec) -> list[Obj]:
 
 
 def rbac(spec: ProjectSpec) -> list[Obj]:
-    """The automation account's Role/RoleBinding and the gateway's Role/RoleBinding (namespace-scoped)."""
+    """The automation account's RoleBinding and the gateway's Role/RoleBinding (namespace-scoped).
+
+    The automation account's rights are the ClusterRole :data:`~gateway.contract.AUTOMATION_CLUSTERROLE`
+    (installed with the gateway, see :data:`AUTOMATION_RULES`), bound here in the project namespace
+    only: the controller that writes this binding needs ``bind`` on that one ClusterRole instead of
+    holding every right it grants (Kubernetes refuses to let anyone grant rights they lack)."""
     rbac_v1 = "rbac.authorization.k8s.io/v1"
-    ops = automation_role(spec)
-    automation_rules = [
-        {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": list(AUTOMATION_VERBS)},
-        {"apiGroups": [""], "resources": ["services", "configmaps", "secrets", "pods"],
-         "verbs": list(AUTOMATION_VERBS)},
-        {"apiGroups": ["networking.k8s.io"], "resources": ["ingresses"], "verbs": list(AUTOMATION_VERBS)},
-        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
-    ]
     # Exactly what the gateway's Kubernetes backend writes here; it reads cluster-wide through the
     # ClusterRole that manifests/ installs, so it can scale managed projects and nothing else.
     gateway_rules = [
@@ -204,9 +210,9 @@ def rbac(spec: ProjectSpec) -> list[Obj]:
          "verbs": ["patch"]},
     ]
     return [
-        {"apiVersion": rbac_v1, "kind": "Role", "metadata": _meta(spec, ops), "rules": automation_rules},
-        {"apiVersion": rbac_v1, "kind": "RoleBinding", "metadata": _meta(spec, ops),
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": ops},
+        {"apiVersion": rbac_v1, "kind": "RoleBinding", "metadata": _meta(spec, AUTOMATION_BINDING),
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                     "name": C.AUTOMATION_CLUSTERROLE},
          "subjects": [{"kind": "ServiceAccount", "name": automation_serviceaccount(spec),
                        "namespace": spec.namespace}]},
         {"apiVersion": rbac_v1, "kind": "Role", "metadata": _meta(spec, C.GATEWAY_ROLE), "rules": gateway_rules},
@@ -217,14 +223,42 @@ def rbac(spec: ProjectSpec) -> list[Obj]:
     ]
 
 
+def automation_clusterrole() -> Obj:
+    """The ClusterRole :data:`~gateway.contract.AUTOMATION_CLUSTERROLE` (``manifests/`` installs it)."""
+    return {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": C.AUTOMATION_CLUSTERROLE}, "rules": copy.deepcopy(AUTOMATION_RULES)}
+
+
 def env_objects(spec: ProjectSpec) -> list[Obj]:
-    """ConfigMap (``--env-file``) and Secret (``--secret-env-file``), both named ``<name>-env``."""
+    """The ConfigMap (``--env-file``) and the Secret (``--secret-env-file``), both named ``<name>-env``,
+    each only when it has values (a referenced or an absent source renders nothing)."""
     name = env_object_name(spec)
-    secret_data = {k: base64.b64encode(v.encode()).decode("ascii") for k, v in sorted(spec.secret)}
-    return [
-        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name), "data": dict(sorted(spec.config))},
-        {"apiVersion": "v1", "kind": "Secret", "metadata": _meta(spec, name), "type": "Opaque", "data": secret_data},
-    ]
+    out: list[Obj] = []
+    if spec.config:
+        out.append({"apiVersion": "v1", "kind": "ConfigMap", "metadata": _meta(spec, name),
+                    "data": dict(sorted(spec.config))})
+    if spec.secret:
+        secret_data = {k: base64.b64encode(v.encode()).decode("ascii") for k, v in sorted(spec.secret)}
+        out.append({"apiVersion": "v1", "kind": "Secret", "metadata": _meta(spec, name), "type": "Opaque",
+                    "data": secret_data})
+    return out
+
+
+def env_from(spec: ProjectSpec) -> list[Obj]:
+    """The container's ``envFrom``: the referenced ConfigMap/Secret, or the inline ``<name>-env`` ones."""
+    out: list[Obj] = []
+    config_map = spec.env_config_map or (env_object_name(spec) if spec.config else None)
+    secret = spec.env_secret or (env_object_name(spec) if spec.secret else None)
+    if config_map:
+        out.append({"configMapRef": {"name": config_map}})
+    if secret:
+        out.append({"secretRef": {"name": secret}})
+    return out
+
+
+def has_inline_env(spec: ProjectSpec) -> bool:
+    """Whether the spec carries environment values (only then is there a config checksum)."""
+    return bool(spec.config or spec.secret)
 
 
 def checksum_key_secret(spec: ProjectSpec, key: bytes) -> Obj:
@@ -278,6 +312,8 @@ def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
         annotations[C.HOLD_TIMEOUT_ANNOTATION] = C.format_seconds(spec.hold_timeout_s)
     if spec.strategy is not None:
         annotations[C.STRATEGY_ANNOTATION] = spec.strategy
+    if spec.mode != C.MODES[0]:
+        annotations[C.MODE_ANNOTATION] = spec.mode
     pod_labels = {**C.common_labels(spec.name), **selector}
     if spec.workload_identity_client_id:
         pod_labels[WORKLOAD_IDENTITY_USE_LABEL] = "true"
@@ -290,12 +326,12 @@ def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
     if spec.storage:
         mounts.append({"name": DATA_VOLUME, "mountPath": spec.storage.path})
         volumes.append({"name": DATA_VOLUME, "persistentVolumeClaim": {"claimName": data_claim_name(spec)}})
-    env_name = env_object_name(spec)
+    sources = env_from(spec)
     container: Obj = {
         "name": C.CONTAINER_NAME,
         "image": spec.image,
         "ports": [{"name": C.PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}],
-        "envFrom": [{"configMapRef": {"name": env_name}}, {"secretRef": {"name": env_name}}],
+        **({"envFrom": sources} if sources else {}),
         "resources": {
             "requests": {"cpu": r.cpu_request, "memory": r.memory_request,
                          "ephemeral-storage": r.ephemeral_storage_request},
@@ -336,7 +372,7 @@ def deployment(spec: ProjectSpec, checksum_key: bytes | None = None) -> Obj:
         pod_spec["runtimeClassName"] = spec.runtime_class
     pod_spec.update(placement(spec))
     template_meta: Obj = {"labels": pod_labels}
-    if checksum_key is not None:
+    if checksum_key is not None and has_inline_env(spec):
         template_meta["annotations"] = {C.CONFIG_CHECKSUM_ANNOTATION: config_checksum(spec, checksum_key)}
     # A ReadWriteOnce volume cannot be attached to two nodes: replace the pod instead of surging.
     strategy: Obj = ({"type": "Recreate"} if spec.storage
@@ -371,11 +407,11 @@ def render(spec: ProjectSpec, checksum_key: bytes | None = None) -> list[Obj]:
 
     ``checksum_key`` keys the pod template's config checksum and is rendered into the Secret
     :data:`CHECKSUM_KEY_SECRET`; ``create`` passes the key the cluster already holds (or a new one),
-    so the same input renders the same objects. Without it there is neither (no restart on config
-    changes)."""
+    so the same input renders the same objects. Without it, or without inline environment values
+    (a ``Project`` only references its ConfigMap and Secret), there is neither."""
     objs: list[Obj] = [namespace(spec), *service_accounts(spec), resource_quota(spec), limit_range(spec),
                        *network_policies(spec), *rbac(spec), *env_objects(spec)]
-    if checksum_key is not None:
+    if checksum_key is not None and has_inline_env(spec):
         objs.append(checksum_key_secret(spec, checksum_key))
     claim = persistent_volume_claim(spec)
     if claim is not None:

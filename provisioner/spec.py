@@ -264,7 +264,7 @@ class Resources:
             if req <= 0 or lim <= 0:
                 raise SpecError(f"{resource}: request and limit must be positive")
             if req > lim:
-                raise SpecError(f"{resource} request {request} is above its limit {limit}")
+                raise SpecError(f"--{resource}-request {request} is above its limit --{resource}-limit {limit}")
         tmp = parse_quantity(self.tmp_size, "--tmp-size")
         if tmp <= 0:
             raise SpecError("--tmp-size must be positive")
@@ -312,6 +312,13 @@ class ProjectSpec:
     secret: tuple[tuple[str, str], ...] = ()
     #: Config keys whose secret-sounding names the operator vouches for (``--allow-key``).
     allow_keys: tuple[str, ...] = ()
+    #: A ConfigMap and a Secret of the project's namespace whose keys become the app's environment
+    #: (a ``Project``'s ``spec.env``): referenced, never copied. One source per kind: a reference or
+    #: inline ``config``/``secret``.
+    env_config_map: str | None = None
+    env_secret: str | None = None
+    #: How the gateway runs the project: one of :data:`gateway.contract.MODES`.
+    mode: str = "Auto"
     resources: Resources = field(default_factory=Resources)
     quota: Quota = field(default_factory=Quota)
     run_as_user: int = 1000
@@ -405,6 +412,11 @@ class ProjectSpec:
         self.resources.validate()
         self._validate_quota()
         self._validate_env()
+        self._validate_env_refs()
+        try:
+            C.mode(self.mode)
+        except ValueError as exc:
+            raise SpecError(f"--mode: {exc}") from None
         if self.storage is not None:
             self._validate_storage(self.storage)
         if self.runtime_class is not None and not _DNS1123_SUBDOMAIN.fullmatch(self.runtime_class):
@@ -457,6 +469,17 @@ class ProjectSpec:
             raise SpecError(f"key {both[0]} is set in both --env-file and --secret-env-file; keep it in one")
         if total > MAX_FILE_BYTES:
             raise SpecError(f"environment is {total} bytes, over the 1 MiB a ConfigMap or Secret can hold")
+
+    def _validate_env_refs(self) -> None:
+        for flag, ref, inline in (("--env-configmap", self.env_config_map, self.config),
+                                  ("--env-secret", self.env_secret, self.secret)):
+            if ref is None:
+                continue
+            if not isinstance(ref, str) or len(ref) > MAX_SUBDOMAIN or not _DNS1123_SUBDOMAIN.fullmatch(ref):
+                raise SpecError(f"{flag} {str(ref)[:80]!r} is not a valid object name (a DNS subdomain)")
+            if inline:
+                kind = "ConfigMap" if flag == "--env-configmap" else "Secret"
+                raise SpecError(f"{flag} {ref} and inline values both give the {kind} environment; use one")
 
     def _validate_storage(self, storage: Storage) -> None:
         size = parse_quantity(storage.size, "--storage")

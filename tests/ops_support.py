@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import aiohttp
 import yaml
@@ -184,8 +184,8 @@ def write_projects(directory: Path, projects: Mapping[str, Mapping[str, object]]
     return path
 
 
-class GatewayProcess:
-    """``wakegate serve`` as a child process with JSON logs on stderr, read as they come."""
+class WakegateProcess:
+    """A ``wakegate`` command as a child process with JSON logs on stderr, read as they come."""
 
     def __init__(self, proc: asyncio.subprocess.Process) -> None:
         self.proc = proc
@@ -197,6 +197,25 @@ class GatewayProcess:
         self.admin_port = 0
 
     @classmethod
+    async def launch(cls, argv: Sequence[str], ready: Callable[[dict[str, Any]], bool], *,
+                     env: Mapping[str, str] | None = None, drop_env: tuple[str, ...] = (),
+                     timeout_s: float = 30) -> tuple[Self, dict[str, Any]]:
+        """``python -m gateway ARGV`` without the caller's ``WAKEGATE_*`` (and ``drop_env``) variables;
+        waits for the first log line ``ready`` accepts and returns it too."""
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_") and k not in drop_env}
+        environ.update(env or {})
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway", *argv, env=environ, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        child = cls(proc)
+        try:
+            line = await child.wait_event(ready, timeout_s)
+        except BaseException:
+            await child.kill()
+            raise
+        return child, line
+
+    @classmethod
     async def start(cls, projects_file: Path, *flags: str, env: Mapping[str, str] | None = None) -> GatewayProcess:
         """Start on free loopback ports (domain ``localhost``) and wait for its ``listening`` line."""
         return await cls.spawn("--projects", str(projects_file), "--reap-interval", "3600", *flags, env=env)
@@ -206,20 +225,10 @@ class GatewayProcess:
                     timeout_s: float = 30) -> GatewayProcess:
         """``wakegate serve ARGS`` on free loopback ports (domain ``localhost``, JSON logs), without the
         caller's ``WAKEGATE_*`` (and ``drop_env``) variables; waits for its ``listening`` line."""
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("WAKEGATE_") and k not in drop_env}
-        environ.update(env or {})
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "gateway", "serve", "--domain", "localhost", "--listen", "127.0.0.1:0",
-            "--admin-listen", "127.0.0.1:0", "--log-format", "json", *args,
-            env=environ, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        )
-        gw = cls(proc)
-        try:
-            listening = await gw.wait_event(lambda e: e.get("event") == "listening", timeout_s)
-        except BaseException:
-            await gw.kill()
-            raise
+        gw, listening = await cls.launch(
+            ("serve", "--domain", "localhost", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+             "--log-format", "json", *args), lambda e: e.get("event") == "listening",
+            env=env, drop_env=drop_env, timeout_s=timeout_s)
         gw.port, gw.admin_port = int(listening["port"]), int(listening["admin_port"])
         return gw
 
@@ -232,7 +241,7 @@ class GatewayProcess:
         return f"http://127.0.0.1:{self.admin_port}"
 
     def text(self) -> str:
-        """Everything the gateway wrote to stderr so far."""
+        """Everything the process wrote to stderr so far."""
         return "\n".join(self.raw)
 
     async def _read(self) -> None:
@@ -262,7 +271,7 @@ class GatewayProcess:
                         return line
                 seen = len(self.lines)
                 if self._reader.done():
-                    raise AssertionError("the gateway exited; its output:\n" + self.text()[-4000:])
+                    raise AssertionError("the process exited; its output:\n" + self.text()[-4000:])
                 await self._changed.wait()
 
     def events(self, name: str) -> list[dict[str, Any]]:
@@ -303,3 +312,7 @@ async def assert_serves_web(base_url: str, timeout_s: float = 60.0) -> None:
             timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
         body = await resp.text()
     assert resp.status == 200 and "real content of web" in body and "path /hello" in body
+
+
+#: ``wakegate serve`` (and ``demo``): :meth:`WakegateProcess.start` / :meth:`WakegateProcess.spawn`.
+GatewayProcess = WakegateProcess

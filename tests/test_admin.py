@@ -75,11 +75,35 @@ async def test_list_projects_shows_every_field(client: Client) -> None:
     assert [p["name"] for p in body["projects"]] == ["alpha", "beta", "broken", "stuck"]
     beta = body["projects"][1]
     assert beta == {
-        "name": "beta", "state": "asleep", "url": "https://beta.test.example/", "ready_endpoints": 0,
+        "name": "beta", "state": "asleep", "mode": "Auto", "url": "https://beta.test.example/", "ready_endpoints": 0,
         "endpoints": [], "in_flight": 0, "held": 0, "last_activity": None, "idle_timeout_s": 30,
         "hold_timeout_s": 7, "sleeps_in_s": None, "strategy": "auto", "location": "scripted beta",
         "last_error": None,
     }
+
+
+async def test_projects_show_the_mode_their_backend_reports(aiohttp_client: MakeClient) -> None:
+    backend = ScriptedBackend({"auto": ProjectSettings(), "kept": ProjectSettings(mode="Running"),
+                               "off": ProjectSettings(mode="Suspended")})
+    g = Gateway(backend, make_settings())
+    await g.lifecycle.start()
+    try:
+        client = await aiohttp_client(g.app)
+        await asyncio.wait_for(backend.scaled_up.wait(), 5)
+        assert backend.scale_ups == ["kept"]  # Running: woken without a request
+        assert await g.lifecycle.wait_ready(g.lifecycle.projects["kept"], 5)
+        body = await json_of(await client.get("/api/v1/projects"))
+        shown = {p["name"]: (p["mode"], p["state"], p["sleeps_in_s"]) for p in body["projects"]}
+        # A project kept running never sleeps: no countdown to a sleep.
+        assert shown == {"auto": ("Auto", "asleep", None), "kept": ("Running", "ready", None),
+                         "off": ("Suspended", "asleep", None)}
+        # A project the lifecycle first hears of through a lookup runs in its mode too.
+        backend.table["late"] = ProjectInfo("late", ProjectSettings(mode="Running"))
+        late = await json_of(await client.get("/api/v1/projects/late"))
+        assert (late["mode"], late["state"]) == ("Running", "waking")
+        assert backend.scale_ups == ["kept", "late"]
+    finally:
+        await g.lifecycle.close()
 
 
 async def test_list_filters_by_state_and_rejects_unknown_states(gw: Gateway, client: Client) -> None:

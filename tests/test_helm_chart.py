@@ -3,8 +3,11 @@
 For every combination of the kustomize components (aks, monitoring, gateway-api; settings always),
 the chart rendered with the equivalent values (:func:`tests.cluster.helm.helm_values_for`) and the
 kustomize install rendered with the same settings must hold the same objects (kind, namespace, name)
-with the same content after :func:`normalise`. helm is the pinned build of tests/cluster/build.sh.
-The cluster tests hand every object the chart makes to the real test API server.
+with the same content after :func:`normalise`. The chart is rendered with ``--include-crds``, so its
+``crds/`` (the Project CRD) is compared too. With ``controller.enabled=false`` it makes the same objects
+less the controller's (the CRD stays: Helm never templates nor deletes crds/). helm is the pinned build
+of tests/cluster/build.sh. The cluster tests hand every object the chart makes to the real test API
+server.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import ipaddress
 import json
 import os
 import re
+import tempfile
 from collections import defaultdict
 from collections.abc import Generator
 from functools import cache
@@ -28,7 +32,17 @@ from gateway import contract as C
 from gateway.backends import kubernetes as kb
 from tests.cluster import helm as H
 from tests.cluster.controlplane import Cluster
-from tests.test_manifests import COMBINATIONS, CRD_KINDS, SETTINGS, gateway_settings, label
+from tests.test_manifests import (
+    COMBINATIONS,
+    CONTROLLER,
+    CONTROLLER_OBJECTS,
+    CONTROLLER_POD_LABELS,
+    CRD_KINDS,
+    SETTINGS,
+    controller_settings,
+    gateway_settings,
+    label,
+)
 
 Obj = dict[str, Any]
 Key = tuple[str, str, str]
@@ -43,6 +57,12 @@ Key = tuple[str, str, str]
 HELM_LABELS = frozenset({"helm.sh/chart", "app.kubernetes.io/managed-by", "app.kubernetes.io/instance",
                          "app.kubernetes.io/version"})
 DEFAULT_SETTINGS = {"domain": C.DEFAULT_DOMAIN, "trustedProxies": "10.244.0.0/16"}
+CRD_KEY = ("CustomResourceDefinition", "", C.PROJECT_CRD)
+# The controller's objects in the default namespace, and its PodMonitor (components/monitoring).
+PODMONITOR_KEY = ("PodMonitor", C.DEFAULT_GATEWAY_NAMESPACE, CONTROLLER)
+CONTROLLER_KEYS = frozenset(
+    {(kind, "" if kind.startswith(("Cluster", "ValidatingAdmissionPolicy")) else C.DEFAULT_GATEWAY_NAMESPACE, name)
+     for kind, name in CONTROLLER_OBJECTS} | {PODMONITOR_KEY})
 
 
 def normalise(obj: Obj) -> Obj:
@@ -65,9 +85,20 @@ def by_key(objs: list[Obj]) -> dict[Key, Obj]:
     return out
 
 
+def helm_template(values: dict[str, Any], namespace: str = C.DEFAULT_GATEWAY_NAMESPACE) -> list[Obj]:
+    """``helm template --include-crds``: the chart's templates and its crds/, as ``helm install`` applies
+    them (:func:`tests.cluster.helm.helm_template` leaves crds/ out, as ``helm template`` does)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="wakegate-values-") as f:
+        yaml.safe_dump(values, f)
+        f.flush()
+        out = H.helm("template", "wakegate", str(H.CHART), "--namespace", namespace, "--values", f.name,
+                     "--include-crds")
+    return H.parse(out.stdout)
+
+
 @cache
 def chart(values_json: str, namespace: str = C.DEFAULT_GATEWAY_NAMESPACE) -> tuple[Obj, ...]:
-    return tuple(H.helm_template(json.loads(values_json), namespace=namespace))
+    return tuple(helm_template(json.loads(values_json), namespace=namespace))
 
 
 def template(values: dict[str, Any], namespace: str = C.DEFAULT_GATEWAY_NAMESPACE) -> list[Obj]:
@@ -99,14 +130,26 @@ def test_chart_app_version_is_the_package_version() -> None:
     assert chart_meta()["apiVersion"] == "v2" and chart_meta()["name"] == "wakegate"
 
 
+def images(objs: list[Obj]) -> dict[str, tuple[str, str]]:
+    """Deployment name → its one container's (image, imagePullPolicy)."""
+    out = {}
+    for o in objs:
+        if o["kind"] == "Deployment":
+            (c,) = o["spec"]["template"]["spec"]["containers"]
+            out[o["metadata"]["name"]] = (c["image"], c["imagePullPolicy"])
+    return out
+
+
 def test_the_image_tag_defaults_to_the_app_version_as_in_manifests() -> None:
-    c = find(template({}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == f"ghcr.io/example/wakegate:{chart_meta()['appVersion']}"
+    # The gateway and the controller run the same image, from the same values.
+    default = ("ghcr.io/example/wakegate:" + chart_meta()["appVersion"], "IfNotPresent")
+    assert images(template({})) == {"wakegate": default, CONTROLLER: default}
     base = yaml.safe_load((H.MANIFESTS / "base" / "kustomization.yaml").read_text())
     assert base["images"] == [{"name": "wakegate", "newName": "ghcr.io/example/wakegate",
                                "newTag": H.package_version()}]
-    c = find(template({"image": {"tag": "1.2.3"}}), "Deployment")["spec"]["template"]["spec"]["containers"][0]
-    assert c["image"] == "ghcr.io/example/wakegate:1.2.3"
+    custom = ("registry.example.com/wg:1.2.3", "Always")
+    assert images(template({"image": {"repository": "registry.example.com/wg", "tag": "1.2.3",
+                                      "pullPolicy": "Always"}})) == {"wakegate": custom, CONTROLLER: custom}
 
 
 def test_helm_is_the_pinned_build() -> None:
@@ -118,7 +161,9 @@ def test_helm_is_the_pinned_build() -> None:
 
 
 @pytest.mark.parametrize("extra", [[], ["--set", "monitoring.enabled=true", "--set", "gatewayAPI.enabled=true",
-                                        "--set", "namespace.create=true"]], ids=["defaults", "everything"])
+                                        "--set", "namespace.create=true"],
+                                   ["--set", "monitoring.enabled=true", "--set", "controller.enabled=false"]],
+                         ids=["defaults", "everything", "no-controller"])
 def test_helm_lint_passes_strictly(extra: list[str]) -> None:
     out = H.helm("lint", "--strict", str(H.CHART), "--namespace", C.DEFAULT_GATEWAY_NAMESPACE, *extra)
     assert "1 chart(s) linted, 0 chart(s) failed" in out.stdout, out.stdout
@@ -137,11 +182,43 @@ def test_the_chart_makes_the_objects_manifests_makes(combo: tuple[str, ...], set
         f"only in the chart: {sorted(set(ours) - set(theirs))}; only in manifests/: {sorted(set(theirs) - set(ours))}")
     for k, obj in theirs.items():
         assert ours[k] == obj, f"{k} differs:\n{diff(obj, ours[k])}"
+    # The comparison covers the CRD (crds/, --include-crds) and every controller object.
+    assert CRD_KEY in ours and CONTROLLER_KEYS - {PODMONITOR_KEY} <= set(ours)
+    assert (PODMONITOR_KEY in ours) == ("monitoring" in combo)
+
+
+@pytest.mark.parametrize("combo", [(), H.COMPONENTS], ids=label)
+def test_without_the_controller_the_chart_makes_the_rest_and_keeps_the_crd(combo: tuple[str, ...]) -> None:
+    values = H.helm_values_for(SETTINGS, combo)
+    ours = by_key([normalise(o) for o in template({**values, "controller": {"enabled": False}})])
+    theirs = by_key(H.kustomize_install(SETTINGS, ["settings", *combo]))
+    # Every controller object manifests/ installs (with components/monitoring its PodMonitor too) ...
+    gone = CONTROLLER_KEYS if "monitoring" in combo else CONTROLLER_KEYS - {PODMONITOR_KEY}
+    assert gone <= set(theirs)
+    # ... and nothing else is left out; the CRD stays.
+    assert sorted(ours) == sorted(set(theirs) - gone), sorted(set(ours) ^ (set(theirs) - gone))
+    assert CRD_KEY in ours
+    for k in ours:
+        assert ours[k] == theirs[k], f"{k} differs:\n{diff(theirs[k], ours[k])}"
+    assert not [o for o in ours.values() if CONTROLLER in json.dumps(o)]
+
+
+def test_the_chart_ships_the_crd_of_manifests() -> None:
+    shipped = H.CHART / "crds" / "projects.yaml"
+    assert shipped.read_bytes() == (H.MANIFESTS / "base" / "crd-projects.yaml").read_bytes(), \
+        "run `python -m provisioner.crd manifests/base/crd-projects.yaml charts/wakegate/crds/projects.yaml`"
+    crds = [o for o in template({}) if o["kind"] == "CustomResourceDefinition"]
+    assert crds == H.parse(shipped.read_text())
+    # Only with --include-crds: `helm template` alone leaves crds/ out (and helm install applies them).
+    assert not [o for o in H.helm_template({}) if o["kind"] == "CustomResourceDefinition"]
 
 
 def test_helm_labels_are_the_only_difference_and_stay_out_of_selectors() -> None:
     objs = template(H.helm_values_for(SETTINGS, H.COMPONENTS))
     for o in objs:
+        if o["kind"] == "CustomResourceDefinition":  # crds/ is applied as it is, never templated
+            assert o["metadata"]["labels"].keys().isdisjoint(HELM_LABELS), key(o)
+            continue
         assert o["metadata"]["labels"].keys() >= HELM_LABELS, key(o)
         text = json.dumps({k: v for k, v in o.items() if k != "metadata"})
         for label_key, value in o["metadata"]["labels"].items():
@@ -151,6 +228,12 @@ def test_helm_labels_are_the_only_difference_and_stay_out_of_selectors() -> None
     assert dep["spec"]["selector"]["matchLabels"] == C.GATEWAY_POD_LABELS
     assert dep["spec"]["template"]["metadata"]["labels"] == {**C.GATEWAY_POD_LABELS,
                                                              "app.kubernetes.io/component": "gateway"}
+    # The controller's pods: never the gateway's label (project NetworkPolicies admit only those).
+    ctl = find(objs, "Deployment", CONTROLLER)
+    assert ctl["spec"]["selector"]["matchLabels"] == CONTROLLER_POD_LABELS
+    assert ctl["spec"]["template"]["metadata"]["labels"] == {**CONTROLLER_POD_LABELS,
+                                                             "app.kubernetes.io/component": "controller"}
+    assert find(objs, "PodMonitor", CONTROLLER)["spec"]["selector"]["matchLabels"] == CONTROLLER_POD_LABELS
 
 
 def test_the_chart_ships_the_manifests_dashboard_and_rules() -> None:
@@ -206,6 +289,22 @@ def test_values_reach_the_gateway_and_its_objects() -> None:
     assert admin["from"][0] == {"namespaceSelector": {"matchLabels": {"team": "ops"}}}
     for kind in ("ClusterRoleBinding",):
         assert find(objs, kind)["subjects"][0]["namespace"] == "edge"
+    assert find(objs, "NetworkPolicy", CONTROLLER)["spec"]["ingress"][0]["from"] == [
+        {"namespaceSelector": {"matchLabels": {"team": "ops"}}}]
+    # The controller: the same domain; its own replicas and resources; bound in the release namespace.
+    ctl = controller_settings(objs)
+    assert (ctl.domain, ctl.gateway_namespace) == ("apps.example.org", "edge")
+    for kind, name in CONTROLLER_OBJECTS:
+        o = find(objs, kind, name)
+        assert o["metadata"].get("namespace", "edge") == "edge"
+        assert all(s["namespace"] == "edge" for s in o.get("subjects", [])), (kind, name)
+    ctl_dep = find(objs, "Deployment", CONTROLLER)
+    assert ctl_dep["spec"]["replicas"] == 2
+    custom = template({"controller": {"replicas": 3, "resources": {"limits": {"memory": "1Gi"}}}})
+    ctl_dep = find(custom, "Deployment", CONTROLLER)
+    assert ctl_dep["spec"]["replicas"] == 3 and find(custom, "Deployment")["spec"]["replicas"] == 2
+    assert ctl_dep["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "50m", "memory": "96Mi"}, "limits": {"memory": "1Gi"}}
     route = find(template({"gatewayAPI": {"enabled": True, "parentRefs": [{"name": "gw"}]}}), "HTTPRoute")
     assert route["spec"]["parentRefs"] == [{"name": "gw"}]
 
@@ -218,8 +317,12 @@ def test_values_reach_the_gateway_and_its_objects() -> None:
     ({"domain": ""}, "domain"),
     ({"replicas": 0}, "replicas"),
     ({"trustForwarded": True}, "trustForwarded"),
+    ({"controller": {"replicas": 0}}, "controller"),
+    ({"controller": {"enabled": "no"}}, "controller"),
+    ({"controller": {"logLevel": "debug"}}, "logLevel"),
 ], ids=["ipv4-everyone", "ipv6-everyone", "wildcard-domain", "url-domain", "no-domain", "no-replicas",
-        "no-trust-everyone-switch"])
+        "no-trust-everyone-switch", "no-controller-replicas", "controller-enabled-not-a-boolean",
+        "unknown-controller-value"])
 def test_the_chart_refuses_unsafe_or_broken_values(values: dict[str, Any], message: str) -> None:
     with pytest.raises(AssertionError, match=message):
         template(values)
@@ -265,9 +368,10 @@ def test_the_api_server_accepts_every_object_of_the_chart(cluster: Cluster) -> N
     values = {"domain": "apps.example.org", "trustedProxies": ["10.244.0.0/16"], "namespace": {"create": True},
               "nodeSelector": {"kubernetes.io/os": "linux"},
               "networkPolicy": {"publicNamespaceLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
-    objs = H.helm_template(values, namespace=namespace)
+    objs = helm_template(values, namespace=namespace)  # with crds/: the Project CRD
     # No CRDs for these in the test control plane; their content is compared with manifests/ above.
     assert not [o for o in objs if (o["apiVersion"], o["kind"]) in CRD_KINDS]
+    assert CRD_KEY in set(map(key, objs))
     ns = [o for o in objs if o["kind"] == "Namespace"]
     rest = [o for o in objs if o["kind"] != "Namespace"]
     assert [o["metadata"]["name"] for o in ns] == [namespace]
@@ -280,9 +384,12 @@ def test_the_api_server_accepts_every_object_of_the_chart(cluster: Cluster) -> N
         assert "PodSecurity" not in warnings, warnings  # the namespace enforces `restricted`
         labels = cluster.request("GET", f"/api/v1/namespaces/{namespace}")["metadata"]["labels"]
         assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-        dep = next(o for o in accepted if o["kind"] == "Deployment")
+        dep = find(accepted, "Deployment")
         env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
         assert env["WAKEGATE_TRUSTED_PROXIES"] == "10.244.0.0/16" and env["WAKEGATE_DOMAIN"] == "apps.example.org"
+        assert controller_settings(accepted).domain == "apps.example.org"
+        crd = find(accepted, "CustomResourceDefinition", C.PROJECT_CRD)
+        assert crd["spec"]["names"]["kind"] == C.PROJECT_KIND
     finally:
         cluster.kubectl("delete", "namespace", namespace, "--wait=false", check=False)
 
@@ -293,6 +400,7 @@ def test_the_chart_grants_exactly_the_rbac_of_manifests(cluster: Cluster) -> Non
     ours = [o for o in H.helm_template({}) if o["kind"] in rbac_kinds]
     theirs = [o for o in H.kustomize_install(DEFAULT_SETTINGS, ["settings"]) if o["kind"] in rbac_kinds]
     assert sorted(map(key, ours)) == sorted(map(key, theirs))
+    assert {k for k in CONTROLLER_KEYS if k[0] in rbac_kinds} <= set(map(key, ours))
     # The namespace must exist for the namespaced ones (as in every session that ran the backend tests).
     cluster.kubectl("apply", "--server-side", "--field-manager=wakegate-helm-test", "-f", "-",
                     input=yaml.safe_dump({"apiVersion": "v1", "kind": "Namespace",
@@ -311,6 +419,13 @@ def test_the_chart_grants_exactly_the_rbac_of_manifests(cluster: Cluster) -> Non
     lease = stored["chart"][("Role", C.DEFAULT_GATEWAY_NAMESPACE, "wakegate-leader-election")]
     assert grants(lease["rules"]) == {("coordination.k8s.io", "leases", ""): {"create"},
                                       ("coordination.k8s.io", "leases", C.REAPER_LEASE): {"get", "update"}}
+    lease = stored["chart"][("Role", C.DEFAULT_GATEWAY_NAMESPACE, "wakegate-controller-leader-election")]
+    assert grants(lease["rules"]) == {("coordination.k8s.io", "leases", ""): {"create"},
+                                      ("coordination.k8s.io", "leases", C.CONTROLLER_LEASE): {"get", "update"}}
+    controller = grants(stored["chart"][("ClusterRole", "", CONTROLLER)]["rules"])
+    assert {k for k, verbs in controller.items() if "bind" in verbs} == {
+        ("rbac.authorization.k8s.io", "clusterroles", C.AUTOMATION_CLUSTERROLE)}
+    assert not {r for _, r, _ in controller} & {"secrets", "configmaps", "pods/exec"}
     for o in stored["chart"].values():
         for rule in o.get("rules", []):
             for field in ("apiGroups", "resources", "verbs", "resourceNames"):
@@ -332,9 +447,10 @@ def own_cluster() -> Generator[Cluster, None, None]:
         instance.stop()
 
 
-def permissions(cluster: Cluster, namespace: str) -> list[str]:
-    """What the gateway's ServiceAccount may do in ``namespace``, as the API server answers."""
-    sa = f"system:serviceaccount:{C.DEFAULT_GATEWAY_NAMESPACE}:{C.GATEWAY_SERVICEACCOUNT}"
+def permissions(cluster: Cluster, namespace: str, account: str = C.GATEWAY_SERVICEACCOUNT) -> list[str]:
+    """What the ServiceAccount ``account`` (the gateway's unless named) may do in ``namespace``, as the
+    API server answers."""
+    sa = f"system:serviceaccount:{C.DEFAULT_GATEWAY_NAMESPACE}:{account}"
     out = cluster.kubectl("auth", "can-i", "--list", f"--as={sa}", "-n", namespace)
     return sorted(" ".join(line.split()) for line in out.stdout.splitlines()[1:] if line.strip())
 
@@ -363,9 +479,16 @@ def test_helm_install_upgrade_and_uninstall(own_cluster: Cluster) -> None:
         assert live["metadata"]["labels"]["app.kubernetes.io/instance"] == "wakegate", (kind, name)
     token = admin_token(c, ns)
     assert re.fullmatch(r"[A-Za-z0-9]{64}", token)
-    chart_permissions = {n: permissions(c, n) for n in (ns, "default")}
-    assert "deployments.apps [] [] [get list watch]" in chart_permissions["default"], chart_permissions
-    assert f"leases.coordination.k8s.io [] [{C.REAPER_LEASE}] [get update]" in chart_permissions[ns]
+    chart_permissions = {(a, n): permissions(c, n, a) for n in (ns, "default")
+                         for a in (C.GATEWAY_SERVICEACCOUNT, C.CONTROLLER_SERVICEACCOUNT)}
+    gateway, controller = C.GATEWAY_SERVICEACCOUNT, C.CONTROLLER_SERVICEACCOUNT
+    assert "deployments.apps [] [] [get list watch]" in chart_permissions[gateway, "default"], chart_permissions
+    assert f"leases.coordination.k8s.io [] [{C.REAPER_LEASE}] [get update]" in chart_permissions[gateway, ns]
+    assert f"leases.coordination.k8s.io [] [{C.CONTROLLER_LEASE}] [get update]" in chart_permissions[controller, ns]
+    assert not [p for p in chart_permissions[controller, "default"] if p.startswith(("secrets", "configmaps"))]
+    # helm install applied crds/: Projects can be created and listed.
+    c.kubectl("wait", "--for=condition=Established", f"crd/{C.PROJECT_CRD}", "--timeout=60s", timeout=90)
+    assert "No resources found" in c.kubectl("get", "projects").stderr
 
     # An upgrade keeps the generated token (looked up in the cluster).
     helm("upgrade", "wakegate", str(H.CHART), "-n", ns, "--set", "domain=env.contoso.com", "--set", "replicas=3")
@@ -376,14 +499,18 @@ def test_helm_install_upgrade_and_uninstall(own_cluster: Cluster) -> None:
     # Uninstalling removes the cluster-scoped objects too.
     helm("uninstall", "wakegate", "-n", ns, "--wait")
     assert c.kubectl("get", "clusterrole,clusterrolebinding", "wakegate", check=False).returncode != 0
+    for name in (CONTROLLER, C.AUTOMATION_CLUSTERROLE):
+        assert c.kubectl("get", "clusterrole", name, check=False).returncode != 0, name
     assert c.kubectl("-n", ns, "get", "secret", "wakegate-admin-token", check=False).returncode != 0
+    # ... but not the CRD (Helm never deletes crds/: that would delete every Project).
+    assert c.kubectl("get", "crd", C.PROJECT_CRD, check=False).returncode == 0
 
     # manifests/'s RBAC gives the same ServiceAccount exactly the same permissions.
     rbac = [o for o in H.kustomize_install(DEFAULT_SETTINGS, ["settings"])
             if o["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}]
     c.kubectl("apply", "--server-side", "--field-manager=wakegate-helm-test", "-f", "-",
               input=yaml.safe_dump_all(rbac))
-    assert {n: permissions(c, n) for n in (ns, "default")} == chart_permissions
+    assert {(a, n): permissions(c, n, a) for a, n in chart_permissions} == chart_permissions
     c.kubectl("delete", "-f", "-", input=yaml.safe_dump_all(rbac))
 
     # With Helm 4 (server-side apply) the chart may own its namespace: --create-namespace makes it,

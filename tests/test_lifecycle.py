@@ -190,6 +190,11 @@ def count(observed: list[tuple[str, Any]], *item: Any) -> int:
     return sum(1 for o in observed if o == item)
 
 
+def mode_of(p: Project) -> Mode:
+    """``p``'s mode now (a call: what an earlier assert found does not narrow what this one checks)."""
+    return p.machine.mode
+
+
 # --- wake and hold -------------------------------------------------------------------------------
 
 
@@ -562,6 +567,111 @@ async def test_suspending_a_running_project_answers_its_held_requests_and_scales
     await env.until(lambda: env.backend.calls["down"] == 2 and web.machine.op is slow.machine.op is Op.NONE)
     assert env.backend.pid("web") is None and env.backend.pid("slow") is None
     assert web.state is State.ASLEEP and slow.state is State.ASLEEP and web.pick() is None
+
+
+# --- modes the backend reports (the Deployment's wakegate.io/mode, the projects file's mode) -------
+
+
+async def test_a_project_reported_running_is_woken_kept_up_and_sleeps_once_auto_and_idle(env: Env) -> None:
+    lc = await env.start({"web": {"mode": "Running", "idle_timeout_s": 30}, "tick": {"idle_timeout_s": 0.2}},
+                         reap_interval_s=0.05)
+    web, tick = env.project("web"), env.project("tick")
+    # Woken without a request.
+    await env.until(lambda: web.state is State.READY)
+    assert web.machine.mode is Mode.RUNNING and tick.machine.mode is Mode.AUTO
+    assert env.backend.calls["up"] == 1 and count(env.observed, "wake_started", "web") == 1
+    pid = env.backend.pid("web")
+    assert pid is not None and await http_get(web.endpoints[0]) == f"ok {pid}"
+    # Idle by any measure, but Running: the reaper passes it by. Proof that it ran: "tick", idle
+    # for less long than "web", is put to sleep by it, twice.
+    web.last_activity_wall = time.time() - 100
+    def tick_slept(times: int) -> Callable[[], bool]:
+        return lambda: env.backend.calls["down"] == times and tick.state is State.ASLEEP and tick.machine.op is Op.NONE
+
+    for times in (1, 2):
+        await lc.hold(tick)
+        await env.until(tick_slept(times))
+        assert env.backend.pid("tick") is None
+    assert web.state is State.READY and env.backend.pid("web") == pid and env.backend.spawn_count["web"] == 1
+    # Back to Auto (the mode is gone from the file): the idle timeout counts from the last activity
+    # as usual, so a project used a moment ago is not put to sleep by the change itself ...
+    with lc.activity(web):
+        assert await http_get(web.endpoints[0]) == f"ok {pid}"
+    env.write({"web": {"idle_timeout_s": 30}, "tick": {"idle_timeout_s": 0.2}})
+    await env.backend.reload()
+    assert mode_of(web) is Mode.AUTO
+    assert lc.reap_once() == [] and web.state is State.READY and env.backend.pid("web") == pid
+    # ... and once it is idle, the reaper puts it to sleep.
+    web.last_activity_wall = time.time() - 100
+    await env.until(lambda: env.backend.calls["down"] == 3 and web.state is State.ASLEEP and web.machine.op is Op.NONE)
+    assert env.backend.pid("web") is None and env.backend.calls["up"] == 3  # web once, tick twice
+
+
+async def test_a_project_reported_suspended_answers_503_never_starts_and_wakes_once_auto(env: Env) -> None:
+    lc = await env.start({"off": {"mode": "Suspended"}})
+    p = env.project("off")
+    assert p.machine.mode is Mode.SUSPENDED
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(p)
+    assert (err.value.status, err.value.reason, err.value.message) == (503, "suspended", "project off is suspended")
+    lc.wake(p)  # an admin activate does not start it either
+    assert not lc.would_wake(p) and p.state is State.ASLEEP
+    assert env.backend.calls["up"] == 0 and env.backend.spawn_count["off"] == 0
+    assert count(env.observed, "held_rejected", "suspended") == 1
+    env.write({"off": {"mode": "Auto"}})  # resumed: the next request wakes it
+    await env.backend.reload()
+    assert mode_of(p) is Mode.AUTO and p.state is State.ASLEEP  # the change itself wakes nothing
+    held = await lc.hold(p)
+    assert await http_get(held.endpoint) == f"ok {env.backend.pid('off')}"
+    assert env.backend.calls["up"] == 1 and env.backend.spawn_count["off"] == 1
+
+
+async def test_suspending_through_the_backend_answers_held_requests_and_stops_the_project(env: Env) -> None:
+    lc = await env.start({"slow": {"env": {"BOOT_DELAY_S": "60"}}})
+    p = env.project("slow")
+    request = asyncio.ensure_future(lc.hold(p))
+    await env.until(lambda: p.held == 1 and env.backend.pid("slow") is not None)
+    env.write({"slow": {"env": {"BOOT_DELAY_S": "60"}, "mode": "Suspended"}})
+    await env.backend.reload()
+    with pytest.raises(HoldRejected) as err:
+        await asyncio.wait_for(request, WAIT_S)
+    assert (err.value.status, err.value.reason) == (503, "suspended")
+    await env.until(lambda: env.backend.calls["down"] == 1 and p.machine.op is Op.NONE)
+    assert env.backend.pid("slow") is None and p.state is State.ASLEEP
+    with pytest.raises(HoldRejected) as err:
+        await lc.hold(p)
+    assert err.value.reason == "suspended"
+    assert env.backend.calls["up"] == 1 and env.backend.spawn_count["slow"] == 1
+
+
+async def test_a_mode_reported_twice_is_applied_once(env: Env) -> None:
+    lc = await env.start({"web": {}})
+    p = env.project("web")
+    env.write({"web": {"mode": "Running"}, "new": {"mode": "Running"}})  # web changes; "new" appears Running
+    await env.backend.reload()
+    new = env.project("new")
+    await env.until(lambda: p.state is State.READY and new.state is State.READY)
+    assert env.backend.calls["up"] == 2
+    # An operator puts it to sleep (it stays Running as far as the backend is concerned) ...
+    assert await lc.sleep(p, reason="admin") is True
+    assert p.state is State.ASLEEP and env.backend.pid("web") is None
+    # ... and the backend reports the project again, changed, with the same mode: no second wake.
+    env.write({"web": {"mode": "Running", "idle_timeout_s": 7}, "new": {"mode": "Running"}})
+    await env.backend.reload()
+    env.write({"web": {"mode": "Running", "idle_timeout_s": 7}, "new": {"mode": "Running"}})
+    await env.backend.reload()  # and again, unchanged
+    assert p.idle_timeout_s == 7 and p.machine.mode is Mode.RUNNING
+    assert p.state is State.ASLEEP and p.machine.op is Op.NONE
+    assert env.backend.calls["up"] == 2 and env.backend.spawn_count["web"] == 1
+    assert count(env.observed, "wake_started", "web") == 1
+    # A real change is applied: Auto, then Running again wakes it.
+    env.write({"web": {"idle_timeout_s": 7}, "new": {"mode": "Running"}})
+    await env.backend.reload()
+    assert mode_of(p) is Mode.AUTO and p.state is State.ASLEEP
+    env.write({"web": {"mode": "Running", "idle_timeout_s": 7}, "new": {"mode": "Running"}})
+    await env.backend.reload()
+    await env.until(lambda: p.state is State.READY)
+    assert count(env.observed, "wake_started", "web") == 2 and env.backend.spawn_count["web"] == 2
 
 
 # --- the project table ---------------------------------------------------------------------------

@@ -1,7 +1,9 @@
 """The install manifests: they render, validate strictly, grant exactly what the backend uses, and
 the gateway's pods meet the ``restricted`` Pod Security Standard. Every combination of the optional
 components renders, in any order, and each setting (domain, trusted proxies) lands exactly where it
-is needed. (The Helm chart is compared with these objects in tests/test_helm_chart.py.)"""
+is needed. The Project controller (base/controller.yaml) gets least-privilege RBAC and a pod as
+restricted as the gateway's, outside what project NetworkPolicies admit. (The Helm chart is compared
+with these objects in tests/test_helm_chart.py.)"""
 
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ from tests.cluster.controlplane import bin_dir
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = ROOT / "manifests"
 KUSTOMIZATIONS = ["", "base", "overlays/monitoring", "overlays/gateway-api", "aks"]
-CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule"),
-             ("gateway.networking.k8s.io/v1", "HTTPRoute")}
+CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("monitoring.coreos.com/v1", "PodMonitor"),
+             ("monitoring.coreos.com/v1", "PrometheusRule"), ("gateway.networking.k8s.io/v1", "HTTPRoute")}
 # Every combination of the optional components (components/settings is in each).
 COMBINATIONS = [c for n in range(len(H.COMPONENTS) + 1) for c in itertools.combinations(H.COMPONENTS, n)]
 DEFAULT_DOMAIN = "env.example.com"
@@ -41,6 +43,11 @@ DEFAULT_TRUSTED_PROXIES = "10.244.0.0/16"
 # Settings unlike the defaults, to see where each one lands.
 SETTINGS = {"domain": "apps.test-domain.example", "trustedProxies": "10.1.0.0/16,192.168.7.0/24"}
 K8S_VERSION = "1.37.0"
+CONTROLLER = "wakegate-controller"
+#: (kind, name) of every object of base/controller.yaml, as written there.
+CONTROLLER_OBJECTS = tuple((d["kind"], d["metadata"]["name"])
+                           for d in H.parse((MANIFESTS / "base" / "controller.yaml").read_text()))
+CONTROLLER_POD_LABELS = {"app.kubernetes.io/name": CONTROLLER}
 
 Obj = dict[str, Any]
 
@@ -93,15 +100,38 @@ def test_base_installs_the_expected_objects() -> None:
         ("ClusterRoleBinding", "wakegate"), ("Role", "wakegate-leader-election"),
         ("RoleBinding", "wakegate-leader-election"), ("Deployment", "wakegate"), ("Service", "wakegate"),
         ("PodDisruptionBudget", "wakegate"), ("NetworkPolicy", "wakegate"), ("NetworkPolicy", "default-deny"),
-        ("Ingress", "wakegate"),
+        ("Ingress", "wakegate"), ("CustomResourceDefinition", L.PROJECT_CRD),
+        ("ServiceAccount", CONTROLLER), ("ClusterRole", CONTROLLER), ("ClusterRoleBinding", CONTROLLER),
+        ("ClusterRole", L.AUTOMATION_CLUSTERROLE), ("Role", "wakegate-controller-leader-election"),
+        ("RoleBinding", "wakegate-controller-leader-election"), ("Deployment", CONTROLLER),
+        ("NetworkPolicy", CONTROLLER), ("ValidatingAdmissionPolicy", "wakegate-controller-scope"),
+        ("ValidatingAdmissionPolicyBinding", "wakegate-controller-scope"),
     ])
     for o in render(""):
-        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding"):
+        if o["kind"] not in ("Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition",
+                             "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"):
             assert o["metadata"]["namespace"] == L.DEFAULT_GATEWAY_NAMESPACE, o["metadata"]["name"]
 
 
 def test_the_default_install_needs_no_crds() -> None:
     assert not [o for o in render("") if (o["apiVersion"], o["kind"]) in CRD_KINDS]
+
+
+def test_every_object_of_controller_yaml_is_installed() -> None:
+    assert len(CONTROLLER_OBJECTS) == len(set(CONTROLLER_OBJECTS)) >= 8
+    installed = {(o["kind"], o["metadata"]["name"]) for o in render("")}
+    assert set(CONTROLLER_OBJECTS) <= installed, set(CONTROLLER_OBJECTS) - installed
+    assert {k for k, _ in CONTROLLER_OBJECTS} == {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                                                  "RoleBinding", "Deployment", "NetworkPolicy",
+                                                  "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+
+
+def test_the_base_installs_the_generated_project_crd() -> None:
+    from provisioner import crd
+
+    installed = one(render(""), "CustomResourceDefinition", L.PROJECT_CRD)
+    assert installed == crd.project_crd()
+    assert installed["metadata"]["labels"] == {"app.kubernetes.io/part-of": "wakegate"}
 
 
 def test_monitoring_overlay_adds_servicemonitor_rules_and_dashboard() -> None:
@@ -112,6 +142,22 @@ def test_monitoring_overlay_adds_servicemonitor_rules_and_dashboard() -> None:
     assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
     assert [e["port"] for e in sm["spec"]["endpoints"]] == ["admin"]
     assert "admin" in [p["name"] for p in svc["spec"]["ports"]]
+    # The controller has no Service: a PodMonitor scrapes its pods' metrics port, and only its pods.
+    pm = one(objs, "PodMonitor", CONTROLLER)
+    assert pm["metadata"]["namespace"] == L.DEFAULT_GATEWAY_NAMESPACE
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": [L.DEFAULT_GATEWAY_NAMESPACE]}
+    selector = pm["spec"]["selector"]["matchLabels"]
+    dep = one(objs, "Deployment", CONTROLLER)
+    assert selector.items() <= dep["spec"]["template"]["metadata"]["labels"].items()
+    assert not selector.items() <= one(objs, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    assert pm["spec"]["jobLabel"] in selector  # job="wakegate-controller", apart from the gateway's job
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("metrics", "/metrics")
+    ports = {p["name"]: p["containerPort"] for p in dep["spec"]["template"]["spec"]["containers"][0]["ports"]}
+    assert ports["metrics"] == 8081
+    # Prometheus (a namespace labelled for admin access) may reach that port.
+    pol = one(objs, "NetworkPolicy", CONTROLLER)
+    assert any(p["port"] == ports["metrics"] for rule in pol["spec"]["ingress"] for p in rule["ports"])
     cm = one(objs, "ConfigMap", "wakegate-grafana-dashboard")
     assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
     assert json.loads(cm["data"]["wakegate-dashboard.json"])["uid"] == "wakegate-gateway"
@@ -182,8 +228,8 @@ def test_every_combination_of_components_renders_and_validates(combo: tuple[str,
     kinds = {o["kind"] for o in objs}
     assert ("Ingress" in kinds) != ("gateway-api" in combo)
     assert ("HTTPRoute" in kinds) == ("gateway-api" in combo)
-    assert {"ServiceMonitor", "PrometheusRule"} <= kinds if "monitoring" in combo else not kinds & {
-        "ServiceMonitor", "PrometheusRule"}
+    assert {"ServiceMonitor", "PodMonitor", "PrometheusRule"} <= kinds if "monitoring" in combo else not kinds & {
+        "ServiceMonitor", "PodMonitor", "PrometheusRule"}
     assert not find(objs, "ConfigMap", "wakegate-settings"), "the settings ConfigMap must never be applied"
     for o in objs:
         if (o["apiVersion"], o["kind"]) not in CRD_KINDS:
@@ -196,7 +242,9 @@ def test_every_combination_of_components_renders_and_validates(combo: tuple[str,
 def test_the_domain_lands_exactly_where_it_is_needed(combo: tuple[str, ...]) -> None:
     objs = install(combo)
     domain = SETTINGS["domain"]
-    expected = {"Deployment/wakegate.spec.template.spec.containers[0].env[4].value"}
+    # The gateway's --domain and the controller's (each Project's status.url).
+    expected = {"Deployment/wakegate.spec.template.spec.containers[0].env[4].value",
+                "Deployment/wakegate-controller.spec.template.spec.containers[0].env[2].value"}
     if "gateway-api" in combo:
         expected |= {"HTTPRoute/wakegate.spec.hostnames[0]"}
         assert one(objs, "HTTPRoute")["spec"]["hostnames"] == [f"*.{domain}"]
@@ -209,6 +257,7 @@ def test_the_domain_lands_exactly_where_it_is_needed(combo: tuple[str, ...]) -> 
     env = {e["name"]: e.get("value") for e in pod_spec(objs)["containers"][0]["env"]}
     assert env["WAKEGATE_DOMAIN"] == domain
     assert env["WAKEGATE_TRUSTED_PROXIES"] == SETTINGS["trustedProxies"]
+    assert controller_settings(objs).domain == domain
     assert where(objs, SETTINGS["trustedProxies"]) == {
         "Deployment/wakegate.spec.template.spec.containers[0].env[5].value"}
     assert where(objs, DEFAULT_TRUSTED_PROXIES) == set()
@@ -222,6 +271,24 @@ def gateway_settings(objs: tuple[Obj, ...] | list[Obj]) -> config.Settings:
     args = build_parser(project_actions=False).parse_args(c["args"])
     environ = {e["name"]: e["value"] for e in c["env"] if "value" in e}
     return config.load_settings({o.field: getattr(args, o.field) for o in config.OPTIONS}, environ=environ)
+
+
+def controller_settings(objs: tuple[Obj, ...] | list[Obj]) -> Any:
+    """The controller's settings (``provisioner.controller.ControllerSettings``) as its container's
+    arguments and environment make them; ``metadata.namespace`` resolves to its Deployment's."""
+    from gateway.cli import build_parser
+    from provisioner import controller as ctl
+
+    dep = one(tuple(objs), "Deployment", CONTROLLER)
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    args = build_parser().parse_args(c["args"])
+    assert args.command == "controller"
+    fields = {"metadata.namespace": dep["metadata"]["namespace"], "metadata.name": f"{CONTROLLER}-0"}
+    environ = {e["name"]: e["value"] if "value" in e else fields[e["valueFrom"]["fieldRef"]["fieldPath"]]
+               for e in c["env"]}
+    settings = config.load_options(ctl.OPTIONS, args, ctl.ControllerSettings(), environ)
+    ctl.validate(settings)
+    return settings
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -310,6 +377,78 @@ def test_provisioner_role_covers_the_project_namespace_writes() -> None:
                        and r.get("resourceNames") in (None, ["demo"]) for r in role["rules"]), (resource, verb)
 
 
+# --- the controller's RBAC ------------------------------------------------------------------------
+
+
+def test_controller_cluster_role_is_least_privilege() -> None:
+    role = one(render(""), "ClusterRole", CONTROLLER)
+    rules = role["rules"]
+    for rule in rules:
+        assert set(rule) <= {"apiGroups", "resources", "verbs", "resourceNames"}, rule
+        for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+            assert not any("*" in v for v in rule.get(field, [])), (field, rule)
+        assert not {"escalate", "impersonate"} & set(rule["verbs"]), rule
+    flat = [(g, r, v, tuple(rule.get("resourceNames", []))) for rule in rules for g in rule["apiGroups"]
+            for r in rule["resources"] for v in rule["verbs"]]
+    resources = {r for _, r, _, _ in flat}
+    # Never Secrets or ConfigMaps (a Project only references them), never exec or attach into pods.
+    assert not resources & {"secrets", "configmaps", "pods/exec", "pods/attach", "pods/portforward",
+                            "serviceaccounts/token", "users", "groups", "serviceaccounts/impersonate"}
+    assert [(g, r, names) for g, r, v, names in flat if v == "bind"] == [
+        ("rbac.authorization.k8s.io", "clusterroles", (L.AUTOMATION_CLUSTERROLE,))]
+    # Cluster roles and their bindings: nothing but that one `bind`.
+    assert {(r, v) for g, r, v, _ in flat if g == "rbac.authorization.k8s.io" and r.startswith("cluster")} == {
+        ("clusterroles", "bind")}
+    # Only its own status: pods are read, never written.
+    assert {v for _, r, v, _ in flat if r == "pods"} == {"list", "watch"}
+    # The Projects it reconciles, and their status.
+    assert {v for g, r, v, _ in flat if (g, r) == ("wakegate.io", "projects/status")} == {"patch"}
+    assert {v for g, r, v, _ in flat if (g, r) == ("wakegate.io", "projects")} == {"get", "list", "watch",
+                                                                                   "patch"}
+
+
+def test_controller_holds_what_the_project_gateway_role_grants() -> None:
+    # Kubernetes refuses to create a Role granting what its creator lacks: the controller writes each
+    # project's `wakegate-gateway` Role, so it must hold every verb of it (without resourceNames).
+    from provisioner.render import rbac
+    from provisioner.spec import ProjectSpec
+
+    held = grants(one(render(""), "ClusterRole", CONTROLLER)["rules"])
+    spec = ProjectSpec(name="demo", image="example.test/app:1")
+    for o in rbac(spec):
+        if o["kind"] == "Role":
+            for (group, resource), verbs in grants(o["rules"]).items():
+                assert verbs <= held.get((group, resource), set()), (o["metadata"]["name"], resource, verbs)
+
+
+def test_project_automation_cluster_role_is_the_provisioners() -> None:
+    from provisioner.render import AUTOMATION_RULES
+
+    role = one(render(""), "ClusterRole", L.AUTOMATION_CLUSTERROLE)
+    assert role["rules"] == AUTOMATION_RULES
+
+
+def test_controller_bindings_and_lease() -> None:
+    objs = render("")
+    sa = one(objs, "ServiceAccount", L.CONTROLLER_SERVICEACCOUNT)
+    assert sa["metadata"]["namespace"] == L.DEFAULT_GATEWAY_NAMESPACE
+    subject = [{"kind": "ServiceAccount", "name": L.CONTROLLER_SERVICEACCOUNT,
+                "namespace": L.DEFAULT_GATEWAY_NAMESPACE}]
+    for kind, name, role_kind in (("ClusterRoleBinding", CONTROLLER, "ClusterRole"),
+                                  ("RoleBinding", "wakegate-controller-leader-election", "Role")):
+        b = one(objs, kind, name)
+        assert (b["roleRef"]["kind"], b["roleRef"]["name"]) == (role_kind, name)
+        assert b["subjects"] == subject
+    # Nothing binds the automation role here: project namespaces do, to their own accounts.
+    assert not [o for o in objs if o.get("roleRef", {}).get("name") == L.AUTOMATION_CLUSTERROLE]
+    role = one(objs, "Role", "wakegate-controller-leader-election")
+    assert role["metadata"]["namespace"] == L.DEFAULT_GATEWAY_NAMESPACE
+    assert grants(role["rules"]) == {("coordination.k8s.io", "leases"): {"create", "get", "update"}}
+    assert [(r["verbs"], r.get("resourceNames")) for r in role["rules"]] == [
+        (["create"], None), (["get", "update"], [L.CONTROLLER_LEASE])]
+    assert dep_spec(CONTROLLER)["serviceAccountName"] == L.CONTROLLER_SERVICEACCOUNT
+
+
 # --- the gateway's Deployment ---------------------------------------------------------------------
 
 
@@ -378,9 +517,75 @@ def restricted_violations(spec: Obj) -> list[str]:
     return bad
 
 
-def test_pod_spec_satisfies_restricted() -> None:
-    assert restricted_violations(pod_spec()) == []
-    assert pod_spec()["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+def dep_spec(name: str, objs: tuple[Obj, ...] | None = None) -> Obj:
+    spec: Obj = one(render("") if objs is None else objs, "Deployment", name)["spec"]["template"]["spec"]
+    return spec
+
+
+@pytest.mark.parametrize("name", ["wakegate", CONTROLLER])
+def test_pod_spec_satisfies_restricted(name: str) -> None:
+    spec = dep_spec(name)
+    assert restricted_violations(spec) == []
+    assert all(c["securityContext"]["readOnlyRootFilesystem"] is True for c in spec["containers"])
+    assert spec["securityContext"]["runAsUser"] != 0
+
+
+# --- the controller's Deployment ------------------------------------------------------------------
+
+
+def test_controller_runs_the_gateway_image_highly_available() -> None:
+    objs = render("")
+    dep = one(objs, "Deployment", CONTROLLER)
+    assert dep["spec"]["replicas"] == 2
+    (c,) = dep_spec(CONTROLLER)["containers"]
+    assert c["image"] == pod_spec()["containers"][0]["image"] == "ghcr.io/example/wakegate:0.1.0"
+    settings = controller_settings(objs)
+    assert (settings.domain, settings.gateway_namespace) == (DEFAULT_DOMAIN, L.DEFAULT_GATEWAY_NAMESPACE)
+    assert settings.log_format == "json"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"metrics": settings.listen.port}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["resources"]["requests"] and c["resources"]["limits"]["memory"]
+    assert dep_spec(CONTROLLER)["affinity"]["podAntiAffinity"]
+
+
+def test_controller_pods_are_not_admitted_into_project_namespaces() -> None:
+    # Project NetworkPolicies admit pods labelled as the gateway's; the controller never talks to a
+    # project's pods, so its pods must not carry that label (nor match the gateway's selectors).
+    from provisioner.render import network_policies
+    from provisioner.spec import ProjectSpec
+
+    dep = one(render(""), "Deployment", CONTROLLER)
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/name"] == CONTROLLER and labels.items() >= CONTROLLER_POD_LABELS.items()
+    assert not L.GATEWAY_POD_LABELS.items() <= labels.items()
+    assert dep["spec"]["selector"]["matchLabels"] == CONTROLLER_POD_LABELS
+    admitted = [peer["podSelector"]["matchLabels"]
+                for pol in network_policies(ProjectSpec(name="demo", image="example.test/app:1"))
+                for rule in pol["spec"].get("ingress", []) for peer in rule.get("from", [])
+                if "podSelector" in peer]
+    assert L.GATEWAY_POD_LABELS in admitted
+    assert not [sel for sel in admitted if sel and sel.items() <= labels.items()]
+    # Nor do the gateway's Service, PodDisruptionBudget and NetworkPolicy select them.
+    gateway_selectors = [one(render(""), "Service")["spec"]["selector"],
+                         one(render(""), "PodDisruptionBudget")["spec"]["selector"]["matchLabels"],
+                         one(render(""), "NetworkPolicy")["spec"]["podSelector"]["matchLabels"]]
+    for selector in gateway_selectors:
+        assert selector and not selector.items() <= labels.items(), selector
+
+
+def test_controller_network_policy() -> None:
+    pol = one(render(""), "NetworkPolicy", CONTROLLER)
+    assert pol["spec"]["podSelector"]["matchLabels"] == CONTROLLER_POD_LABELS
+    assert pol["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    (ingress,) = pol["spec"]["ingress"]
+    assert ingress["from"] == [{"namespaceSelector": {"matchLabels": {"wakegate.io/admin-access": "true"}}}]
+    assert ingress["ports"] == [{"protocol": "TCP", "port": 8081}]
+    # DNS and the API server only: never the project namespaces.
+    egress_ports = {p["port"] for rule in pol["spec"]["egress"] for p in rule["ports"]}
+    assert egress_ports == {53, 443, 6443}
+    assert all(rule.get("ports") for rule in pol["spec"]["egress"])
 
 
 def test_restricted_checker_catches_violations() -> None:

@@ -20,6 +20,7 @@ from gateway.waiting_page import (
     render_failed_page,
     render_page,
     render_status,
+    render_suspended_page,
     wants_page,
 )
 from tests.ops_support import GatewayProcess, ensure_debian_package, write_projects
@@ -108,6 +109,18 @@ def test_failed_page_is_final_and_private() -> None:
     assert waiting_page.FAILED_STATUS == 502
 
 
+def test_suspended_page_is_final_and_private() -> None:
+    page = render_suspended_page('x"><script>alert(1)</script>', "req-8").decode()
+    assert "<title>x&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt; is suspended</title>" in page
+    assert 'data-state="suspended"' in page and '<code id="rid">req-8</code>' in page
+    assert "<script" not in page and "refresh" not in page.lower()  # nothing polls, nothing reloads
+    assert "starting" not in page and "could not start" not in page
+    assert 'id="rid"' not in render_suspended_page("alpha").decode()
+    # The failed page is the same page for another reason.
+    assert render_failed_page("alpha", "r") == waiting_page.render_final_page("alpha", "failed", "r")
+    assert {"failed", "suspended"} == waiting_page.FINAL_PAGE_REASONS
+
+
 def test_the_waiting_page_reloads_once_on_failure_instead_of_polling_on() -> None:
     script = render_page("alpha", "waking", 1, 120).decode()
     failed = script[script.index('if (st.state === "failed")'):]
@@ -151,6 +164,7 @@ async def gateway(tmp_path: Path) -> AsyncIterator[GatewayProcess]:
         "api": {"env": {"BOOT_S": 0.5}},
         "nojs": {"env": {"BOOT_S": BOOT_S}},
         "broken": {"command": ["{python}", "-c", "import sys, time; time.sleep(1); sys.exit(3)"]},
+        "paused": {"mode": "Suspended"},
     })
     gw = await GatewayProcess.start(projects)
     try:
@@ -284,3 +298,35 @@ async def test_a_failed_wake_ends_on_a_final_error_page_that_stops_polling(gatew
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http, \
             http.get(f"{gateway.url}/", headers={"Host": "broken.localhost"}) as resp:
         assert resp.status == 502
+
+
+async def test_a_suspended_project_gets_a_final_page_saying_so(gateway: GatewayProcess, browser: Browser) -> None:
+    headers = {"Host": "paused.localhost", "Accept": BROWSER_ACCEPT, "Sec-Fetch-Mode": "navigate"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+        async with http.get(gateway.url + "/docs", headers=headers) as resp:
+            assert resp.status == 503
+            assert resp.headers["Content-Type"].startswith("text/html")
+            assert resp.headers["Cache-Control"] == "no-store"
+            assert "Refresh" not in resp.headers and "Retry-After" not in resp.headers
+            body = await resp.text()
+        assert "paused is suspended" in body and "is starting" not in body
+        assert "<script" not in body and "refresh" not in body.lower()
+        assert re.search(r'Request id: <code id="rid">[^<]+</code>', body)
+        # An API client is answered the same way, in plain text.
+        async with http.get(gateway.url + "/", headers={"Host": "paused.localhost"}) as resp:
+            assert resp.status == 503
+            assert (await resp.text()).startswith("project paused is suspended\n")
+    page = await browser.new_page()
+    page.set_default_timeout(STEP_MS)
+    documents: list[int] = []
+    page.on("response", lambda r: documents.append(r.status) if r.request.resource_type == "document" else None)
+    first = await page.goto(f"http://paused.localhost:{gateway.port}/", wait_until="load")
+    assert first is not None and first.status == 503
+    assert await page.title() == "paused is suspended"
+    assert await page.evaluate("document.scripts.length") == 0
+    assert documents == [503]
+    await page.close()
+    # Never started; every request was rejected as suspended (the browser's favicon request too).
+    assert not [e for e in gateway.events("wake") if e.get("project") == "paused"]
+    failed = [(e["status"], e["reason"]) for e in gateway.events("request_failed") if e.get("project") == "paused"]
+    assert len(failed) >= 3 and set(failed) == {(503, "suspended")}

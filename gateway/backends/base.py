@@ -36,6 +36,9 @@ class ProjectSettings:
     idle_timeout_s: float | None = None
     hold_timeout_s: float | None = None
     strategy: str | None = None  # "auto" | "block" | "page" (waiting page), see gateway.waiting_page
+    # How the project runs now: "Auto" | "Running" | "Suspended" (gateway.contract.MODES; None: Auto),
+    # see gateway.project_state.Mode. The lifecycle applies a change of it once, when it is reported.
+    mode: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ Projects file format::
         idle_timeout_s: 300                    # optional per-project overrides of the gateway's settings
         hold_timeout_s: 120
         strategy: auto                         # optional: auto | block | page
+        mode: Auto                             # optional: Auto | Running (kept up) | Suspended (never woken)
 
 In ``command`` and ``cwd`` the placeholders ``{python}`` (the gateway's own interpreter) and
 ``{here}`` (the directory of the projects file) are substituted; ``{{``/``}}`` are literal braces.
@@ -37,10 +38,10 @@ import yaml
 
 from gateway.backends.base import ProjectSettings
 from gateway.config import ConfigError
-from gateway.contract import positive_seconds, strategy
+from gateway.contract import mode, positive_seconds, strategy
 from gateway.routing import is_project_name
 
-PROJECT_KEYS = ("command", "env", "ready_path", "cwd", "idle_timeout_s", "hold_timeout_s", "strategy")
+PROJECT_KEYS = ("command", "env", "ready_path", "cwd", "idle_timeout_s", "hold_timeout_s", "strategy", "mode")
 # libyaml's parser when PyYAML was built with it: several times faster on a large projects file, and
 # it leaves far less garbage behind (whose freed memory the allocator would keep).
 _YAML_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -175,7 +176,7 @@ def _parse_project(name: str, spec: Any, path: Path, here: Path,
 
     overrides: dict[str, Any] = {}
     for key, check in (("idle_timeout_s", positive_seconds), ("hold_timeout_s", positive_seconds),
-                       ("strategy", strategy)):
+                       ("strategy", strategy), ("mode", mode)):
         if spec.get(key) is not None:
             try:
                 overrides[key] = check(spec[key])

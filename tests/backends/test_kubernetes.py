@@ -891,3 +891,66 @@ async def test_the_holder_prunes_the_activity_annotations_of_earlier_versions(cl
                                     not in d["metadata"].get("annotations", {}), 30)
         assert dep["metadata"]["annotations"]["keep.example/other"] == "x"
         assert dep["spec"]["replicas"] == 0  # pruning is not a wake
+
+
+# --- the mode annotation (written by the controller: keep-warm windows, suspend) ---------------------
+
+
+def annotate_mode(cluster: Cluster, name: str, mode: str | None) -> None:
+    """As the controller would (here as admin): ``wakegate.io/mode`` on the project's Deployment,
+    removed for ``None`` (Auto)."""
+    value = f"{C.MODE_ANNOTATION}={mode}" if mode is not None else f"{C.MODE_ANNOTATION}-"
+    cluster.kubectl("annotate", "deployment", name, "-n", C.namespace_for(name), value, "--overwrite")
+
+
+async def _mode_on(gw: GatewayProcess, project: str, mode: str) -> bool | None:
+    _, info = await admin(gw, f"/api/v1/projects/{project}")
+    return True if isinstance(info, dict) and info.get("mode") == mode else None
+
+
+async def test_the_mode_annotation_suspends_keeps_running_and_releases_a_project(cluster: Cluster,
+                                                                                  sa_kubeconfig: Path) -> None:
+    await provision(cluster, "moded")
+    await provision(cluster, "ticker")  # an Auto project beside it, to see the reaper at work
+    async with gateway(sa_kubeconfig, "--idle-timeout", "2") as gw:
+        await gw.wait_event(lambda e: e.get("event") == "leader_acquired", 20)
+        # Suspended: requests are answered 503 (reason suspended) and nothing scales it up.
+        await _async(lambda: annotate_mode(cluster, "moded", "Suspended"))
+        await eventually(lambda: _mode_on(gw, "moded", "Suspended"), 30, "the gateway to see moded suspended")
+        status, body = await get(gw, "moded")
+        assert status == 503 and body.startswith("project moded is suspended\n"), body
+        failed = await gw.wait_event(lambda e: e.get("event") == "request_failed" and e.get("project") == "moded", 10)
+        assert (failed["status"], failed["reason"]) == (503, "suspended")
+        assert deployment(cluster, "moded")["spec"]["replicas"] == 0
+        assert not gw.events("wake") and not events(cluster, "moded", "WokenUp")
+
+        # Running: scaled to 1 without any request, and kept up past its idle timeout.
+        await _async(lambda: annotate_mode(cluster, "moded", "Running"))
+        await wait_deployment(cluster, "moded", lambda d: d["spec"]["replicas"] == 1, 60)
+        await eventually(lambda: _ready_on(gw, "moded"), 60, "moded to be ready")
+        (wake,) = gw.events("wake")
+        assert wake["project"] == "moded"
+        assert len(events(cluster, "moded", "WokenUp")) == 1
+        # The reaper at work: "ticker", with the same idle timeout and woken after "moded" (so idle
+        # for less long), is put to sleep by it, twice; "moded" is left running all along.
+        def ticker_slept(times: int) -> Callable[[dict[str, Any]], bool]:
+            return lambda e: len(slept(gw, "ticker")) >= times
+
+        for times in (1, 2):
+            status, body = await get(gw, "ticker")
+            assert status == 200, body
+            await gw.wait_event(ticker_slept(times), 60)
+            assert deployment(cluster, "ticker")["spec"]["replicas"] == 0
+        assert not slept(gw, "moded")
+        assert deployment(cluster, "moded")["spec"]["replicas"] == 1
+        _, info = await admin(gw, "/api/v1/projects/moded")
+        assert (info["mode"], info["state"], info["sleeps_in_s"]) == ("Running", "ready", None)
+        status, body = await get(gw, "moded")
+        assert status == 200, body
+
+        # Back to Auto (the annotation removed): idle, so the reaper puts it to sleep.
+        await _async(lambda: annotate_mode(cluster, "moded", None))
+        await wait_deployment(cluster, "moded", lambda d: d["spec"]["replicas"] == 0, 60)
+        done = await gw.wait_event(lambda e: e.get("event") == "sleep" and e.get("project") == "moded", 30)
+        assert (done["reason"], done["scaled_down"]) == ("idle", True)
+        assert (await _mode_on(gw, "moded", "Auto")) is True

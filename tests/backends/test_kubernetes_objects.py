@@ -72,6 +72,35 @@ def test_invalid_strategy_falls_back_with_a_message() -> None:
     assert "auto, block, page" in problems[0]
 
 
+@pytest.mark.parametrize("value", C.MODES)
+def test_project_settings_carry_the_mode(value: str) -> None:
+    s, problems = o.project_settings({C.MODE_ANNOTATION: value, C.STRATEGY_ANNOTATION: "block"})
+    assert s == ProjectSettings(strategy="block", mode=value)
+    assert problems == []
+
+
+def test_an_absent_mode_is_auto() -> None:
+    s, problems = o.project_settings({C.IDLE_TIMEOUT_ANNOTATION: "60"})
+    assert s.mode is None and problems == []
+
+
+@pytest.mark.parametrize("value", ["running", "Paused", "", " Running", "Auto,Running"])
+def test_an_invalid_mode_falls_back_to_auto_with_a_message(value: str) -> None:
+    s, problems = o.project_settings({C.MODE_ANNOTATION: value, C.HOLD_TIMEOUT_ANNOTATION: "5"})
+    assert s == ProjectSettings(hold_timeout_s=5.0)  # the others still apply; the mode is Auto
+    assert problems == [f"annotation {C.MODE_ANNOTATION}: expected one of Auto, Running, Suspended, "
+                        f"got {value!r}; using the default"]
+
+
+def test_an_invalid_mode_does_not_hide_the_project() -> None:
+    ref, problems = o.project_ref(deployment(annotations={C.MODE_ANNOTATION: "Off"}), namespace("wg-foo", "foo"))
+    assert ref is not None and ref.name == "foo" and ref.info.settings.mode is None
+    assert len(problems) == 1 and C.MODE_ANNOTATION in problems[0] and "'Off'" in problems[0]
+    ref, problems = o.project_ref(deployment(annotations={C.MODE_ANNOTATION: "Suspended"}),
+                                  namespace("wg-foo", "foo"))
+    assert ref is not None and ref.info.settings.mode == "Suspended" and problems == []
+
+
 def test_project_ref_needs_the_namespace_to_confirm() -> None:
     dep = deployment(annotations={C.IDLE_TIMEOUT_ANNOTATION: "30"})
     ref, problems = o.project_ref(dep, namespace("wg-foo", "foo"))

@@ -208,6 +208,18 @@ def test_parse_substitutes_placeholders_and_defaults(tmp_path: Path) -> None:
     assert (api.settings.idle_timeout_s, api.settings.hold_timeout_s, api.settings.strategy) == (None, None, None)
 
 
+def test_parse_mode(tmp_path: Path) -> None:
+    table = parse_projects({"projects": {
+        "kept": {"command": ["x"], "mode": "Running"},
+        "off": {"command": ["x"], "mode": "Suspended"},
+        "auto": {"command": ["x"], "mode": "Auto"},
+        "plain": {"command": ["x"]},
+        "null": {"command": ["x"], "mode": None},
+    }}, tmp_path / "p.yaml")
+    assert {name: proj.settings.mode for name, proj in table.items()} == {
+        "kept": "Running", "off": "Suspended", "auto": "Auto", "plain": None, "null": None}
+
+
 def test_empty_project_table_is_allowed(tmp_path: Path) -> None:
     assert parse_projects({"projects": {}}, tmp_path / "p.yaml") == {}
 
@@ -250,6 +262,10 @@ def test_empty_project_table_is_allowed(tmp_path: Path) -> None:
         ({"projects": {"web": {"command": ["x"], "hold_timeout_s": float("inf")}}},
          ["project 'web'", "hold_timeout_s:"]),
         ({"projects": {"web": {"command": ["x"], "strategy": "sometimes"}}}, ["project 'web'", "strategy:"]),
+        ({"projects": {"web": {"command": ["x"], "mode": "running"}}},
+         ["project 'web'", "mode:", "expected one of Auto, Running, Suspended, got 'running'"]),
+        ({"projects": {"web": {"command": ["x"], "mode": 1}}}, ["project 'web'", "mode:", "got 1"]),
+        ({"projects": {"web": {"command": ["x"], "mode": ["Running"]}}}, ["project 'web'", "mode:"]),
         ({"projects": {"web": {"command": ["x"], "cwd": 5}}}, ["project 'web'", "cwd:"]),
     ],
 )

@@ -26,6 +26,7 @@ from provisioner.render import (
     CHECKSUM_KEY_FIELD,
     CHECKSUM_KEY_SECRET,
     INTERNET_EGRESS_POLICY,
+    automation_clusterrole,
     config_checksum,
     find,
     render,
@@ -132,7 +133,7 @@ def run_async(coro_factory: Any, cluster: Cluster) -> Any:
 
 
 @pytest.fixture
-def project(cluster: Cluster) -> Generator[str, None, None]:
+def project(cluster: Cluster, automation_clusterrole_installed: None) -> Generator[str, None, None]:
     """A fresh project name; its namespace is deleted afterwards."""
     name = f"p{uuid.uuid4().hex[:8]}"
     yield name
@@ -141,6 +142,15 @@ def project(cluster: Cluster) -> Generator[str, None, None]:
     except ApiStatusError as exc:
         if exc.status != 404:
             raise
+
+
+@pytest.fixture(scope="module")
+def automation_clusterrole_installed(cluster: Cluster) -> None:
+    """The ClusterRole that ``manifests/`` installs and every project's automation account is bound to;
+    and no Project CRD (with it, the CLI writes Projects instead of applying: tested with the controller)."""
+    cluster.kubectl("apply", "--server-side", "--field-manager=wakegate-test", "-f", "-",
+                    input=json.dumps(automation_clusterrole()))
+    assert get(cluster, f"/apis/{C.PROJECT_API_VERSION}") is None, "the Project CRD is still installed"
 
 
 @pytest.fixture
@@ -213,14 +223,16 @@ def test_create_makes_every_object_and_recreate_changes_nothing(
                                       key)
 
 
-def test_an_unusable_checksum_key_is_replaced_with_a_warning(cluster: Cluster, project: str) -> None:
-    code, _, err = create(cluster, project)
+def test_an_unusable_checksum_key_is_replaced_with_a_warning(cluster: Cluster, project: str,
+                                                             env_files: tuple[Path, Path]) -> None:
+    with_env = ("--env-file", str(env_files[0]))
+    code, _, err = create(cluster, project, *with_env)
     assert code == 0, err
     key, annotation = checksum_key(cluster, project), config_annotation(cluster, project)
     path = f"/api/v1/namespaces/wg-{project}/secrets/{CHECKSUM_KEY_SECRET}"
     cluster.request("PATCH", path, {"data": {CHECKSUM_KEY_FIELD: base64.b64encode(b"short").decode()}},
                     content_type="application/merge-patch+json")
-    code, _, err = create(cluster, project)
+    code, _, err = create(cluster, project, *with_env)
     assert code == 0, err
     assert f"Secret {CHECKSUM_KEY_SECRET} holds no usable config checksum key" in err
     new_key = checksum_key(cluster, project)
@@ -341,7 +353,7 @@ def test_placement_is_applied_strictly_and_a_rerun_changes_nothing(cluster: Clus
         spec = ProjectSpec(name=project, image=ECHO, node_selector=((spot, "spot"),),
                            tolerations=(Toleration(spot, "NoSchedule", "spot"), Toleration("dedicated", "NoExecute")),
                            priority_class=priority_class)
-        objs = render(spec, checksum_key(cluster, project))
+        objs = render(spec)  # no environment values: no config checksum
         rendered = find(objs, "Deployment")["spec"]["template"]["spec"]
         for field in ("nodeSelector", "tolerations", "priorityClassName"):  # stored exactly as rendered
             assert pod[field] == rendered[field], field

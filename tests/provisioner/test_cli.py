@@ -34,13 +34,17 @@ def test_render_prints_exactly_what_render_returns_and_the_same_each_time(capsys
     # With a key file, a keyed config checksum (and the key's Secret), also the same each time.
     key_file = tmp_path / "checksum.key"
     key_file.write_bytes(bytes(range(32)))
-    code, keyed, err = run(capsys, "render", "demo", "--image", IMAGE, "--checksum-key-file", str(key_file))
+    env = tmp_path / "app.env"
+    env.write_text("LOG_LEVEL=debug\n")
+    keyed_args = ("render", "demo", "--image", IMAGE, "--env-file", str(env), "--checksum-key-file", str(key_file))
+    code, keyed, err = run(capsys, *keyed_args)
     assert code == 0 and err == ""
     key = base64.b64decode(find(from_yaml(keyed), "Secret", CHECKSUM_KEY_SECRET)["data"][CHECKSUM_KEY_FIELD])
-    assert key == bytes(range(32)) and keyed == to_yaml(render(ProjectSpec(name="demo", image=IMAGE), key))
-    assert run(capsys, "render", "demo", "--image", IMAGE, "--checksum-key-file", str(key_file))[1] == keyed
+    spec = ProjectSpec(name="demo", image=IMAGE, config=(("LOG_LEVEL", "debug"),))
+    assert key == bytes(range(32)) and keyed == to_yaml(render(spec, key))
+    assert run(capsys, *keyed_args)[1] == keyed
     key_file.write_bytes(b"short")
-    code, _, err = run(capsys, "render", "demo", "--image", IMAGE, "--checksum-key-file", str(key_file))
+    code, _, err = run(capsys, *keyed_args)
     assert code == 2 and "holds 5 bytes; a key needs at least 32" in err
 
 
@@ -85,8 +89,9 @@ def test_render_options_reach_the_objects(capsys: pytest.CaptureFixture[str], tm
     (["demo", "--port", "http"], "--port 'http' is not an integer"),
     (["demo", "--cpu-request", "lots"], "--cpu-request: cannot parse 'lots'"),
     (["demo", "--memory-limit", "1GB"], "--memory-limit: cannot parse '1GB'"),
-    (["demo", "--cpu-request", "2", "--cpu-limit", "1"], "cpu request 2 is above its limit 1"),
-    (["demo", "--memory-request", "2Gi", "--memory-limit", "1Gi"], "memory request 2Gi is above its limit 1Gi"),
+    (["demo", "--cpu-request", "2", "--cpu-limit", "1"], "--cpu-request 2 is above its limit --cpu-limit 1"),
+    (["demo", "--memory-request", "2Gi", "--memory-limit", "1Gi"],
+     "--memory-request 2Gi is above its limit --memory-limit 1Gi"),
     (["demo", "--quota-limits-cpu", "1"], "--quota-limits-cpu 1 is too small"),
     (["demo", "--quota-pods", "1"], "--quota-pods 1 is outside"),
     (["demo", "--run-as-user", "0"], "--run-as-user 0"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from typing import Any
 
 import kubernetes_validate
@@ -13,6 +14,7 @@ import pytest
 from gateway import contract as C
 from gateway.backends.kubernetes import PROJECT_NAMESPACE_PERMISSIONS
 from provisioner.render import (
+    AUTOMATION_BINDING,
     BLOCKED_IPV4,
     CHECKSUM_KEY_FIELD,
     CHECKSUM_KEY_SECRET,
@@ -20,6 +22,7 @@ from provisioner.render import (
     DNS_EGRESS_POLICY,
     GATEWAY_INGRESS_POLICY,
     INTERNET_EGRESS_POLICY,
+    automation_clusterrole,
     config_checksum,
     find,
     from_yaml,
@@ -28,7 +31,7 @@ from provisioner.render import (
     render,
     to_yaml,
 )
-from provisioner.spec import ProjectSpec, Quota, Resources, Storage, Toleration
+from provisioner.spec import ProjectSpec, Quota, Resources, SpecError, Storage, Toleration
 
 K8S_VERSION = kubernetes_validate.latest_version()
 IMAGE = "wakegate.test/echo:1"
@@ -110,11 +113,12 @@ def test_apply_order_and_inventory() -> None:
         ("ResourceQuota", "wakegate-quota"), ("LimitRange", "wakegate-limits"),
         ("NetworkPolicy", DEFAULT_DENY_POLICY), ("NetworkPolicy", GATEWAY_INGRESS_POLICY),
         ("NetworkPolicy", DNS_EGRESS_POLICY),
-        ("Role", "demo-ops"), ("RoleBinding", "demo-ops"), ("Role", C.GATEWAY_ROLE), ("RoleBinding", C.GATEWAY_ROLE),
-        ("ConfigMap", "demo-env"), ("Secret", "demo-env"), ("Secret", CHECKSUM_KEY_SECRET),
+        ("RoleBinding", AUTOMATION_BINDING), ("Role", C.GATEWAY_ROLE), ("RoleBinding", C.GATEWAY_ROLE),
         ("Deployment", "demo"), ("Service", "demo"),
     ]
     full = [(o["kind"], o["metadata"]["name"]) for o in objects(FULL)]
+    assert full.index(("ConfigMap", "demo-env")) < full.index(("Secret", "demo-env")) < full.index(
+        ("Secret", CHECKSUM_KEY_SECRET)) < full.index(("Deployment", "demo"))
     assert ("NetworkPolicy", INTERNET_EGRESS_POLICY) in full
     assert full.index(("PersistentVolumeClaim", "demo-data")) < full.index(("Deployment", "demo"))
 
@@ -253,9 +257,9 @@ def _rules(role: Obj) -> list[Obj]:
     return rules
 
 
-@pytest.mark.parametrize("role_name", ["demo-ops", C.GATEWAY_ROLE])
-def test_roles_have_no_wildcards_or_escalation(role_name: str) -> None:
-    role = find(objects(BASIC), "Role", role_name)
+@pytest.mark.parametrize("which", ["automation", C.GATEWAY_ROLE])
+def test_roles_have_no_wildcards_or_escalation(which: str) -> None:
+    role = automation_clusterrole() if which == "automation" else find(objects(BASIC), "Role", which)
     for rule in _rules(role):
         for key in ("apiGroups", "resources", "verbs", "resourceNames"):
             assert "*" not in rule.get(key, [])
@@ -265,12 +269,14 @@ def test_roles_have_no_wildcards_or_escalation(role_name: str) -> None:
 
 
 def test_automation_role_matches_the_recipe() -> None:
-    granted = {(g, r) for rule in _rules(find(objects(BASIC), "Role", "demo-ops"))
+    granted = {(g, r) for rule in _rules(automation_clusterrole())
                for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {("apps", "deployments"), ("apps", "statefulsets"), ("", "services"), ("", "configmaps"),
                        ("", "secrets"), ("", "pods"), ("networking.k8s.io", "ingresses"), ("", "pods/log")}
-    binding = find(objects(BASIC), "RoleBinding", "demo-ops")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "demo-ops"}
+    # bound in the project namespace only (a RoleBinding), never cluster-wide
+    binding = find(objects(BASIC), "RoleBinding", AUTOMATION_BINDING)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
+                                  "name": C.AUTOMATION_CLUSTERROLE}
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "demo-bot", "namespace": "wg-demo"}]
 
 
@@ -297,10 +303,42 @@ def test_config_map_and_secret() -> None:
     assert secret["type"] == "Opaque"
     assert "stringData" not in secret
     assert base64.b64decode(secret["data"]["DB_PASSWORD"]).decode() == SECRET_VALUE
-    assert find(objects(BASIC), "ConfigMap")["data"] == {}
-    assert find(objects(BASIC), "Secret")["data"] == {}
     refs = container(FULL)["envFrom"]
     assert refs == [{"configMapRef": {"name": "demo-env"}}, {"secretRef": {"name": "demo-env"}}]
+    # no values, no objects and no envFrom
+    assert not [o for o in objects(BASIC) if o["kind"] in ("ConfigMap", "Secret")]
+    assert "envFrom" not in container(BASIC)
+
+
+def test_referenced_env_sources_are_used_never_rendered() -> None:
+    spec = make(env_config_map="settings", env_secret="credentials")
+    assert container(spec)["envFrom"] == [{"configMapRef": {"name": "settings"}},
+                                          {"secretRef": {"name": "credentials"}}]
+    objs = render(spec, KEY)
+    assert not [o for o in objs if o["kind"] in ("ConfigMap", "Secret")]
+    assert "annotations" not in find(objs, "Deployment")["spec"]["template"]["metadata"]
+    mixed = make(config=(("A", "1"),), env_secret="credentials")
+    assert container(mixed)["envFrom"] == [{"configMapRef": {"name": "demo-env"}},
+                                           {"secretRef": {"name": "credentials"}}]
+
+
+@pytest.mark.parametrize("kw, problem", [
+    ({"env_config_map": "Bad_Name"}, "--env-configmap 'Bad_Name' is not a valid object name"),
+    ({"env_secret": "x" * 254}, "--env-secret"),
+    ({"env_config_map": "cm", "config": (("A", "1"),)}, "--env-configmap cm and inline values both give the "
+                                                        "ConfigMap environment"),
+    ({"env_secret": "s", "secret": (("A", "1"),)}, "both give the Secret environment"),
+    ({"mode": "Sometimes"}, "--mode: expected one of Auto, Running, Suspended, got 'Sometimes'"),
+])
+def test_bad_env_references_and_modes_are_refused(kw: dict[str, Any], problem: str) -> None:
+    with pytest.raises(SpecError, match=re.escape(problem)):
+        make(**kw)
+
+
+@pytest.mark.parametrize("mode", C.MODES)
+def test_the_mode_is_an_annotation_unless_auto(mode: str) -> None:
+    annotations = deployment(make(mode=mode))["metadata"].get("annotations") or {}
+    assert annotations.get(C.MODE_ANNOTATION) == (None if mode == "Auto" else mode)
 
 
 def test_secret_values_appear_only_in_the_secret() -> None:
@@ -356,7 +394,7 @@ def test_checksum_is_keyed() -> None:
 
 def test_a_short_checksum_key_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 32 bytes, got 16"):
-        render(BASIC, bytes(16))
+        render(FULL, bytes(16))
 
 
 def test_new_checksum_keys_are_random_32_bytes() -> None:

@@ -212,7 +212,7 @@ def test_unparsable_resources_name_the_flag(field: str, bad: str) -> None:
 def test_requests_above_limits(resource: str, req: str, limit: str) -> None:
     key = resource.replace("-", "_")
     message = refused("above its limit", resources=Resources(**{f"{key}_request": req, f"{key}_limit": limit}))
-    assert message == f"{resource} request {req} is above its limit {limit}"
+    assert message == f"--{resource}-request {req} is above its limit --{resource}-limit {limit}"
 
 
 def test_requests_equal_to_limits_in_other_units() -> None:

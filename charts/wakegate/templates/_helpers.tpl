@@ -17,6 +17,21 @@ app.kubernetes.io/part-of: wakegate
 {{ include "wakegate.helmLabels" . }}
 {{- end }}
 
+{{/*
+Labels of the controller's objects (manifests/base/controller.yaml). Its pods are deliberately not
+`app.kubernetes.io/name: wakegate`: project namespaces' NetworkPolicies admit only the gateway's pods.
+*/}}
+{{- define "wakegate.controllerLabels" -}}
+app.kubernetes.io/name: wakegate-controller
+app.kubernetes.io/part-of: wakegate
+{{ include "wakegate.helmLabels" . }}
+{{- end }}
+
+{{/* The wakegate image: the gateway and the controller run the same one. */}}
+{{- define "wakegate.image" -}}
+{{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
+{{- end }}
+
 {{/* The admin token Secret the pods mount. */}}
 {{- define "wakegate.adminTokenSecret" -}}
 {{- .Values.adminToken.existingSecret | default "wakegate-admin-token" -}}

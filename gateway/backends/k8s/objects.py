@@ -89,12 +89,14 @@ def deployment_project(deployment: Obj) -> str | None:
 
 def project_settings(annotations: Mapping[str, str]) -> tuple[ProjectSettings, list[str]]:
     """Per-project settings from Deployment annotations, plus a message for each invalid one
-    (an invalid annotation falls back to the gateway default instead of hiding the project)."""
+    (an invalid annotation falls back to the gateway default instead of hiding the project; an
+    invalid ``wakegate.io/mode`` to ``Auto``)."""
     problems: list[str] = []
     values: dict[str, Any] = {}
     for key, field, parse in ((C.IDLE_TIMEOUT_ANNOTATION, "idle_timeout_s", C.parse_seconds),
                               (C.HOLD_TIMEOUT_ANNOTATION, "hold_timeout_s", C.parse_seconds),
-                              (C.STRATEGY_ANNOTATION, "strategy", C.strategy)):
+                              (C.STRATEGY_ANNOTATION, "strategy", C.strategy),
+                              (C.MODE_ANNOTATION, "mode", C.mode)):
         raw = annotations.get(key)
         if raw is None:
             continue
