@@ -30,9 +30,10 @@ from provisioner.render import render
 from provisioner.spec import ProjectSpec
 from tests.backends.test_kubernetes import gateway, get
 from tests.cluster import project_crd
-from tests.cluster.controlplane import ApiStatusError, Cluster
+from tests.cluster.controlplane import Cluster
 from tests.ops_support import WakegateProcess
 from tests.provisioner.test_apply_cluster import cli
+from tests.provisioner.test_apply_cluster import get as fetch
 
 pytestmark = pytest.mark.cluster
 
@@ -118,16 +119,6 @@ def project_obj(name: str, **spec: Any) -> Obj:
 def apply(cluster: Cluster, obj: Obj) -> None:
     """``kubectl apply --server-side`` as the platform would (its own field manager)."""
     cluster.kubectl("apply", "--server-side", "--field-manager=platform", "-f", "-", input=json.dumps(obj))
-
-
-def fetch(cluster: Cluster, path: str) -> Obj | None:
-    try:
-        result: Obj = cluster.request("GET", path)
-    except ApiStatusError as exc:
-        if exc.status == 404:
-            return None
-        raise
-    return result
 
 
 def phase(obj: Obj) -> str | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import copy
 import json
 import subprocess
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from provisioner.crd import crd_yaml, project_crd
 from provisioner.spec import SpecError, validate_project_name
 from tests.cluster import project_crd as crd_install
 from tests.cluster.controlplane import Cluster
+from tests.provisioner.schema_paths import schema_leaves, value_paths
 
 pytestmark = pytest.mark.cluster
 
@@ -119,31 +120,9 @@ def test_the_api_server_keeps_the_schema_as_written(crd: Cluster) -> None:
 # --- valid Projects ------------------------------------------------------------------------------
 
 
-def schema_paths(node: Obj, path: str) -> Iterator[str]:
-    """Paths of every leaf and map field under ``node`` (lists as ``[]``)."""
-    props = node.get("properties")
-    if props:
-        for name, child in props.items():
-            yield from schema_paths(child, f"{path}.{name}")
-    elif "items" in node:
-        yield from schema_paths(node["items"], f"{path}[]")
-    else:
-        yield path
-
-
-def value_paths(value: Any, path: str) -> Iterator[str]:
-    yield path
-    if isinstance(value, dict):
-        for name, child in value.items():
-            yield from value_paths(child, f"{path}.{name}")
-    elif isinstance(value, list):
-        for child in value:
-            yield from value_paths(child, f"{path}[]")
-
-
 def test_the_full_project_uses_every_field() -> None:
     spec_schema = project_crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
-    unused = set(schema_paths(spec_schema, "")) - set(value_paths(FULL, ""))
+    unused = set(schema_leaves(spec_schema, "")) - set(value_paths(FULL, ""))
     assert not unused
 
 

@@ -32,6 +32,7 @@ from provisioner.spec import (
     Storage,
     Toleration,
 )
+from tests.provisioner.schema_paths import schema_leaves, value_paths
 from tests.provisioner.test_crd_cluster import FULL
 
 Obj = dict[str, Any]
@@ -229,27 +230,6 @@ def schema_nodes(node: Obj, path: str) -> Iterator[str]:
         yield from schema_nodes(child, f"{path}.{name}")
     if "items" in node:
         yield from schema_nodes(node["items"], f"{path}[]")
-
-
-def schema_leaves(node: Obj, path: str) -> Iterator[str]:
-    props = node.get("properties")
-    if props:
-        for name, child in props.items():
-            yield from schema_leaves(child, f"{path}.{name}")
-    elif "items" in node:
-        yield from schema_leaves(node["items"], f"{path}[]")
-    else:
-        yield path
-
-
-def value_paths(value: Any, path: str) -> Iterator[str]:
-    yield path
-    if isinstance(value, dict):
-        for name, child in value.items():
-            yield from value_paths(child, f"{path}.{name}")
-    elif isinstance(value, list):
-        for child in value:
-            yield from value_paths(child, f"{path}[]")
 
 
 def spec_schema() -> Obj:
