@@ -280,8 +280,11 @@ class Controller:
         while True:
             name = await self.queue.get()
             try:
-                if not (self.election.holds() and self.projects.synced.is_set()):
+                if not self.election.holds():
                     continue  # the holder reconciles; _enqueue_all requeues everything on taking over
+                if not self.ready():  # judged on a partial cache, a project would look unprovisioned
+                    self.queue.add(name, 0.5)
+                    continue
                 await self.reconcile(name)
                 self.failures.pop(name, None)
             except asyncio.CancelledError:
