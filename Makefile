@@ -11,8 +11,10 @@ DEV_STAMP := $(VENV)/.installed-dev
 # Debian packages the suite needs: network namespaces for pods (iproute2), headless Chromium for the
 # waiting-page test, nginx and wrk for the benchmark smoke runs, gcc and the C library's headers for the
 # compiled data path (what the Dockerfile's build stage installs; tests/test_packaging.py runs its steps),
-# promtool (Debian's prometheus) for the alert rules' tests.
-APT_PACKAGES := iproute2 chromium nginx-light wrk gcc libc6-dev prometheus
+# promtool (Debian's prometheus) for the alert rules' tests, iptables and ipset for kube-router's
+# network-policy controller (it enforces the test cluster's NetworkPolicies with iptables rules and
+# ipsets; tests/cluster/build.sh builds it).
+APT_PACKAGES := iproute2 chromium nginx-light wrk gcc libc6-dev prometheus iptables ipset
 
 .PHONY: run demo test lint unit fuzz venv dev-venv native system-deps cluster-build cluster-up cluster-down bench clean
 
@@ -60,7 +62,7 @@ fuzz: $(DEV_STAMP) native  ## The data-path fuzzer's long run: FUZZ_EXAMPLES ran
 test: $(DEV_STAMP) system-deps cluster-build lint native  ## Install everything, then run the whole suite.
 	$(VENV)/bin/pytest
 
-cluster-build:  ## Build (or reuse) kube-apiserver, kube-controller-manager and etcd.
+cluster-build:  ## Build (or reuse) kube-apiserver, kube-controller-manager, kubectl, etcd, helm and kube-router.
 	bash tests/cluster/build.sh
 
 cluster-up: $(DEV_STAMP) cluster-build

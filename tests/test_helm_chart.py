@@ -1,13 +1,13 @@
 """The Helm chart ``charts/wakegate``: the same objects as ``manifests/`` for the same settings.
 
-For every combination of the kustomize components (aks, monitoring, gateway-api; settings always),
-the chart rendered with the equivalent values (:func:`tests.cluster.helm.helm_values_for`) and the
-kustomize install rendered with the same settings must hold the same objects (kind, namespace, name)
-with the same content after :func:`normalise`. The chart is rendered with ``--include-crds``, so its
-``crds/`` (the Project CRD) is compared too. With ``controller.enabled=false`` it makes the same objects
-less the controller's (the CRD stays: Helm never templates nor deletes crds/). helm is the pinned build
-of tests/cluster/build.sh. The cluster tests hand every object the chart makes to the real test API
-server.
+For every combination of the kustomize components (aks, monitoring, gateway-api, ingress-namespace;
+settings always), the chart rendered with the equivalent values
+(:func:`tests.cluster.helm.helm_values_for`) and the kustomize install rendered with the same settings
+must hold the same objects (kind, namespace, name) with the same content after :func:`normalise`. The
+chart is rendered with ``--include-crds``, so its ``crds/`` (the Project CRD) is compared too. With
+``controller.enabled=false`` it makes the same objects less the controller's (the CRD stays: Helm never
+templates nor deletes crds/). helm is the pinned build of tests/cluster/build.sh. The cluster tests
+hand every object the chart makes to the real test API server.
 """
 
 from __future__ import annotations
@@ -15,13 +15,17 @@ from __future__ import annotations
 import base64
 import copy
 import difflib
+import io
 import ipaddress
 import json
 import os
 import re
 import tempfile
+import urllib.error
+import urllib.request
 from collections import defaultdict
 from collections.abc import Generator
+from contextlib import redirect_stderr, redirect_stdout
 from functools import cache
 from typing import Any
 
@@ -30,8 +34,10 @@ import yaml
 
 from gateway import contract as C
 from gateway.backends import kubernetes as kb
+from provisioner.cli import main as project_cli
+from tests.cluster import gateway_install
 from tests.cluster import helm as H
-from tests.cluster.controlplane import Cluster
+from tests.cluster.controlplane import Cluster, wait_for
 from tests.test_manifests import (
     COMBINATIONS,
     CONTROLLER,
@@ -520,3 +526,91 @@ def test_helm_install_upgrade_and_uninstall(own_cluster: Cluster) -> None:
     labels = json.loads(c.kubectl("get", "namespace", other, "-o", "json").stdout)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
     helm("uninstall", "wg2", "-n", other)
+
+
+def project(cluster: Cluster, *argv: str) -> tuple[int, str, str]:
+    """``wakegate project ARGV --kubeconfig <admin>`` in-process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = project_cli([*argv, "--kubeconfig", str(cluster.kubeconfig)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def log_events(log: str) -> list[Obj]:
+    """The JSON lines of a gateway pod's log."""
+    events = []
+    for line in log.splitlines():
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:  # a line being written
+                continue
+    return events
+
+
+@pytest.mark.cluster
+def test_helm_install_with_the_test_image_serves_a_project(own_cluster: Cluster) -> None:
+    """The chart with the test image: both Deployments roll out (the gateway on in-cluster config, as
+    on AKS), the chart's controller turns a Project made with the CLI into its namespace, and a cold
+    request from this host to a gateway pod wakes the project and gets the app's answer."""
+    c, ns = own_cluster, gateway_install.GATEWAY_NAMESPACE
+    domain, name = "env.chart.test", "charted"
+    echo = "wakegate.test/echo:1"
+
+    def helm(*args: str) -> str:
+        return H.helm(*args, kubeconfig=c.kubeconfig, timeout=300).stdout
+
+    # As the README says: the namespace enforcing `restricted` (it may be left from the test above).
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns, "labels": {
+        f"pod-security.kubernetes.io/{mode}": "restricted" for mode in ("enforce", "warn", "audit")}}}
+    c.kubectl("apply", "--server-side", "--field-manager=wakegate-helm-test", "-f", "-",
+              input=yaml.safe_dump(namespace))
+    helm("install", "wakegate", str(H.CHART), "-n", ns, "--set", f"domain={domain}",
+         "--set", f"image.repository={gateway_install.TEST_IMAGE}",
+         "--set-string", f"image.tag={gateway_install.TEST_TAG}",
+         "--set", f"trustedProxies={{{c.pod_cidr}}}")
+    try:
+        for deployment in gateway_install.DEPLOYMENTS:
+            gateway_install.wait_rollout(c, deployment)
+        installed = gateway_install.Install(domain=domain, admin_token=admin_token(c, ns),
+                                            objects=H.parse(helm("get", "manifest", "wakegate", "-n", ns)))
+        # Ready, not terminating: pods of the test above's release (image not pullable) may linger.
+        gateways = installed.gateway_pods(c)
+        assert gateways, "no ready gateway pod"
+        gateway = gateways[0]
+        assert gateway["spec"]["containers"][0]["image"] == f"{gateway_install.TEST_IMAGE}:{gateway_install.TEST_TAG}"
+
+        # The CLI writes a Project (the CRD is installed) and waits for the chart's controller: the
+        # URL it prints is the controller's, with the chart's domain.
+        code, out, err = project(c, "create", name, "--image", echo, "--port", "8080", "--timeout", "120")
+        assert code == 0, f"{out}\n{err}"
+        assert out.strip() == f"https://{name}.{domain}/", f"{out}\n{err}"
+        assert c.request("GET", f"/apis/apps/v1/namespaces/{C.namespace_for(name)}/deployments/{name}")[
+            "spec"]["replicas"] == 0
+
+        # A cold request to the gateway pod, from this host: held through the wake, then forwarded.
+        request = urllib.request.Request(f"http://{gateway['status']['podIP']}:8080/hello",
+                                         headers={"Host": f"{name}.{domain}"})
+        pod_name = gateway["metadata"]["name"]
+        try:
+            with urllib.request.urlopen(request, timeout=90) as resp:
+                status, headers, body = resp.status, resp.headers, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            raise AssertionError(f"{exc.code} {exc.read()[:500]!r}\n{c.pod_log(ns, pod_name)[-3000:]}") from exc
+        assert status == 200
+        assert float(headers["X-Wakegate-Cold-Start"]) > 0, dict(headers)
+        assert body["image"] == echo and body["path"] == "/hello", body
+
+        # The pod's log (copied by the node agent as the process writes it): on the API server
+        # in-cluster, and the wake of this project.
+        def logged(event: str, **fields: str) -> bool:
+            return any(e.get("event") == event and all(e.get(k) == v for k, v in fields.items())
+                       for e in log_events(c.pod_log(ns, pod_name)))
+
+        wait_for("the gateway pod's log of the wake", lambda: logged("wake", project=name), timeout=60)
+        assert logged("kubernetes_api_reachable"), c.pod_log(ns, pod_name)[-3000:]
+
+        code, out, err = project(c, "delete", name, "--wait", "--timeout", "120")
+        assert code == 0, f"{out}\n{err}"
+    finally:
+        helm("uninstall", "wakegate", "-n", ns, "--wait")

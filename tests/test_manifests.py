@@ -1,7 +1,7 @@
 """The install manifests: they render, validate strictly, grant exactly what the backend uses, and
 the gateway's pods meet the ``restricted`` Pod Security Standard. Every combination of the optional
-components renders, in any order, and each setting (domain, trusted proxies) lands exactly where it
-is needed. The Project controller (base/controller.yaml) gets least-privilege RBAC and a pod as
+components renders, in any order, and each setting (domain, trusted proxies, ingress namespace) lands
+exactly where it is needed. The Project controller (base/controller.yaml) gets least-privilege RBAC and a pod as
 restricted as the gateway's, outside what project NetworkPolicies admit. (The Helm chart is compared
 with these objects in tests/test_helm_chart.py.)"""
 
@@ -41,7 +41,8 @@ COMBINATIONS = [c for n in range(len(H.COMPONENTS) + 1) for c in itertools.combi
 DEFAULT_DOMAIN = "env.example.com"
 DEFAULT_TRUSTED_PROXIES = "10.244.0.0/16"
 # Settings unlike the defaults, to see where each one lands.
-SETTINGS = {"domain": "apps.test-domain.example", "trustedProxies": "10.1.0.0/16,192.168.7.0/24"}
+SETTINGS = {"domain": "apps.test-domain.example", "trustedProxies": "10.1.0.0/16,192.168.7.0/24",
+            "ingressNamespace": "edge-ingress"}
 K8S_VERSION = "1.37.0"
 CONTROLLER = "wakegate-controller"
 #: (kind, name) of every object of base/controller.yaml, as written there.
@@ -184,7 +185,8 @@ def test_the_default_install_is_the_base_with_its_own_defaults() -> None:
     assert sorted(map(json.dumps, render(""))) == sorted(map(json.dumps, render("base")))
     settings = one(tuple(H.parse((MANIFESTS / "base" / "settings.yaml").read_text())), "ConfigMap",
                    "wakegate-settings")
-    assert settings["data"] == {"domain": DEFAULT_DOMAIN, "trustedProxies": DEFAULT_TRUSTED_PROXIES}
+    assert settings["data"] == {"domain": DEFAULT_DOMAIN, "trustedProxies": DEFAULT_TRUSTED_PROXIES,
+                                "ingressNamespace": H.DEFAULT_INGRESS_NAMESPACE}
     assert settings["metadata"]["annotations"]["config.kubernetes.io/local-config"] == "true"
     top = yaml.safe_load((MANIFESTS / "kustomization.yaml").read_text())
     assert top["configMapGenerator"][0]["literals"] == [f"{k}={v}" for k, v in settings["data"].items()]
@@ -261,6 +263,38 @@ def test_the_domain_lands_exactly_where_it_is_needed(combo: tuple[str, ...]) -> 
     assert where(objs, SETTINGS["trustedProxies"]) == {
         "Deployment/wakegate.spec.template.spec.containers[0].env[5].value"}
     assert where(objs, DEFAULT_TRUSTED_PROXIES) == set()
+    # The ingress namespace: only with components/ingress-namespace, only in the public port's rule.
+    assert where(objs, SETTINGS["ingressNamespace"]) == (
+        {"NetworkPolicy/wakegate.spec.ingress[0].from[0].namespaceSelector.matchLabels.kubernetes.io/metadata.name"}
+        if "ingress-namespace" in combo else set())
+    assert where(objs, H.DEFAULT_INGRESS_NAMESPACE) == set()
+
+
+PUBLIC_RULE = {"ports": [{"protocol": "TCP", "port": 8080}]}
+ADMIN_RULE = {"from": [{"namespaceSelector": {"matchLabels": {"wakegate.io/admin-access": "true"}}},
+                       {"podSelector": {"matchLabels": L.GATEWAY_POD_LABELS}}],
+              "ports": [{"protocol": "TCP", "port": 9090}]}
+
+
+def admitting(namespace: str) -> list[Obj]:
+    return [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}]
+
+
+def test_the_ingress_namespace_component_admits_only_that_namespace_to_the_public_port() -> None:
+    without = one(install(()), "NetworkPolicy")
+    assert without["spec"]["ingress"] == [PUBLIC_RULE, ADMIN_RULE]  # the public port: from anywhere
+    defaults = {k: v for k, v in SETTINGS.items() if k != "ingressNamespace"}
+    for objs, namespace in ((install(("ingress-namespace",)), SETTINGS["ingressNamespace"]),
+                            (install(("ingress-namespace",), reverse=True), SETTINGS["ingressNamespace"]),
+                            (tuple(H.kustomize_install(defaults, ["ingress-namespace", "settings"])),
+                             H.DEFAULT_INGRESS_NAMESPACE)):
+        pol = one(objs, "NetworkPolicy")
+        public, admin = pol["spec"]["ingress"]
+        assert public == {**PUBLIC_RULE, "from": admitting(namespace)}
+        assert admin == ADMIN_RULE
+        # Nothing else changes: the rest of this policy, the controller's, every other object.
+        assert {**pol, "spec": {**pol["spec"], "ingress": without["spec"]["ingress"]}} == without
+        assert [o for o in objs if o is not pol] == [o for o in install(()) if o is not without]
 
 
 def gateway_settings(objs: tuple[Obj, ...] | list[Obj]) -> config.Settings:

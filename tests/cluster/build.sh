@@ -3,33 +3,44 @@
 #   kube-apiserver, kube-controller-manager, kubectl  from k8s.io/kubernetes
 #   etcd                                              from go.etcd.io/etcd/server/v3
 #   helm                                              from helm.sh/helm/v4 (the chart tests)
-# Versions are pinned in tests/cluster/k8sbuild/go.mod and, in a module of its own so that Helm's
-# dependencies never move the control plane's pins, tests/cluster/helmbuild/go.mod. Output goes to
-# cache directories outside the work tree, each keyed by its version and a hash of its go.mod/go.sum:
+#   kube-router                                       from github.com/cloudnativelabs/kube-router/v2
+#                                                     (its network-policy controller enforces the
+#                                                     test cluster's NetworkPolicies)
+# Versions are pinned in tests/cluster/k8sbuild/go.mod and, each in a module of its own so that their
+# dependencies never move the control plane's pins, tests/cluster/helmbuild/go.mod and
+# tests/cluster/netpolbuild/go.mod. Output goes to cache directories outside the work tree, each keyed
+# by its version and a hash of its go.mod/go.sum:
 #   ${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}/k8s-<version>/
 #   ${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}/helm-<version>/
+#   ${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}/kube-router-<version>/
 # A second run with the same pins returns at once. Concurrent runs serialise on a lock file per build.
 #
-#   build.sh          both; prints the Kubernetes binary directory as its last line
+#   build.sh          all three; prints the Kubernetes binary directory as its last line
 #   build.sh k8s      only the control plane (last line: its directory)
 #   build.sh helm     only helm (last line: its directory)
+#   build.sh netpol   only kube-router (last line: its directory)
 set -euo pipefail
 
 what="${1:-all}"
 case "$what" in
-  all | k8s | helm) ;;
-  *) echo "usage: $0 [all|k8s|helm]" >&2; exit 2 ;;
+  all | k8s | helm | netpol) ;;
+  *) echo "usage: $0 [all|k8s|helm|netpol]" >&2; exit 2 ;;
 esac
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cache_root="${WAKEGATE_K8S_CACHE:-$HOME/.cache/wakegate}"
 
-# Tools the harness uses at run time: openssl (PKI), ip (netns, veth, bridge), nsenter and setpriv.
+# Tools the harness uses at run time: openssl (PKI), ip (netns, veth, bridge), nsenter and setpriv,
+# and the userspace tools kube-router's network-policy controller drives: iptables (and
+# iptables-save/-restore) and ipset.
 if [[ "$what" != helm ]]; then
   missing=()
   command -v openssl >/dev/null 2>&1 || missing+=(openssl)
   command -v ip >/dev/null 2>&1 || missing+=(iproute2)
   { command -v nsenter && command -v setpriv; } >/dev/null 2>&1 || missing+=(util-linux)
+  { command -v iptables && command -v iptables-save && command -v iptables-restore; } >/dev/null 2>&1 ||
+    missing+=(iptables)
+  command -v ipset >/dev/null 2>&1 || missing+=(ipset)
   if ((${#missing[@]})); then
     echo "cluster-build: installing ${missing[*]}"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
@@ -177,10 +188,69 @@ build_helm() {
   helm_dir="$out"
 }
 
+# --- kube-router (the network-policy controller) ---------------------------------------------------
+
+build_netpol() {
+  local mod="$here/netpolbuild"
+  local netpol_version out want
+  # `require github.com/cloudnativelabs/kube-router/v2 vX` alone, or a line of a `require (...)` block.
+  netpol_version="$(awk '$1 == "require" { $1 = ""; $0 = $0 }
+    $1 == "github.com/cloudnativelabs/kube-router/v2" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")"
+  [[ -n "$netpol_version" ]] ||
+    { echo "cluster-build: no github.com/cloudnativelabs/kube-router/v2 requirement in $mod/go.mod" >&2; exit 1; }
+  out="$cache_root/kube-router-$netpol_version"
+  want="$(pins "$mod")"
+
+  if built "$out" "$want" kube-router; then
+    echo "cluster-build: reusing $out"
+    netpol_dir="$out"
+    return
+  fi
+  go_toolchain
+  mkdir -p "$cache_root"
+  exec 7>"$cache_root/kube-router-$netpol_version.lock"
+  flock 7
+  if built "$out" "$want" kube-router; then
+    echo "cluster-build: reusing $out"
+    exec 7>&-
+    netpol_dir="$out"
+    return
+  fi
+
+  local staging="$out.tmp.$$"
+  rm -rf "$staging"
+  mkdir -p "$staging"
+  trap 'rm -rf "'"$staging"'"' EXIT
+
+  local start=$SECONDS
+  echo "cluster-build: building kube-router $netpol_version into $out ($(go version | cut -d' ' -f3), -p $jobs)"
+  # What kube-router's own Makefile stamps (pkg/version.Version, .BuildDate); the release tag instead
+  # of `git describe`, and an empty build date so that the same pins give the same binary.
+  local ldflags="-s -w"
+  ldflags+=" -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$netpol_version"
+  ldflags+=" -X github.com/cloudnativelabs/kube-router/v2/pkg/version.BuildDate="
+  (
+    cd "$mod"
+    go build -p "$jobs" -ldflags="$ldflags" -o "$staging/kube-router" \
+      github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+  )
+  echo "$want" >"$staging/.pins"
+
+  rm -rf "$out"
+  mv "$staging" "$out"
+  trap - EXIT
+  exec 7>&-
+  echo "cluster-build: kube-router done in $((SECONDS - start))s"
+  "$out/kube-router" --version
+  netpol_dir="$out"
+}
+
 k8s_dir=""
 helm_dir=""
+netpol_dir=""
 case "$what" in
   helm) build_helm; echo "$helm_dir" ;;
+  netpol) build_netpol; echo "$netpol_dir" ;;
   k8s) build_k8s; echo "$k8s_dir" ;;
-  all) build_helm; build_k8s; echo "$k8s_dir" ;;
+  all) build_helm; build_netpol; build_k8s; echo "$k8s_dir" ;;
 esac

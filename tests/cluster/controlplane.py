@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.cluster import netalloc
+from tests.cluster import netalloc, netpol
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -46,9 +46,11 @@ BUILD_SCRIPT = HERE / "build.sh"
 GO_MOD = HERE / "k8sbuild" / "go.mod"
 SYSTEM_KUBECTL = Path("/usr/bin/kubectl")
 START_TIMEOUT = 120.0
+#: Where the API server listens, on the host's address in the pod network (see :mod:`netalloc`).
+API_SERVER_PORT = 6443
 # Seconds between SIGTERM and SIGKILL. kube-apiserver stops listening at once on SIGTERM but can
 # take a minute to drain long-running requests; nothing here needs that drain.
-STOP_GRACE = {"node-agent": 10.0, "controller-manager": 5.0, "apiserver": 2.0, "etcd": 5.0}
+STOP_GRACE = {"network-policy": 5.0, "node-agent": 10.0, "controller-manager": 5.0, "apiserver": 2.0, "etcd": 5.0}
 T = TypeVar("T")
 
 
@@ -87,31 +89,41 @@ def ensure_binaries() -> Path:
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float, interval: float = 0.1) -> None:
-    """Poll ``check`` until true; TimeoutError after ``timeout`` seconds."""
+    """Poll ``check`` until true (a ClusterError from it ends the wait); TimeoutError after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(Exception):
+        try:
             if check():
                 return
+        except ClusterError:
+            raise
+        except Exception:
+            pass
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
 
 
-def free_port(avoid: set[int]) -> int:
-    """A free loopback TCP port below the ephemeral range (so outgoing connections cannot take it)."""
+def port_free(host: str, port: int) -> bool:
+    """Whether a listener (with SO_REUSEADDR, as Go's and etcd's) can bind ``host:port`` now."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port(avoid: set[int], host: str = "127.0.0.1") -> int:
+    """A free TCP port below the ephemeral range (so outgoing connections cannot take it)."""
     for _ in range(200):
         port = random.randint(20000, 32000)
-        if port in avoid:
+        if port in avoid or not port_free(host, port):
             continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
         avoid.add(port)
         return port
-    raise RuntimeError("no free loopback port found")
+    raise RuntimeError(f"no free port found on {host}")
 
 
 # --- PKI ------------------------------------------------------------------------------------------
@@ -121,7 +133,7 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_pki(pki: Path, service_ip: str) -> None:
+def make_pki(pki: Path, service_ip: str, host_ip: str) -> None:
     """CA, apiserver serving cert, client certs (admin, controller-manager), service-account keys."""
     pki.mkdir(parents=True, exist_ok=True)
 
@@ -135,7 +147,7 @@ def make_pki(pki: Path, service_ip: str) -> None:
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
         "-out", "ca.crt", cwd=pki,
     )  # fmt: skip
-    sans = f"IP:127.0.0.1,IP:{service_ip},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
+    sans = f"IP:127.0.0.1,IP:{host_ip},IP:{service_ip},DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
     sans += ",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
     leaves = {
         "apiserver": ("/CN=kube-apiserver", f"extendedKeyUsage=serverAuth\nsubjectAltName={sans}"),
@@ -269,11 +281,13 @@ class Cluster:
         state_dir: everything of this instance: ``pki/``, ``etcd/``, ``logs/<component>.log``,
             ``pods/<ns>_<pod>_<uid>/<container>.log`` (container stdout/stderr), kubeconfigs.
         kubeconfig: admin kubeconfig (client cert in ``system:masters``).
-        server: ``https://127.0.0.1:<port>``; ``ca_file``: the cluster CA (PEM).
+        server: ``https://<gateway_ip>:6443`` (another port if 6443 is taken there); ``ca_file``: the
+            cluster CA (PEM). Pods reach the API server at the same address.
         pod_cidr: this cluster's pod network (a /24 of 198.18.0.0/16, split between nodes when
             there are several); ``service_cidr``: ClusterIP range (unreachable: no kube-proxy).
         gateway_ip: the host's address on the pod bridge (pods reach host services there).
-        bridge: the host bridge; node_names: the fake nodes; version: the Kubernetes version.
+        bridge: the host's link into the pod bridge; node_names: the fake nodes; version: the
+            Kubernetes version.
         bin_dir: where kube-apiserver, kube-controller-manager, kubectl and etcd live.
     """
 
@@ -285,6 +299,7 @@ class Cluster:
     node_names: list[str]
     components: dict[str, Component] = field(default_factory=dict)
     detached: bool = False
+    network_policies: bool = False
 
     def __repr__(self) -> str:
         return f"Cluster(server={self.server!r}, pod_cidr={self.pod_cidr!r}, state_dir='{self.state_dir}')"
@@ -293,7 +308,7 @@ class Cluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.ports['apiserver']}"
+        return f"https://{self.gateway_ip}:{self.ports['apiserver']}"
 
     @property
     def kubeconfig(self) -> Path:
@@ -335,8 +350,11 @@ class Cluster:
     # -- lifecycle --
 
     @classmethod
-    def start(cls, state_dir: Path | None = None, *, nodes: int = 1, detached: bool = False) -> Cluster:
-        """Start a fresh cluster. ``detached`` ones outlive this process (``make cluster-up``)."""
+    def start(
+        cls, state_dir: Path | None = None, *, nodes: int = 1, detached: bool = False, network_policies: bool = False
+    ) -> Cluster:
+        """Start a fresh cluster. ``detached`` ones outlive this process (``make cluster-up``);
+        ``network_policies`` ones enforce NetworkPolicies (:mod:`tests.cluster.netpol`)."""
         if os.geteuid() != 0:
             raise ClusterError("the test cluster needs root (network namespaces, bridges)")
         bins = ensure_binaries()
@@ -347,7 +365,9 @@ class Cluster:
         slot = netalloc.allocate(state_dir, owner=os.getpid())
         suffix = f"{slot.index}-{os.urandom(2).hex()}"
         node_names = [f"wg-node-{suffix}" + (f"-{i}" if nodes > 1 else "") for i in range(nodes)]
-        cluster = cls(state_dir, slot, k8s_version(), bins, {}, node_names, detached=detached)
+        cluster = cls(
+            state_dir, slot, k8s_version(), bins, {}, node_names, detached=detached, network_policies=network_policies
+        )
         try:
             cluster._boot()
         except BaseException:
@@ -359,7 +379,7 @@ class Cluster:
     def _boot(self) -> None:
         started = time.monotonic()
         service_ip = str(self.slot.service_subnet.network_address + 1)
-        make_pki(self.pki, service_ip)
+        make_pki(self.pki, service_ip, self.gateway_ip)
         self._start_etcd()
         self._start_apiserver_with_retry()
         self.kubeconfig.write_text(kubeconfig(self.server, self.ca_file, cert_user(self.pki, "admin")))
@@ -370,7 +390,35 @@ class Cluster:
         deadline = START_TIMEOUT - (time.monotonic() - started)
         wait_for("the default ServiceAccount (controller-manager)", self._has_default_sa, max(deadline, 10))
         wait_for("the nodes to be Ready (node agent)", self._nodes_ready, max(deadline, 10))
+        if self.network_policies:
+            self._start_policy_engine()
         self._save()
+
+    def _start_policy_engine(self) -> None:
+        argv = netpol.argv(
+            netpol.binary(),
+            node_netns=self.slot.node_netns,
+            kubeconfig=self.kubeconfig,
+            node_name=self.node_names[0],  # every fake node has the same address: one engine serves all
+            service_cidr=self.service_cidr,
+        )
+        self._launch("network-policy", argv)
+        comp = self.components["network-policy"]
+        health = f"http://{self.slot.node_address}:{netpol.HEALTH_PORT}/healthz"
+
+        def enforcing() -> bool:
+            if not comp.alive():
+                raise ClusterError(f"the NetworkPolicy engine (kube-router) exited:\n{comp.tail(30)}")
+            with urllib.request.urlopen(health, timeout=2) as resp:
+                healthy = resp.status == 200
+            return healthy and ":KUBE-ROUTER-FORWARD" in netpol.filter_rules(self.slot.node_netns)
+
+        wait_for("the NetworkPolicy engine (kube-router) to program the node", enforcing, START_TIMEOUT)
+
+    def policy_engine_running(self) -> bool:
+        """True while this cluster's NetworkPolicy engine runs (and it was asked for one)."""
+        comp = self.components.get("network-policy")
+        return self.network_policies and comp is not None and comp.alive()
 
     def _launch(self, name: str, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         comp = Component(name, argv, self.logs_dir / f"{name}.log", env=env, cwd=cwd)
@@ -414,7 +462,7 @@ class Cluster:
         return [
             str(self.bin_dir / "kube-apiserver"),
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.gateway_ip}",
             f"--secure-port={self.ports['apiserver']}",
             f"--advertise-address={self.gateway_ip}",
             f"--service-cluster-ip-range={self.service_cidr}",
@@ -435,7 +483,12 @@ class Cluster:
 
     def _start_apiserver_with_retry(self) -> None:
         for attempt in range(3):
-            self.ports["apiserver"] = free_port(set(self.ports.values()))
+            # 6443 like a real control plane (the gateway's NetworkPolicy admits egress to 443 and
+            # 6443); each cluster listens on its own address, so several can use it side by side.
+            if attempt == 0 and port_free(self.gateway_ip, API_SERVER_PORT):
+                self.ports["apiserver"] = API_SERVER_PORT
+            else:
+                self.ports["apiserver"] = free_port(set(self.ports.values()), self.gateway_ip)
             try:
                 self._start_apiserver()
                 return
@@ -494,7 +547,7 @@ class Cluster:
             "tests.cluster.node_agent",
             f"--kubeconfig={self.kubeconfig}",
             f"--subnet={self.pod_cidr}",
-            f"--bridge={self.bridge}",
+            f"--node-netns={self.slot.node_netns}",
             f"--slot={self.slot.index}",
             f"--state-dir={self.state_dir}",
         ]
@@ -520,7 +573,7 @@ class Cluster:
 
     def stop(self, keep_state: bool = False) -> None:
         """Stop every component (node agent first, so pods end cleanly) and free the pod network."""
-        for name in ("node-agent", "controller-manager", "apiserver", "etcd"):
+        for name in ("network-policy", "node-agent", "controller-manager", "apiserver", "etcd"):
             comp = self.components.get(name)
             if comp is not None:
                 with contextlib.suppress(Exception):
@@ -561,6 +614,7 @@ class Cluster:
             "slot": self.slot.index,
             "owner": self.slot.owner.to_json(),
             "detached": self.detached,
+            "network_policies": self.network_policies,
             "components": {n: c.to_json() for n, c in self.components.items()},
         }
         tmp = self.state_dir / "state.json.tmp"
@@ -587,6 +641,7 @@ class Cluster:
             list(raw["nodes"]),
             comps,
             detached=bool(raw["detached"]),
+            network_policies=bool(raw.get("network_policies")),
         )
 
     # -- talking to it --
@@ -753,7 +808,7 @@ def _etcd_healthy(url: str) -> bool:
 # --- CLI ------------------------------------------------------------------------------------------
 
 
-def cmd_up(state_dir: Path) -> int:
+def cmd_up(state_dir: Path, network_policies: bool = False) -> int:
     if (state_dir / "state.json").exists():
         try:
             existing = Cluster.load(state_dir)
@@ -765,7 +820,7 @@ def cmd_up(state_dir: Path) -> int:
         cmd_down(state_dir)
     started = time.monotonic()
     try:
-        cluster = Cluster.start(state_dir, detached=True)
+        cluster = Cluster.start(state_dir, detached=True, network_policies=network_policies)
     except ClusterError as exc:
         print(exc, file=sys.stderr)
         return 1
@@ -795,9 +850,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Start or stop the local test cluster.")
     parser.add_argument("command", choices=["up", "down"])
     parser.add_argument("--state-dir", type=Path, default=Path(".cluster"))
+    parser.add_argument("--network-policies", action="store_true",
+                        help="enforce NetworkPolicies (kube-router in the node's namespace)")
     args = parser.parse_args()
     state_dir = args.state_dir.resolve()
-    sys.exit(cmd_up(state_dir) if args.command == "up" else cmd_down(state_dir))
+    sys.exit(cmd_up(state_dir, args.network_policies) if args.command == "up" else cmd_down(state_dir))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,9 @@ HELM_GO_MOD = HERE / "helmbuild" / "go.mod"
 CHART = REPO / "charts" / "wakegate"
 MANIFESTS = REPO / "manifests"
 # The optional kustomize components; components/settings is in every install.
-COMPONENTS = ("aks", "monitoring", "gateway-api")
+COMPONENTS = ("aks", "monitoring", "gateway-api", "ingress-namespace")
+# manifests/base/settings.yaml's default of the ingressNamespace setting (components/ingress-namespace).
+DEFAULT_INGRESS_NAMESPACE = "ingress-nginx"
 SYSTEM_KUBECTL = Path("/usr/bin/kubectl")
 
 Obj = dict[str, Any]
@@ -168,6 +170,10 @@ def helm_values_for(settings: Mapping[str, str], components: Iterable[str]) -> d
         values["monitoring"] = {"enabled": True}
     if "gateway-api" in chosen:
         values["gatewayAPI"] = {"enabled": True}
+    if "ingress-namespace" in chosen:
+        # Without the setting, kustomize's default (manifests/base/settings.yaml).
+        namespace = settings.get("ingressNamespace", DEFAULT_INGRESS_NAMESPACE)
+        values["networkPolicy"] = {"publicNamespaceLabels": {"kubernetes.io/metadata.name": namespace}}
     return values
 
 

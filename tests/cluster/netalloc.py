@@ -2,16 +2,26 @@
 
 Every cluster instance on this machine owns one *slot* N (0..255) of 198.18.0.0/15:
 
-* pods:     198.18.N.0/24 on a Linux bridge ``wgbrN`` that holds the gateway address 198.18.N.1;
+* the node: a network namespace ``wgnN`` that plays the node's host network. It holds the pod
+  bridge ``cbr0`` (address 198.18.N.254, the node's own) and runs the NetworkPolicy engine when a
+  cluster asks for one: pod-to-pod traffic is bridged there, and bridge netfilter
+  (``bridge-nf-call-iptables``) hands it to that namespace's iptables, as on a real node;
+* pods:     198.18.N.0/24 on that bridge; each pod's veth has its node end in ``wgnN``;
+* this machine: a veth ``wgbrN`` from the host into the node's bridge, holding 198.18.N.1, the
+  pods' default gateway. The API server listens there (pods reach it like a node's pods reach the
+  control plane), and so can host processes that must appear as endpoints;
+* a private address, 10.255.N.1 (a /32 on ``wgbrN``): stands for the private networks around a
+  real cluster (VNet, peered networks), which a project's internet egress must never reach;
 * services: 198.19.N.0/24, the apiserver's ``--service-cluster-ip-range``. Nothing implements
   ClusterIPs here (no kube-proxy), so that range gets an ``unreachable`` route and a connection to
   a ClusterIP fails at once instead of leaving the machine.
 
-Packets arriving on the bridge are never forwarded (``conf/<bridge>/forwarding=0``) and nothing is
-NATed, so pod traffic stays between this machine and its own namespaces. A slot is free when no
-route overlaps either range; if a route that is not ours overlaps 198.18.0.0/15 at all, nothing is
-allocated. Allocations are recorded in ``/run/wakegate-cluster/slot-N.json`` under a file lock;
-slots whose processes are all dead are reclaimed (bridge, route, pod namespaces and their processes).
+Packets arriving from the pods are never forwarded by the host (``conf/wgbrN/forwarding=0``) nor by
+the node namespace (no IP forwarding), and nothing is NATed, so pod traffic stays between this
+machine and its own namespaces. A slot is free when no route overlaps either range; if a route that
+is not ours overlaps 198.18.0.0/15 at all, nothing is allocated. Allocations are recorded in
+``/run/wakegate-cluster/slot-N.json`` under a file lock; slots whose processes are all dead are
+reclaimed (host link, node namespace, route, pod namespaces and their processes).
 """
 
 from __future__ import annotations
@@ -31,8 +41,11 @@ from typing import Any
 
 SUPERNET = ipaddress.IPv4Network("198.18.0.0/15")
 SLOTS = 256
-BRIDGE_PREFIX = "wgbr"
+BRIDGE_PREFIX = "wgbr"  # the host's link into slot N's pod bridge: wgbr<slot>
 NETNS_PREFIX = "wgp"  # pod namespaces are named wgp<slot>-<pod>
+NODE_NETNS_PREFIX = "wgn"  # the node namespace of slot N: wgn<slot>
+NODE_BRIDGE = "cbr0"  # the pod bridge, inside the node namespace
+NODE_UPLINK = "uplink"  # the node end of the host link, a port of the pod bridge
 ROUTE_PROTO = "177"  # marks the unreachable service-range routes we add
 REGISTRY = Path(os.environ.get("WAKEGATE_CLUSTER_REGISTRY", "/run/wakegate-cluster"))
 
@@ -50,7 +63,22 @@ def service_subnet(slot: int) -> ipaddress.IPv4Network:
 
 
 def bridge_name(slot: int) -> str:
+    """The host's link into the slot's pod bridge (a veth; its address is the pods' gateway)."""
     return f"{BRIDGE_PREFIX}{slot}"
+
+
+def node_netns(slot: int) -> str:
+    return f"{NODE_NETNS_PREFIX}{slot}"
+
+
+def private_address(slot: int) -> ipaddress.IPv4Address:
+    """An RFC 1918 address on this machine that pods of the slot can reach (if policies allow)."""
+    return ipaddress.IPv4Address(f"10.255.{slot}.1")
+
+
+def node_address(slot: int) -> ipaddress.IPv4Address:
+    """The node namespace's own address on the pod bridge (the last host address of the slot)."""
+    return pod_subnet(slot).broadcast_address - 1
 
 
 @dataclass(frozen=True)
@@ -187,6 +215,18 @@ class Slot:
         return self.pod_subnet.network_address + 1
 
     @property
+    def node_netns(self) -> str:
+        return node_netns(self.index)
+
+    @property
+    def node_address(self) -> ipaddress.IPv4Address:
+        return node_address(self.index)
+
+    @property
+    def private_address(self) -> ipaddress.IPv4Address:
+        return private_address(self.index)
+
+    @property
     def path(self) -> Path:
         return REGISTRY / f"slot-{self.index}.json"
 
@@ -226,8 +266,8 @@ def registry_lock() -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(argv), check=check, capture_output=True, text=True)
+def _run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True, input=input)
 
 
 def _links() -> list[str]:
@@ -254,9 +294,13 @@ def remove_netns(name: str) -> None:
 
 
 def teardown_network(slot: int) -> None:
-    """Remove the bridge, the service route and all pod namespaces of a slot (best effort)."""
-    for ns in slot_netns(_netns(), slot):
+    """Remove the pod namespaces, the node namespace (and its engine), the host link and the
+    service route of a slot (best effort)."""
+    names = _netns()
+    for ns in slot_netns(names, slot):
         remove_netns(ns)
+    if node_netns(slot) in names:
+        remove_netns(node_netns(slot))
     _run("ip", "link", "delete", bridge_name(slot), check=False)
     _run("ip", "route", "delete", "unreachable", str(service_subnet(slot)), "proto", ROUTE_PROTO, check=False)
 
@@ -289,6 +333,9 @@ def _reap_locked() -> set[int]:
         head = ns.split("-", 1)[0][len(NETNS_PREFIX) :]
         if ns.startswith(NETNS_PREFIX) and head.isdigit() and int(head) not in live:
             remove_netns(ns)
+        node = ns[len(NODE_NETNS_PREFIX) :]
+        if ns.startswith(NODE_NETNS_PREFIX) and node.isdigit() and int(node) not in live:
+            remove_netns(ns)
     return live
 
 
@@ -299,7 +346,7 @@ def reap() -> None:
 
 
 def allocate(state_dir: Path, owner: int) -> Slot:
-    """Reserve a slot and create its host-side network: bridge, gateway address, service route."""
+    """Reserve a slot and create its network: node namespace and bridge, host link, service route."""
     with registry_lock():
         live = _reap_locked()
         index = free_slot(current_routes(), live)
@@ -308,18 +355,41 @@ def allocate(state_dir: Path, owner: int) -> Slot:
         slot = Slot(index=index, state_dir=str(state_dir), owner=ProcRef.of(owner))
         slot.save()
         try:
-            br = slot.bridge
-            _run("ip", "link", "add", br, "type", "bridge")
-            _run("ip", "addr", "add", f"{slot.gateway}/{slot.pod_subnet.prefixlen}", "dev", br)
-            _run("ip", "link", "set", br, "up")
-            Path(f"/proc/sys/net/ipv4/conf/{br}/forwarding").write_text("0\n")
-            _run("ip", "route", "add", "unreachable", str(slot.service_subnet), "proto", ROUTE_PROTO)
+            _create_network(slot)
         except (subprocess.CalledProcessError, OSError) as exc:
             teardown_network(index)
             slot.path.unlink(missing_ok=True)
             detail = exc.stderr if isinstance(exc, subprocess.CalledProcessError) else str(exc)
             raise RuntimeError(f"could not set up the pod network {slot.pod_subnet}: {detail}") from exc
         return slot
+
+
+def _create_network(slot: Slot) -> None:
+    host_link, node, prefix = slot.bridge, slot.node_netns, slot.pod_subnet.prefixlen
+    _run("ip", "netns", "add", node)
+    _run("ip", "link", "add", host_link, "type", "veth", "peer", "name", NODE_UPLINK, "netns", node)
+    _run("ip", "addr", "add", f"{slot.gateway}/{prefix}", "dev", host_link)
+    _run("ip", "addr", "add", f"{slot.private_address}/32", "dev", host_link)
+    _run("ip", "link", "set", host_link, "up")
+    Path(f"/proc/sys/net/ipv4/conf/{host_link}/forwarding").write_text("0\n")
+    _run(
+        "ip", "-n", node, "-batch", "-",
+        input=(
+            "link set lo up\n"
+            f"link add {NODE_BRIDGE} type bridge\n"
+            f"link set {NODE_UPLINK} master {NODE_BRIDGE}\n"
+            f"link set {NODE_UPLINK} up\n"
+            f"addr add {slot.node_address}/{prefix} dev {NODE_BRIDGE}\n"
+            f"link set {NODE_BRIDGE} up\n"
+        ),
+    )
+    # Bridged pod-to-pod packets go through this namespace's iptables (what a policy engine on a
+    # node with a bridge CNI relies on); the node namespace routes nothing.
+    _run(
+        "nsenter", f"--net=/run/netns/{node}", "sh", "-c",
+        "echo 1 > /proc/sys/net/bridge/bridge-nf-call-iptables && echo 0 > /proc/sys/net/ipv4/ip_forward",
+    )
+    _run("ip", "route", "add", "unreachable", str(slot.service_subnet), "proto", ROUTE_PROTO)
 
 
 def release(slot: Slot) -> None:

@@ -4,25 +4,36 @@ It registers Ready Nodes (with ``spec.podCIDR`` and a renewed Lease), binds pend
 and runs each pod the way kubelet plus a CNI plugin would, with local processes instead of
 containers:
 
-* every pod gets a network namespace ``wgp<slot>-<uid>``, a veth pair on the cluster's bridge and
-  an IP from its node's ``podCIDR`` (default route via the bridge address);
+* every pod gets a network namespace ``wgp<slot>-<uid>``, a veth pair on the pod bridge of the
+  node's namespace ``wgn<slot>`` (:mod:`tests.cluster.netalloc`) and an IP from its node's
+  ``podCIDR`` (default route via the host's address on that bridge);
 * each container's image is looked up in :mod:`tests.cluster.images`; an unknown image is reported
-  as ``ErrImagePull``/``ImagePullBackOff``;
+  as ``ErrImagePull``/``ImagePullBackOff``; ``command``/``args`` replace its ENTRYPOINT/CMD;
 * the environment comes from ``env``/``envFrom`` (ConfigMaps and Secrets read through the API,
   ``fieldRef``, ``$(VAR)`` expansion); a missing object or key is a ``CreateContainerConfigError``
-  that is retried, like kubelet does; ``PORT`` (first containerPort) and ``POD_IP`` are added;
-* the process runs as the pod's ``runAsUser``/``runAsGroup`` (else the image's uid, 65532);
+  that is retried, like kubelet does; ``PORT`` (first containerPort) and ``POD_IP`` are added, and
+  ``KUBERNETES_SERVICE_HOST``/``_PORT`` name the API server's endpoint (no kube-proxy serves the
+  ``kubernetes`` Service's ClusterIP here, so its endpoint stands in for it);
+* volumes (:mod:`tests.cluster.volumes`): emptyDir, secret, configMap, downwardAPI and projected,
+  including the ServiceAccount token at ``/var/run/secrets/kubernetes.io/serviceaccount/``, are
+  bind-mounted in a private mount namespace; a missing Secret or ConfigMap keeps the container in
+  ``ContainerCreating`` and is retried;
+* the process runs as the pod's ``runAsUser``/``runAsGroup`` (else the image's uid, 65532), with
+  ``fsGroup`` and ``supplementalGroups`` as supplementary groups;
 * readiness probes (httpGet, tcpSocket, exec; grpc is probed as tcpSocket) run every 0.1 s until
-  the first success, then every ``periodSeconds``; pod status (phase, podIP, conditions,
+  the first success, then every ``periodSeconds``; httpGet and tcpSocket connect from the node's
+  namespace, as kubelet's do from the node; pod status (phase, podIP, conditions,
   containerStatuses) is patched so the real EndpointSlice controller publishes the pod;
 * a container that exits is restarted per ``restartPolicy`` with a CrashLoopBackOff back-off
   (1 s doubling to 20 s — shorter than kubelet's 10 s..5 min), ``lastState.terminated`` carrying the
   exit code and the tail of its stderr;
 * deletion: SIGTERM, ``deletionGracePeriodSeconds``, SIGKILL, then the pod is deleted with grace 0.
 
-Not emulated: volumes, init containers (reported as completed without running), liveness and
-startup probes, service-link env vars, ``kubectl logs/exec`` (logs are files under
-``<state>/pods/``), resource limits, network policies.
+Not emulated: persistent and host volumes, init containers (reported as completed without
+running), liveness and startup probes, lifecycle hooks, service-link env vars other than the API
+server's, ``kubectl logs/exec`` (logs are files under ``<state>/pods/``; :func:`pod_netns` names a
+pod's network namespace for ``nsenter``), resource limits. NetworkPolicies are enforced by a real
+engine in the node's namespace when the cluster runs one (:mod:`tests.cluster.controlplane`).
 """
 
 from __future__ import annotations
@@ -31,17 +42,22 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import ctypes
 import ipaddress
 import json
 import logging
 import os
 import re
 import signal
+import socket
+import ssl
+import struct
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -53,7 +69,8 @@ from kubernetes_asyncio import config as kconfig
 from kubernetes_asyncio.client import ApiClient, Configuration
 
 from tests.cluster import images
-from tests.cluster.netalloc import NETNS_PREFIX, remove_netns, slot_netns
+from tests.cluster.netalloc import NETNS_PREFIX, NODE_BRIDGE, remove_netns, slot_netns
+from tests.cluster.volumes import PodVolumes, VolumeError
 
 log = logging.getLogger("node-agent")
 
@@ -255,7 +272,8 @@ class EnvResolver:
             raise ConfigError(f"couldn't find key {key} in {label} {self.ns}/{name}")
         return data[key]
 
-    def _field(self, path: str) -> str:
+    def field(self, path: str) -> str:
+        """The value of a downward API ``fieldRef`` path."""
         meta, spec, status = self.pod["metadata"], self.pod["spec"], self.pod.get("status", {})
         simple = {
             "metadata.name": meta.get("name", ""),
@@ -305,7 +323,7 @@ class EnvResolver:
             elif "secretKeyRef" in src:
                 value = await self._key_ref("secret", src["secretKeyRef"])
             elif "fieldRef" in src:
-                value = self._field(src["fieldRef"]["fieldPath"])
+                value = self.field(src["fieldRef"]["fieldPath"])
             elif "resourceFieldRef" in src:
                 value = self._resource(container, src["resourceFieldRef"])
             else:
@@ -331,30 +349,90 @@ async def run_cmd(*argv: str, stdin: str | None = None) -> str:
     return out.decode()
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWNET = 0x40000000
+
+
+def enter_netns(path: str) -> None:
+    """Move the calling thread into the network namespace at ``path``."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def announce(netns: str, ip: str) -> None:
+    """Gratuitous ARP from a pod's eth0, as CNI's bridge plugin sends: whoever still maps the pod's IP
+    to the MAC of an earlier pod that had it (this machine, the node, other pods) learns the new one.
+    Runs in a thread of its own, which it moves into the pod's network namespace."""
+    enter_netns(f"/run/netns/{netns}")
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as raw:
+        raw.bind(("eth0", 0))
+        mac, addr = raw.getsockname()[4], socket.inet_aton(ip)
+        for op, target_mac in ((1, b"\x00" * 6), (2, b"\xff" * 6)):  # request and reply forms
+            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mac + addr + target_mac + addr
+            raw.send(b"\xff" * 6 + mac + b"\x08\x06" + arp)
+
+
+def pod_netns(slot: int, pod_uid: str) -> str:
+    """The network namespace of a pod (``nsenter --net=/run/netns/NAME`` runs a command in it)."""
+    return f"{NETNS_PREFIX}{slot}-{pod_uid[:13]}"
+
+
 @dataclass
 class Network:
-    """The cluster's pod network on this host: a bridge holding the gateway address."""
+    """The cluster's pod network: a bridge in the node's namespace; the host's address is the gateway."""
 
     slot: int
-    bridge: str
+    node_netns: str
     subnet: ipaddress.IPv4Network
     veth_counter: int = 0
+    _node_thread: ThreadPoolExecutor | None = None
 
     @property
     def gateway(self) -> ipaddress.IPv4Address:
         return self.subnet.network_address + 1
 
+    @property
+    def node_address(self) -> ipaddress.IPv4Address:
+        return self.subnet.broadcast_address - 1
+
+    async def node_connect(
+        self, host: str, port: int, timeout_s: float, tls: ssl.SSLContext | None = None
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A TCP connection from the node's namespace (where kubelet's probes come from)."""
+        if self._node_thread is None:
+            self._node_thread = ThreadPoolExecutor(
+                1, "node-netns", initializer=enter_netns, initargs=(f"/run/netns/{self.node_netns}",)
+            )
+        loop = asyncio.get_running_loop()
+        sock = await loop.run_in_executor(self._node_thread, socket.socket)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (host, port)), timeout_s)
+            return await asyncio.wait_for(
+                asyncio.open_connection(sock=sock, ssl=tls, server_hostname=host if tls else None), timeout_s
+            )
+        except BaseException:
+            sock.close()
+            raise
+
     async def create_sandbox(self, netns: str, ip: ipaddress.IPv4Address) -> None:
         self.veth_counter += 1
         host_if = f"wgv{self.slot}x{self.veth_counter}"
+        await run_cmd("ip", "netns", "add", netns)
         await run_cmd(
             "ip",
+            "-n",
+            self.node_netns,
             "-batch",
             "-",
             stdin=(
-                f"netns add {netns}\n"
                 f"link add {host_if} type veth peer name eth0 netns {netns}\n"
-                f"link set {host_if} master {self.bridge}\n"
+                f"link set {host_if} master {NODE_BRIDGE}\n"
                 f"link set {host_if} up\n"
             ),
         )
@@ -379,6 +457,8 @@ class Network:
             "-c",
             "echo 0 > /proc/sys/net/ipv4/ip_unprivileged_port_start",
         )
+        with ThreadPoolExecutor(1, "announce") as thread:  # a thread that ends in the pod's namespace
+            await asyncio.get_running_loop().run_in_executor(thread, announce, netns, str(ip))
 
     async def remove_sandbox(self, netns: str) -> None:
         await asyncio.to_thread(remove_netns, netns)
@@ -476,15 +556,19 @@ class Container:
                 backoff = min(backoff * 2, CRASH_BACKOFF_MAX)
                 continue
             try:
+                mounts = await self.pod.volumes.mounts(self.spec)
                 env = await self.pod.environment(self.spec, image)
-            except ConfigError as exc:
-                self._set_waiting("CreateContainerConfigError", str(exc))
+            except (ConfigError, VolumeError) as exc:
+                if isinstance(exc, VolumeError):
+                    self._set_waiting("ContainerCreating", f"MountVolume.SetUp failed: {exc}")
+                else:
+                    self._set_waiting("CreateContainerConfigError", str(exc))
                 if await self._wait_or_stop(backoff):
                     break
                 backoff = min(backoff * 2, 5.0)
                 continue
             started = time.monotonic()
-            code, message, started_at = await self._run_once(image, env)
+            code, message, started_at = await self._run_once(image, env, mounts)
             if self._stop.is_set():
                 break
             failed = code != 0
@@ -516,21 +600,19 @@ class Container:
             backoff = min(backoff * 2, CRASH_BACKOFF_MAX)
             self.status.restart_count += 1
 
-    async def _run_once(self, image: images.Image, env: dict[str, str]) -> tuple[int, str, str]:
+    async def _run_once(
+        self, image: images.Image, env: dict[str, str], mounts: list[Any]
+    ) -> tuple[int, str, str]:
         """Start the process, probe it, wait for it to exit; return (exit code, stderr tail, start)."""
         uid, gid = self.pod.identity(self.spec, image) if self.pod.agent.can_drop_privileges else (0, 0)
-        drop = ["--reuid", str(uid), "--regid", str(gid), "--clear-groups"] if uid != 0 else []
-        argv = [
-            "nsenter",
-            f"--net=/run/netns/{self.pod.netns}",
-            "--",
-            "setpriv",
-            "--pdeathsig",
-            "KILL",
-            *drop,
-            "--",
-            *image.argv,
-        ]
+        groups = self.pod.supplementary_groups() if uid != 0 else []
+        drop = ["--reuid", str(uid), "--regid", str(gid)] if uid != 0 else []
+        if drop:
+            drop += ["--groups", ",".join(map(str, groups))] if groups else ["--clear-groups"]
+        command = [expand(str(w), env) for w in self.spec["command"]] if self.spec.get("command") else None
+        args = [expand(str(w), env) for w in self.spec["args"]] if self.spec.get("args") is not None else None
+        process = ["setpriv", "--pdeathsig", "KILL", *drop, "--", *image.argv(command, args)]
+        argv = ["nsenter", f"--net=/run/netns/{self.pod.netns}", "--", *self.pod.volumes.mount_argv(mounts, process)]
         workdir = self.spec.get("workingDir") or "/"
         log_file = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child, closed below
         try:
@@ -643,8 +725,11 @@ class PodWorker:
         self.name: str = meta["name"]
         self.namespace: str = meta["namespace"]
         self.spec: Obj = pod["spec"]
-        self.netns = f"{NETNS_PREFIX}{agent.network.slot}-{self.uid[:13]}"
+        self.netns = pod_netns(agent.network.slot, self.uid)
         self.log_dir = agent.state_dir / "pods" / f"{self.namespace}_{self.name}_{self.uid[:8]}"
+        self.volumes = PodVolumes(
+            self.log_dir / "volumes", pod, self._fetch, self._service_account_token, self._field_ref
+        )
         self.ip: ipaddress.IPv4Address | None = None
         self.start_time = now()
         self.containers = [Container(self, c) for c in self.spec["containers"]]
@@ -733,6 +818,41 @@ class PodWorker:
 
     # -- configuration --
 
+    async def _fetch(self, kind: str, name: str) -> Obj | None:
+        path = f"/api/v1/namespaces/{self.namespace}/{kind}s/{name}"
+        try:
+            return await retrying(f"get {kind} {name}", lambda: self.agent.kube.get(path), 20)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise VolumeError(f"{kind} {name!r}: {exc}") from exc
+
+    async def _service_account_token(self, audience: str, expiration_s: int) -> str:
+        account = self.spec.get("serviceAccountName") or "default"
+        spec: Obj = {
+            "expirationSeconds": expiration_s,
+            "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": self.name, "uid": self.uid},
+        }
+        if audience:
+            spec["audiences"] = [audience]
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}
+        path = f"/api/v1/namespaces/{self.namespace}/serviceaccounts/{account}/token"
+        try:
+            answer = await retrying("token request", lambda: self.agent.kube.request("POST", path, body), 20)
+        except ApiError as exc:
+            raise VolumeError(f"token for ServiceAccount {account}: {exc}") from exc
+        return str(answer["status"]["token"])
+
+    def _field_ref(self, path: str) -> str:
+        pod = {**self.pod, "status": {**self.pod.get("status", {}), **self._ips()}}
+        return EnvResolver(self.agent.kube, pod).field(path)
+
+    def supplementary_groups(self) -> list[int]:
+        """The pod's ``fsGroup`` and ``supplementalGroups`` (kubelet adds both to every container)."""
+        sc = self.spec.get("securityContext") or {}
+        groups = [sc["fsGroup"]] if sc.get("fsGroup") is not None else []
+        return [int(g) for g in [*groups, *(sc.get("supplementalGroups") or [])]]
+
     def identity(self, container: Obj, image: images.Image) -> tuple[int, int]:
         """(uid, gid) to run as: container securityContext, then the pod's, then the image's user."""
         pod_sc = self.spec.get("securityContext") or {}
@@ -754,6 +874,7 @@ class PodWorker:
             "HOME": "/",
             **dict(image.env),
             "POD_IP": str(self.ip),
+            **self.agent.api_service_env,
         }
         if ports:
             base["PORT"] = str(ports[0]["containerPort"])
@@ -777,18 +898,28 @@ class PodWorker:
         try:
             if "httpGet" in spec:
                 http = spec["httpGet"]
-                scheme = str(http.get("scheme", "HTTP")).lower()
-                url = f"{scheme}://{http.get('host') or host}:{port_of(http['port'])}{http.get('path', '/')}"
-                headers = {h["name"]: h["value"] for h in http.get("httpHeaders") or []}
-                async with self.agent.http.get(
-                    url, headers=headers, timeout=aiohttp.ClientTimeout(total=timeout), ssl=False
-                ) as resp:
-                    return 200 <= resp.status < 400
+                tls = None
+                if str(http.get("scheme", "HTTP")).upper() == "HTTPS":
+                    tls = ssl.create_default_context()
+                    tls.check_hostname, tls.verify_mode = False, ssl.CERT_NONE
+                target, port = http.get("host") or host, port_of(http["port"])
+                network = self.agent.network
+                reader, writer = await network.node_connect(target, port, timeout, tls)
+                try:
+                    headers = "".join(f"{h['name']}: {h['value']}\r\n" for h in http.get("httpHeaders") or [])
+                    writer.write(
+                        f"GET {http.get('path', '/')} HTTP/1.1\r\nHost: {target}:{port}\r\n"
+                        f"User-Agent: kube-probe/1.37\r\nAccept: */*\r\nConnection: close\r\n{headers}\r\n".encode()
+                    )
+                    status_line = await asyncio.wait_for(reader.readline(), timeout)
+                finally:
+                    writer.close()
+                parts = status_line.split()
+                return len(parts) >= 2 and parts[1].isdigit() and 200 <= int(parts[1]) < 400
             if "tcpSocket" in spec or "grpc" in spec:
                 tcp = spec.get("tcpSocket") or spec["grpc"]
-                _, writer = await asyncio.wait_for(
-                    asyncio.open_connection(tcp.get("host") or host, port_of(tcp["port"])), timeout
-                )
+                network = self.agent.network
+                _, writer = await network.node_connect(tcp.get("host") or host, port_of(tcp["port"]), timeout)
                 writer.close()
                 return True
             if "exec" in spec:
@@ -812,7 +943,8 @@ class PodWorker:
     # -- status --
 
     def _ips(self) -> Obj:
-        out: Obj = {"hostIP": str(self.agent.network.gateway), "hostIPs": [{"ip": str(self.agent.network.gateway)}]}
+        node_ip = str(self.agent.network.node_address)
+        out: Obj = {"hostIP": node_ip, "hostIPs": [{"ip": node_ip}]}
         if self.ip is not None and self.sandbox_ready:
             out["podIP"] = str(self.ip)
             out["podIPs"] = [{"ip": str(self.ip)}]
@@ -926,7 +1058,7 @@ class Node:
             "wakegate.test/fake-node": "true",
         }
 
-    def manifest(self, gateway: str) -> Obj:
+    def manifest(self, address: str) -> Obj:
         conditions = [
             ("Ready", "True", "KubeletReady", "kubelet is posting ready status"),
             ("MemoryPressure", "False", "KubeletHasSufficientMemory", "kubelet has sufficient memory"),
@@ -954,7 +1086,7 @@ class Node:
                     for t, s, r, m in conditions
                 ],
                 "addresses": [
-                    {"type": "InternalIP", "address": gateway},
+                    {"type": "InternalIP", "address": address},
                     {"type": "Hostname", "address": self.name},
                 ],
                 "daemonEndpoints": {"kubeletEndpoint": {"Port": 10250}},
@@ -984,8 +1116,9 @@ class Agent:
         self.nodes = {n.name: n for n in nodes}
         self.state_dir = state_dir
         self.workers: dict[str, PodWorker] = {}
-        self.http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True))
         self.can_drop_privileges = True
+        #: KUBERNETES_SERVICE_HOST/_PORT for every container (see :meth:`find_api_server`).
+        self.api_service_env: dict[str, str] = {}
         self._next_node = 0
         self._binding: set[str] = set()
         self.finished: set[str] = set()
@@ -1015,11 +1148,11 @@ class Agent:
             str(image.group),
             "--clear-groups",
             "--",
-            image.argv[0],
+            image.entrypoint[0],
             "-I",
             "-B",
             "-c",
-            f"import aiohttp; open({image.argv[3]!r}).close()",
+            f"import aiohttp; open({image.entrypoint[3]!r}).close()",
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             cwd="/",
@@ -1030,9 +1163,9 @@ class Agent:
             log.warning("images cannot run as uid %s here, running them as root: %s", image.user, err.decode())
 
     async def register_nodes(self) -> None:
-        gateway = str(self.network.gateway)
+        address = str(self.network.node_address)
         for node in self.nodes.values():
-            body = node.manifest(gateway)
+            body = node.manifest(address)
             try:
                 await retrying("create node", partial(self.kube.request, "POST", "/api/v1/nodes", body))
             except ApiError as exc:
@@ -1051,7 +1184,7 @@ class Agent:
                     await self._renew_lease(node)
                     if beats % 4 == 0:
                         ts = now()
-                        conditions = node.manifest(str(self.network.gateway))["status"]["conditions"]
+                        conditions = node.manifest(str(self.network.node_address))["status"]["conditions"]
                         for c in conditions:
                             c["lastHeartbeatTime"] = ts
                         await self.kube.request(
@@ -1170,8 +1303,30 @@ class Agent:
         except Exception:
             log.exception("cannot handle %s of pod %s", kind, pod.get("metadata", {}).get("name"))
 
+    async def find_api_server(self) -> None:
+        """The API server's endpoint from the ``kubernetes`` Service's Endpoints in ``default``."""
+        path = "/api/v1/namespaces/default/endpoints/kubernetes"
+        while True:
+            try:
+                subsets = (await retrying("get the kubernetes endpoints", lambda: self.kube.get(path))).get("subsets")
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                subsets = None
+            if subsets and subsets[0].get("addresses"):
+                host, port = subsets[0]["addresses"][0]["ip"], str(subsets[0]["ports"][0]["port"])
+                self.api_service_env = {
+                    "KUBERNETES_SERVICE_HOST": host,
+                    "KUBERNETES_SERVICE_PORT": port,
+                    "KUBERNETES_SERVICE_PORT_HTTPS": port,
+                }
+                log.info("pods reach the API server at %s:%s", host, port)
+                return
+            await asyncio.sleep(0.2)
+
     async def run(self) -> None:
         await self.check_privilege_drop()
+        await self.find_api_server()
         await self.register_nodes()
         heartbeat = asyncio.create_task(self.heartbeat())
         try:
@@ -1218,7 +1373,6 @@ class Agent:
 
     async def shutdown(self) -> None:
         await asyncio.gather(*(w.kill() for w in list(self.workers.values())), return_exceptions=True)
-        await self.http.close()
         await self.kube.close()
 
 
@@ -1232,13 +1386,13 @@ def node_cidrs(subnet: ipaddress.IPv4Network, count: int) -> list[ipaddress.IPv4
 
 async def amain(args: argparse.Namespace) -> None:
     subnet = ipaddress.IPv4Network(args.subnet)
-    network = Network(slot=args.slot, bridge=args.bridge, subnet=subnet)
+    network = Network(slot=args.slot, node_netns=args.node_netns, subnet=subnet)
     for stale in slot_netns(await asyncio.to_thread(_netns_names), args.slot):
         await asyncio.to_thread(remove_netns, stale)
     nodes = []
     for name, cidr in zip(args.node, node_cidrs(subnet, len(args.node)), strict=True):
         node = Node(name=name, pod_cidr=cidr)
-        node.reserved = {network.gateway, subnet.network_address, subnet.broadcast_address}
+        node.reserved = {network.gateway, network.node_address, subnet.network_address, subnet.broadcast_address}
         nodes.append(node)
     agent = Agent(await Kube.from_kubeconfig(args.kubeconfig), network, nodes, Path(args.state_dir))
     stop = asyncio.Event()
@@ -1266,7 +1420,7 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--node", action="append", required=True, help="node name (repeat for more)")
     parser.add_argument("--subnet", required=True, help="the cluster's pod subnet, e.g. 198.18.3.0/24")
-    parser.add_argument("--bridge", required=True)
+    parser.add_argument("--node-netns", required=True, help="the node's network namespace (holds the pod bridge)")
     parser.add_argument("--slot", type=int, required=True)
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("-v", "--verbose", action="store_true")

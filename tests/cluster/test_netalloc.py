@@ -60,6 +60,10 @@ def test_slot_ranges() -> None:
     assert str(netalloc.pod_subnet(5)) == "198.18.5.0/24"
     assert str(netalloc.service_subnet(5)) == "198.19.5.0/24"
     assert netalloc.bridge_name(5) == "wgbr5"
+    assert netalloc.node_netns(5) == "wgn5"
+    assert str(netalloc.node_address(5)) == "198.18.5.254"
+    assert str(netalloc.private_address(5)) == "10.255.5.1"
+    assert netalloc.private_address(5).is_private and netalloc.node_address(5) in netalloc.pod_subnet(5)
 
 
 def test_node_cidrs_split_the_slot() -> None:

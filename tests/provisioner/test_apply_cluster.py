@@ -249,7 +249,9 @@ def test_replicas_belong_to_the_gateway_and_the_pod_becomes_ready(
     pod = ready_pod(cluster, project)  # admitted under Pod Security "restricted", probe passes
     body = echo(pod)
     assert {"GREETING", "LOG_LEVEL", "DB_PASSWORD"} <= set(body["env"])
-    assert not [k for k in body["env"] if k.endswith("_SERVICE_HOST")]
+    # No service links: kubelet (here the node agent) names only the API server, as with every pod.
+    assert pod["spec"]["enableServiceLinks"] is False
+    assert [k for k in body["env"] if k.endswith("_SERVICE_HOST")] == ["KUBERNETES_SERVICE_HOST"]
     assert pod["spec"]["securityContext"]["runAsUser"] == 1000
 
     code, _, err = create(cluster, project, "--env-file", str(config), "--secret-env-file", str(secret))

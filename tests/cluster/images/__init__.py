@@ -1,7 +1,12 @@
 """The image table: which local command a container image runs as on a fake node.
 
-There is no container runtime here: an image name is mapped to an argv run in the pod's network
-namespace. Unknown images are reported like kubelet reports an image it cannot pull.
+There is no container runtime here: an image name is mapped to an ENTRYPOINT and CMD run in the
+pod's network namespace (a container's ``command`` replaces the entrypoint, its ``args`` the CMD, as
+in Kubernetes). Unknown images are reported like kubelet reports an image it cannot pull.
+
+``wakegate.test/wakegate:1`` is the gateway's image: the ``wakegate`` command of the environment
+running the tests (the package built by ``make``, compiled data path included), with the
+Dockerfile's ENTRYPOINT, CMD, user and environment.
 """
 
 from __future__ import annotations
@@ -18,27 +23,44 @@ NONROOT = 65532
 
 @dataclass(frozen=True)
 class Image:
-    """What running a container of this image means: argv, extra env (like an image's ENV), uid."""
+    """What running a container of this image means: ENTRYPOINT, CMD, ENV, USER."""
 
-    argv: tuple[str, ...]
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     user: int = NONROOT
     group: int = NONROOT
+
+    def argv(self, command: list[str] | None, args: list[str] | None) -> list[str]:
+        """The process argv for a container's ``command`` and ``args`` (Kubernetes' rules)."""
+        if command:
+            return [*command, *(args or [])]
+        return [*self.entrypoint, *(self.cmd if args is None else args)]
 
 
 def _echo(mode: str, image: str) -> Image:
     # -I: ignore PYTHON* variables and the user site, so the app only sees the pod's environment.
     # -B: the app runs as an unprivileged uid and must not try to write bytecode.
     return Image(
-        argv=(sys.executable, "-I", "-B", _ECHO, "--mode", mode, "--image", image),
+        entrypoint=(sys.executable, "-I", "-B", _ECHO),
+        cmd=("--mode", mode, "--image", image),
         env=(("LANG", "C.UTF-8"),),  # like the python base images (and no locale coercion)
     )
+
+
+#: The Dockerfile's ENTRYPOINT ["wakegate"], CMD, ENV and USER 65532:65532.
+GATEWAY = Image(
+    entrypoint=(str(Path(sys.executable).with_name("wakegate")),),
+    cmd=("serve", "--backend=kubernetes"),
+    env=(("LANG", "C.UTF-8"), ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONUNBUFFERED", "1")),
+)
 
 
 IMAGES: dict[str, Image] = {
     "wakegate.test/echo:1": _echo("echo", "wakegate.test/echo:1"),
     "wakegate.test/slow:1": _echo("slow", "wakegate.test/slow:1"),
     "wakegate.test/crash:1": _echo("crash", "wakegate.test/crash:1"),
+    "wakegate.test/wakegate:1": GATEWAY,
 }
 
 
