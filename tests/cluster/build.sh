@@ -72,29 +72,27 @@ go_toolchain() {
 
 jobs="${WAKEGATE_BUILD_JOBS:-$(nproc)}"
 
-# --- the control plane ----------------------------------------------------------------------------
-
-build_k8s() {
-  local mod="$here/k8sbuild"
-  local k8s_version out want
-  k8s_version="$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")"
-  out="$cache_root/k8s-$k8s_version"
+# cached_build LABEL NAME MODULE_DIR COMPILE BIN...: $cache_root/NAME when it holds every BIN built from
+# MODULE_DIR's pins; otherwise, under a lock, `COMPILE STAGING_DIR` runs in MODULE_DIR and its output
+# replaces the cache entry. Sets built_dir, and fresh=1 when it compiled.
+cached_build() {
+  local label="$1" name="$2" mod="$3" compile="$4"
+  shift 4
+  local out="$cache_root/$name" want lock
   want="$(pins "$mod")"
-  local bins=(kube-apiserver kube-controller-manager kubectl etcd)
-
-  if built "$out" "$want" "${bins[@]}"; then
+  built_dir="$out"
+  fresh=0
+  if built "$out" "$want" "$@"; then
     echo "cluster-build: reusing $out"
-    k8s_dir="$out"
     return
   fi
   go_toolchain
   mkdir -p "$cache_root"
-  exec 9>"$cache_root/k8s-$k8s_version.lock"
-  flock 9
-  if built "$out" "$want" "${bins[@]}"; then  # another run finished the build while we waited for the lock
+  exec {lock}>"$cache_root/$name.lock"
+  flock "$lock"
+  if built "$out" "$want" "$@"; then  # another run finished the build while we waited for the lock
     echo "cluster-build: reusing $out"
-    exec 9>&-
-    k8s_dir="$out"
+    exec {lock}>&-
     return
   fi
 
@@ -102,147 +100,93 @@ build_k8s() {
   rm -rf "$staging"
   mkdir -p "$staging"
   trap 'rm -rf "'"$staging"'"' EXIT
-
   local start=$SECONDS
-  echo "cluster-build: building Kubernetes $k8s_version and etcd into $out ($(go version | cut -d' ' -f3), -p $jobs)"
-  local ldflags="-s -w"
-  ldflags+=" -X k8s.io/component-base/version.gitVersion=$k8s_version"
-  ldflags+=" -X k8s.io/component-base/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"
-  ldflags+=" -X k8s.io/component-base/version.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
-  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=$(cut -d. -f1 <<<"${k8s_version#v}")"
-  ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$(cut -d. -f2 <<<"$k8s_version")"
-  (
-    cd "$mod"
-    go build -p "$jobs" -ldflags="$ldflags" -o "$staging/" \
-      k8s.io/kubernetes/cmd/kube-apiserver \
-      k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kubectl
-    go build -p "$jobs" -ldflags="-s -w" -o "$staging/etcd" go.etcd.io/etcd/server/v3
-  )
+  echo "cluster-build: building $label into $out ($(go version | cut -d' ' -f3), -p $jobs)"
+  (cd "$mod" && "$compile" "$staging")
   echo "$want" >"$staging/.pins"
-
   rm -rf "$out"
   mv "$staging" "$out"
   trap - EXIT
-  exec 9>&-
-  echo "cluster-build: Kubernetes done in $((SECONDS - start))s"
-  "$out/kube-apiserver" --version
-  "$out/etcd" --version | head -1
-  k8s_dir="$out"
+  exec {lock}>&-
+  echo "cluster-build: $label done in $((SECONDS - start))s"
+  fresh=1
+}
+
+# module_version MODULE_DIR MODULE: the version go.mod requires, alone (`require M vX`) or in a block.
+module_version() {
+  local version
+  version="$(awk -v m="$2" '$1 == "require" { $1 = ""; $0 = $0 } $1 == m && $2 ~ /^v/ {print $2; exit}' \
+    "$1/go.mod")"
+  [[ -n "$version" ]] || { echo "cluster-build: no $2 requirement in $1/go.mod" >&2; exit 1; }
+  echo "$version"
+}
+
+# --- the control plane ----------------------------------------------------------------------------
+
+compile_k8s() {
+  local ldflags="-s -w" minor major
+  major="$(cut -d. -f1 <<<"${k8s_version#v}")"
+  minor="$(cut -d. -f2 <<<"$k8s_version")"
+  ldflags+=" -X k8s.io/component-base/version.gitVersion=$k8s_version"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=$major"
+  ldflags+=" -X k8s.io/component-base/version.gitMinor=$minor"
+  ldflags+=" -X k8s.io/component-base/version.gitTreeState=clean"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitVersion=$k8s_version"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitMajor=$major"
+  ldflags+=" -X k8s.io/client-go/pkg/version.gitMinor=$minor"
+  go build -p "$jobs" -ldflags="$ldflags" -o "$1/" \
+    k8s.io/kubernetes/cmd/kube-apiserver \
+    k8s.io/kubernetes/cmd/kube-controller-manager \
+    k8s.io/kubernetes/cmd/kubectl
+  go build -p "$jobs" -ldflags="-s -w" -o "$1/etcd" go.etcd.io/etcd/server/v3
+}
+
+build_k8s() {
+  k8s_version="$(module_version "$here/k8sbuild" k8s.io/kubernetes)"
+  cached_build "Kubernetes $k8s_version and etcd" "k8s-$k8s_version" "$here/k8sbuild" compile_k8s \
+    kube-apiserver kube-controller-manager kubectl etcd
+  k8s_dir="$built_dir"
+  if ((fresh)); then
+    "$k8s_dir/kube-apiserver" --version
+    "$k8s_dir/etcd" --version | head -1
+  fi
 }
 
 # --- helm -----------------------------------------------------------------------------------------
 
-build_helm() {
-  local mod="$here/helmbuild"
-  local helm_version out want
-  # `require helm.sh/helm/v4 vX` alone, or a line of a `require (...)` block.
-  helm_version="$(awk '$1 == "require" { $1 = ""; $0 = $0 } $1 == "helm.sh/helm/v4" && $2 ~ /^v/ {print $2; exit}' \
-    "$mod/go.mod")"
-  [[ -n "$helm_version" ]] || { echo "cluster-build: no helm.sh/helm/v4 requirement in $mod/go.mod" >&2; exit 1; }
-  out="$cache_root/helm-$helm_version"
-  want="$(pins "$mod")"
-
-  if built "$out" "$want" helm; then
-    echo "cluster-build: reusing $out"
-    helm_dir="$out"
-    return
-  fi
-  go_toolchain
-  mkdir -p "$cache_root"
-  exec 8>"$cache_root/helm-$helm_version.lock"
-  flock 8
-  if built "$out" "$want" helm; then
-    echo "cluster-build: reusing $out"
-    exec 8>&-
-    helm_dir="$out"
-    return
-  fi
-
-  local staging="$out.tmp.$$"
-  rm -rf "$staging"
-  mkdir -p "$staging"
-  trap 'rm -rf "'"$staging"'"' EXIT
-
-  local start=$SECONDS
-  echo "cluster-build: building Helm $helm_version into $out ($(go version | cut -d' ' -f3), -p $jobs)"
+compile_helm() {
   # What Helm's own Makefile stamps into a release build (version, clean tree; no git metadata here).
   local ldflags="-s -w"
   ldflags+=" -X helm.sh/helm/v4/internal/version.version=$helm_version"
   ldflags+=" -X helm.sh/helm/v4/internal/version.metadata="
   ldflags+=" -X helm.sh/helm/v4/internal/version.gitTreeState=clean"
-  (
-    cd "$mod"
-    go build -p "$jobs" -ldflags="$ldflags" -o "$staging/helm" helm.sh/helm/v4/cmd/helm
-  )
-  echo "$want" >"$staging/.pins"
+  go build -p "$jobs" -ldflags="$ldflags" -o "$1/helm" helm.sh/helm/v4/cmd/helm
+}
 
-  rm -rf "$out"
-  mv "$staging" "$out"
-  trap - EXIT
-  exec 8>&-
-  echo "cluster-build: Helm done in $((SECONDS - start))s"
-  "$out/helm" version --short
-  helm_dir="$out"
+build_helm() {
+  helm_version="$(module_version "$here/helmbuild" helm.sh/helm/v4)"
+  cached_build "Helm $helm_version" "helm-$helm_version" "$here/helmbuild" compile_helm helm
+  helm_dir="$built_dir"
+  if ((fresh)); then "$helm_dir/helm" version --short; fi
 }
 
 # --- kube-router (the network-policy controller) ---------------------------------------------------
 
-build_netpol() {
-  local mod="$here/netpolbuild"
-  local netpol_version out want
-  # `require github.com/cloudnativelabs/kube-router/v2 vX` alone, or a line of a `require (...)` block.
-  netpol_version="$(awk '$1 == "require" { $1 = ""; $0 = $0 }
-    $1 == "github.com/cloudnativelabs/kube-router/v2" && $2 ~ /^v/ {print $2; exit}' "$mod/go.mod")"
-  [[ -n "$netpol_version" ]] ||
-    { echo "cluster-build: no github.com/cloudnativelabs/kube-router/v2 requirement in $mod/go.mod" >&2; exit 1; }
-  out="$cache_root/kube-router-$netpol_version"
-  want="$(pins "$mod")"
-
-  if built "$out" "$want" kube-router; then
-    echo "cluster-build: reusing $out"
-    netpol_dir="$out"
-    return
-  fi
-  go_toolchain
-  mkdir -p "$cache_root"
-  exec 7>"$cache_root/kube-router-$netpol_version.lock"
-  flock 7
-  if built "$out" "$want" kube-router; then
-    echo "cluster-build: reusing $out"
-    exec 7>&-
-    netpol_dir="$out"
-    return
-  fi
-
-  local staging="$out.tmp.$$"
-  rm -rf "$staging"
-  mkdir -p "$staging"
-  trap 'rm -rf "'"$staging"'"' EXIT
-
-  local start=$SECONDS
-  echo "cluster-build: building kube-router $netpol_version into $out ($(go version | cut -d' ' -f3), -p $jobs)"
+compile_netpol() {
   # What kube-router's own Makefile stamps (pkg/version.Version, .BuildDate); the release tag instead
   # of `git describe`, and an empty build date so that the same pins give the same binary.
   local ldflags="-s -w"
   ldflags+=" -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version=$netpol_version"
   ldflags+=" -X github.com/cloudnativelabs/kube-router/v2/pkg/version.BuildDate="
-  (
-    cd "$mod"
-    go build -p "$jobs" -ldflags="$ldflags" -o "$staging/kube-router" \
-      github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
-  )
-  echo "$want" >"$staging/.pins"
+  go build -p "$jobs" -ldflags="$ldflags" -o "$1/kube-router" github.com/cloudnativelabs/kube-router/v2/cmd/kube-router
+}
 
-  rm -rf "$out"
-  mv "$staging" "$out"
-  trap - EXIT
-  exec 7>&-
-  echo "cluster-build: kube-router done in $((SECONDS - start))s"
-  "$out/kube-router" --version
-  netpol_dir="$out"
+build_netpol() {
+  netpol_version="$(module_version "$here/netpolbuild" github.com/cloudnativelabs/kube-router/v2)"
+  cached_build "kube-router $netpol_version" "kube-router-$netpol_version" "$here/netpolbuild" compile_netpol \
+    kube-router
+  netpol_dir="$built_dir"
+  if ((fresh)); then "$netpol_dir/kube-router" --version; fi
 }
 
 k8s_dir=""

@@ -612,7 +612,8 @@ class Container:
         command = [expand(str(w), env) for w in self.spec["command"]] if self.spec.get("command") else None
         args = [expand(str(w), env) for w in self.spec["args"]] if self.spec.get("args") is not None else None
         process = ["setpriv", "--pdeathsig", "KILL", *drop, "--", *image.argv(command, args)]
-        argv = ["nsenter", f"--net=/run/netns/{self.pod.netns}", "--", *self.pod.volumes.mount_argv(mounts, process)]
+        wrapped = self.pod.volumes.mount_argv(mounts, process, keep=image.files)
+        argv = ["nsenter", f"--net=/run/netns/{self.pod.netns}", "--", *wrapped]
         workdir = self.spec.get("workingDir") or "/"
         log_file = open(self.log_path, "ab")  # noqa: SIM115, ASYNC230 - handed to the child, closed below
         try:

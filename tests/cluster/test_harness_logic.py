@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +186,30 @@ def test_the_gateway_image_is_the_dockerfiles() -> None:
     gateway = images.IMAGES["wakegate.test/wakegate:1"]
     assert Path(gateway.entrypoint[0]).name == "wakegate" and gateway.cmd == ("serve", "--backend=kubernetes")
     assert (gateway.user, gateway.group) == (65532, 65532)
+
+
+def test_volumes_mount_privately_and_leave_the_images_files_visible(tmp_path: Path) -> None:
+    """A real mount namespace: an emptyDir at /tmp hides the host's /tmp (where the image's files and
+    the volume sources may live) for the container only; the image's files are bound back."""
+    image_files = Path(tempfile.mkdtemp(prefix="wakegate-image-", dir="/tmp"))
+    try:
+        (image_files / "app").write_text("the image's file")
+        vols = make_volumes(Path(tempfile.mkdtemp(prefix="wakegate-vols-", dir="/tmp")),
+                            [{"name": "tmp", "emptyDir": {}},
+                             {"name": "s", "secret": {"secretName": "tok"}}],
+                            {("secret", "tok"): secret(token="abc")})
+        mounts = asyncio.run(vols.mounts({"volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "s", "mountPath": "/var/run/wakegate-test/token-dir", "readOnly": True}]}))
+        script = ("cat /var/run/wakegate-test/token-dir/token; echo; cat " + str(image_files / "app") + "; echo; "
+                  "ls /tmp; touch /var/run/wakegate-test/token-dir/x 2>/dev/null && echo writable || echo read-only")
+        argv = vols.mount_argv(mounts, ["sh", "-c", script], keep=(str(image_files),))
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        token, app, listing, access = out.stdout.split("\n", 3)
+        assert (token, app, access.strip()) == ("abc", "the image's file", "read-only")
+        assert listing == image_files.name  # /tmp is the pod's: only the image's directory is bound back
+        assert not Path("/var/run/wakegate-test").exists(), "the host's file system is unchanged"
+    finally:
+        shutil.rmtree(image_files, ignore_errors=True)
+        shutil.rmtree(vols.root.parent, ignore_errors=True)

@@ -36,12 +36,22 @@ DEFAULT_MODE = 0o644
 SUPPORTED = ("emptyDir", "secret", "configMap", "downwardAPI", "projected")
 
 #: Run as root in the container's new mount namespace, then exec's the container's argv:
-#: ``sh -c MOUNT_SCRIPT sh ROOT SRC DST ro|rw KEY ... -- ARGV...``. ROOT (the pod's volume
-#: directory; SRC and the overlays' scratch space are relative to it) is opened first and used
-#: through /proc/self/fd/3, since a mount (say an emptyDir at /tmp) may hide its path.
+#: ``sh -c MOUNT_SCRIPT sh ROOT KEEP... -- SRC DST ro|rw KEY ... -- ARGV...``. ROOT (the pod's
+#: volume directory; SRC and the overlays' scratch space are relative to it) and each KEEP path (the
+#: image's own files: the checkout and the Python environment) are opened first, since a volume
+#: (an emptyDir at /tmp, say) may hide their paths: ROOT is used through /proc/self/fd/3, and a KEEP
+#: path a mount hid is bound back in place afterwards, as an image's files stay visible in a container.
 MOUNT_SCRIPT = r"""set -eu
 exec 3< "$1"
 root=/proc/self/fd/3
+shift
+fd=4 keep=""
+while [ "$1" != "--" ]; do
+  eval "exec $fd< \"\$1\""
+  keep="$keep $fd:$1"
+  fd=$((fd + 1))
+  shift
+done
 shift
 while [ "$1" != "--" ]; do
   src=$root/$1 dst=$2 access=$3 scratch=$root/.overlay/$4
@@ -53,13 +63,20 @@ while [ "$1" != "--" ]; do
     mount -t overlay overlay -o "lowerdir=$base,upperdir=$scratch/upper,workdir=$scratch/work" "$base"
     if [ -d "$src" ]; then mkdir -p "$dst"; else mkdir -p "$(dirname "$dst")" && : > "$dst"; fi
   fi
-  mount --bind "$src" "$dst"
+  mount --no-canonicalize --bind "$src" "$dst"
   if [ "$access" = ro ]; then mount -o remount,bind,ro "$dst"; fi
 done
 shift
+for entry in $keep; do
+  fd=${entry%%:*} path=${entry#*:}
+  if [ ! -e "$path" ]; then mkdir -p "$path" && mount --no-canonicalize --bind "/proc/self/fd/$fd" "$path"; fi
+  eval "exec $fd<&-"
+done
 exec 3<&-
 exec "$@"
 """
+#: Redirections in ``sh`` (dash) take one digit: fds 4..9 are free for KEEP paths.
+MAX_KEEP = 6
 
 
 class VolumeError(Exception):
@@ -203,11 +220,13 @@ class PodVolumes:
             out.append(Mount(source, vm["mountPath"], bool(vm.get("readOnly"))))
         return sorted(out, key=lambda m: m.target.count("/"))
 
-    def mount_argv(self, mounts: list[Mount], argv: list[str]) -> list[str]:
-        """``argv`` wrapped to run after the mounts, in a private mount namespace."""
+    def mount_argv(self, mounts: list[Mount], argv: list[str], keep: tuple[str, ...] = ()) -> list[str]:
+        """``argv`` wrapped to run after the mounts, in a private mount namespace where the ``keep``
+        paths (the image's files) stay visible whatever the mounts cover."""
         if not mounts:
             return argv
-        words: list[str] = [str(self.root)]
+        assert len(keep) <= MAX_KEEP and not any(c.isspace() or c == ":" for k in keep for c in k), keep
+        words: list[str] = [str(self.root), *keep, "--"]
         for m in mounts:
             key = hashlib.sha256(m.target.encode()).hexdigest()[:12]
             words += [str(m.source.relative_to(self.root)), m.target, "ro" if m.read_only else "rw", key]

@@ -16,6 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _ECHO = str(Path(__file__).with_name("echo_app.py"))
+_REPO = Path(__file__).resolve().parents[3]
+
+
+def _own_files() -> tuple[str, ...]:
+    """What an image here runs from — the checkout and the Python environment — outermost paths only
+    (a volume mounted over one of them, e.g. an emptyDir at /tmp, must not hide them)."""
+    paths = sorted({str(_REPO), sys.prefix, sys.base_prefix, str(Path(sys.executable).resolve().parent)})
+    return tuple(p for p in paths if not any(p != q and p.startswith(q.rstrip("/") + "/") for q in paths))
 #: The uid an image runs as unless the pod's securityContext says otherwise (like distroless'
 #: ``nonroot`` user), so pods pass ``runAsNonRoot: true`` without setting ``runAsUser``.
 NONROOT = 65532
@@ -30,6 +38,8 @@ class Image:
     env: tuple[tuple[str, str], ...] = ()
     user: int = NONROOT
     group: int = NONROOT
+    #: The image's own files (its "root file system" on this machine).
+    files: tuple[str, ...] = ()
 
     def argv(self, command: list[str] | None, args: list[str] | None) -> list[str]:
         """The process argv for a container's ``command`` and ``args`` (Kubernetes' rules)."""
@@ -45,6 +55,7 @@ def _echo(mode: str, image: str) -> Image:
         entrypoint=(sys.executable, "-I", "-B", _ECHO),
         cmd=("--mode", mode, "--image", image),
         env=(("LANG", "C.UTF-8"),),  # like the python base images (and no locale coercion)
+        files=_own_files(),
     )
 
 
@@ -53,6 +64,7 @@ GATEWAY = Image(
     entrypoint=(str(Path(sys.executable).with_name("wakegate")),),
     cmd=("serve", "--backend=kubernetes"),
     env=(("LANG", "C.UTF-8"), ("PYTHONDONTWRITEBYTECODE", "1"), ("PYTHONUNBUFFERED", "1")),
+    files=_own_files(),
 )
 
 
